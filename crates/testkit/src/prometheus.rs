@@ -1,0 +1,101 @@
+//! Prometheus with a given scrape configuration and rule files, scraping every second.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::process::{Process, ProcessSpec};
+use crate::{free_port, http_get, tool};
+
+/// One scrape job: Prometheus fetches `http://{addr}{path}` every second.
+#[derive(Debug, Clone)]
+pub struct ScrapeTarget {
+    /// The `job` label.
+    pub job: String,
+    /// Where the target listens.
+    pub addr: SocketAddr,
+    /// The metrics path, usually `/metrics`.
+    pub path: String,
+}
+
+/// A Prometheus server on loopback. Not shared: each test brings its own targets and rules.
+pub struct Prometheus {
+    process: Process,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` and evaluating `rule_files` every second.
+    ///
+    /// # Panics
+    /// When a rule file cannot be copied or the server is not ready in time (its log tail says why:
+    /// invalid rules keep it from starting).
+    pub fn start(targets: &[ScrapeTarget], rule_files: &[&Path]) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("postcache-prometheus-")
+            .tempdir()
+            .expect("temp dir");
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
+        if !rule_files.is_empty() {
+            config.push_str("rule_files:\n");
+            for (i, file) in rule_files.iter().enumerate() {
+                let copy = dir.path().join(format!("rules-{i}.yml"));
+                std::fs::copy(file, &copy)
+                    .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+                config.push_str(&format!("  - {}\n", copy.display()));
+            }
+        }
+        config.push_str("scrape_configs:\n");
+        for target in targets {
+            config.push_str(&format!(
+                "  - job_name: {:?}\n    metrics_path: {:?}\n    static_configs:\n      - targets: [{:?}]\n",
+                target.job,
+                target.path,
+                target.addr.to_string()
+            ));
+        }
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("write prometheus.yml");
+
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let spec = ProcessSpec {
+            name: "prometheus".into(),
+            program: tool("prometheus"),
+            args: vec![
+                format!("--config.file={}", config_file.display()),
+                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+                format!("--web.listen-address={addr}"),
+            ],
+            env: vec![],
+            user: None,
+            log: dir.path().join("prometheus.log"),
+            ready: Box::new(move || match http_get(addr, "/-/ready")? {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status}: {body}")),
+            }),
+            ready_timeout: Duration::from_secs(30),
+            stop_signal: Signal::SIGTERM,
+        };
+        let process = Process::start(spec);
+        Prometheus {
+            process,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Base URL of the HTTP API, e.g. `http://127.0.0.1:23456`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server process (fault handles).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+}
