@@ -50,13 +50,16 @@ impl Pki {
         ])?;
         pki.sign(
             "/CN=kube-apiserver",
-            Some("subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"),
+            &[
+                "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
+                "extendedKeyUsage=serverAuth",
+            ],
             &pki.serving_key,
             &pki.serving_cert,
         )?;
         pki.sign(
             "/O=system:masters/CN=admin",
-            None,
+            &["extendedKeyUsage=clientAuth"],
             &pki.admin_key,
             &pki.admin_cert,
         )?;
@@ -72,10 +75,12 @@ impl Pki {
         Ok(pki)
     }
 
+    /// Issues a certificate signed by the CA. Every certificate carries extensions, which makes it
+    /// X.509 v3: rustls (webpki) rejects v1 certificates.
     fn sign(
         &self,
         subject: &str,
-        san: Option<&str>,
+        extensions: &[&str],
         key: &Path,
         cert: &Path,
     ) -> Result<(), String> {
@@ -95,8 +100,13 @@ impl Pki {
             "-out",
             s(&csr),
         ];
-        if let Some(san) = san {
-            req.extend(["-addext", san]);
+        req.extend(["-addext", "basicConstraints=critical,CA:FALSE"]);
+        req.extend([
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+        ]);
+        for extension in extensions {
+            req.extend(["-addext", extension]);
         }
         openssl(&req)?;
         openssl(&[
