@@ -1,13 +1,14 @@
 //! The post as the HTTP API and the realtime events carry it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A post as served by `GET /v1/posts/{id}` and embedded in feeds and events.
 ///
 /// `version` starts at 1 and grows by one with every update; it is the `ETag` and the order in
 /// which events for one post are delivered. Timestamps are RFC 3339 strings so that this crate
 /// stays free of a time library.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Post {
     /// Opaque identifier, stable for the post's life.
     pub id: String,
@@ -30,7 +31,7 @@ pub struct Post {
 }
 
 /// One page of a feed, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FeedPage {
     /// The posts of this page.
     pub items: Vec<Post>,

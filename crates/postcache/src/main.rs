@@ -1,14 +1,29 @@
 //! The one `postcache` binary: parses the command line and hands over to the crates that do the
 //! work. Each subcommand arrives with the crate behind it.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// PostCache: a posts service with a three-tier cache and realtime fan-out, and its operator.
 #[derive(Debug, Parser)]
 #[command(name = "postcache", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the posts service (with no configuration: SQLite file ./postcache.db on 127.0.0.1:8080).
+    Serve(postcache_server::ServeArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            postcache_server::init_logging(args.log_format);
+            postcache_server::serve(args).await?;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,222 @@
+//! L1: this pod's in-process cache (moka: TinyLFU admission, size-bounded, TTL as a safety net).
+//!
+//! It holds posts as the response bytes already serialized (a hit does no JSON encoding), feed
+//! pages as id lists keyed by the generations of the tags they depend on, and per-post version
+//! floors. moka's `invalidate` does not cancel a fill that is already running, so a slow fill could
+//! install a version older than one a write just put there; every write first raises the post's
+//! floor, and a fill older than the floor is removed again (see `Posts::get`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use postcache_api::Post;
+
+use crate::model::{FeedQuery, PostId, StoredPost};
+use crate::tags::TagKey;
+
+/// Bounds of the in-process cache.
+#[derive(Debug, Clone, Copy)]
+pub struct L1Config {
+    /// Posts and feed pages each hold at most this many entries.
+    pub max_entries: u64,
+    /// Safety net: an entry older than this is dropped even if nothing invalidated it.
+    pub ttl: Duration,
+}
+
+/// A post as L1 holds it: the wire form and its JSON, or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPost {
+    /// The post's id.
+    pub id: PostId,
+    /// Its version (0 for an id that does not exist).
+    pub version: i64,
+    /// `None` when the post is deleted or never existed (reads answer 404).
+    pub post: Option<Post>,
+    /// `post` serialized, ready to be the response body.
+    pub json: Bytes,
+}
+
+impl CachedPost {
+    /// The cache form of what L3 returned (`None`: the id does not exist).
+    pub fn from_store(id: PostId, stored: Option<&StoredPost>) -> CachedPost {
+        match stored {
+            Some(p) if !p.deleted => CachedPost::live(p.to_api()),
+            Some(p) => CachedPost {
+                id,
+                version: p.version,
+                post: None,
+                json: Bytes::new(),
+            },
+            None => CachedPost {
+                id,
+                version: 0,
+                post: None,
+                json: Bytes::new(),
+            },
+        }
+    }
+
+    /// A live post, serialized once here.
+    pub fn live(post: Post) -> CachedPost {
+        // Serializing plain strings and integers cannot fail.
+        let json = Bytes::from(serde_json::to_vec(&post).unwrap_or_default());
+        CachedPost {
+            id: post.id.parse().unwrap_or_default(),
+            version: post.version,
+            post: Some(post),
+            json,
+        }
+    }
+}
+
+/// Key of a cached feed page: the query and the generations it was built under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FeedKey {
+    query: FeedQuery,
+    generations: [u64; 2],
+}
+
+/// Generations are drawn from one counter, so a generation evicted and later re-created never
+/// equals an old one and can never make a stale list reachable again.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The in-process tier. Cheap to clone (moka caches are handles).
+#[derive(Clone)]
+pub struct L1 {
+    pub(crate) posts: Cache<PostId, Arc<CachedPost>>,
+    pub(crate) feeds: Cache<FeedKey, Arc<[PostId]>>,
+    floors: Cache<PostId, i64>,
+    generations: Cache<TagKey, u64>,
+}
+
+impl L1 {
+    /// An empty L1 with the given bounds.
+    pub fn new(config: L1Config) -> L1 {
+        let L1Config { max_entries, ttl } = config;
+        L1 {
+            posts: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+            feeds: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+            // A floor only matters while a fill is in flight; a generous TTL covers any fill.
+            floors: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl + Duration::from_secs(60))
+                .build(),
+            generations: Cache::builder().max_capacity(max_entries).build(),
+        }
+    }
+
+    /// The newest version this pod knows of `id` (0 if none).
+    pub(crate) async fn floor(&self, id: PostId) -> i64 {
+        self.floors.get(&id).await.unwrap_or(0)
+    }
+
+    /// Records that version `version` of `id` exists.
+    pub(crate) async fn raise_floor(&self, id: PostId, version: i64) {
+        self.floors
+            .entry(id)
+            .and_upsert_with(
+                |cur| async move { cur.map_or(version, |c| c.into_value().max(version)) },
+            )
+            .await;
+    }
+
+    /// Installs `entry` unless L1 already holds the same or a newer version. Raises the floor first,
+    /// so that a concurrent older fill is caught by the check after it (see the module docs).
+    pub(crate) async fn install(&self, entry: Arc<CachedPost>) {
+        self.raise_floor(entry.id, entry.version).await;
+        self.posts
+            .entry(entry.id)
+            .and_compute_with(|cur| async move {
+                match cur {
+                    Some(cur) if cur.value().version >= entry.version => Op::Nop,
+                    _ => Op::Put(entry),
+                }
+            })
+            .await;
+    }
+
+    /// Removes `id`'s entry if it is older than `floor` (a fill that lost the race with a write).
+    pub(crate) async fn evict_older_than(&self, id: PostId, floor: i64) {
+        self.posts
+            .entry(id)
+            .and_compute_with(|cur| async move {
+                match cur {
+                    Some(cur) if cur.value().version < floor => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    /// Replaces the view count of a cached live post (views do not change the version).
+    pub(crate) async fn set_views(&self, id: PostId, views: i64) {
+        self.posts
+            .entry(id)
+            .and_compute_with(|cur| async move {
+                match cur.and_then(|c| c.into_value().post.clone()) {
+                    Some(mut post) if post.views != views => {
+                        post.views = views;
+                        Op::Put(Arc::new(CachedPost::live(post)))
+                    }
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    /// Drops `id` from L1 (admin invalidation).
+    pub(crate) async fn invalidate(&self, id: PostId) {
+        self.posts.invalidate(&id).await;
+    }
+
+    /// The current generation of `tag`.
+    async fn generation(&self, tag: TagKey) -> u64 {
+        self.generations
+            .get_with(tag, async {
+                NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+            })
+            .await
+    }
+
+    /// Makes every feed list built on `tag` unreachable.
+    pub(crate) async fn bump(&self, tag: TagKey) {
+        self.generations
+            .insert(tag, NEXT_GENERATION.fetch_add(1, Ordering::Relaxed))
+            .await;
+    }
+
+    /// The key a feed page is cached under right now. Read *before* querying L3: a list built from
+    /// a snapshot older than a concurrent write then lands under the generation that write bumps.
+    pub(crate) async fn feed_key(&self, query: &FeedQuery) -> FeedKey {
+        let first = match (&query.tag, &query.author_id) {
+            (Some(tag), _) => TagKey::Tag(tag.clone()),
+            (None, Some(author)) => TagKey::Author(author.clone()),
+            (None, None) => TagKey::Global,
+        };
+        let second = match (&query.tag, &query.author_id) {
+            (Some(_), Some(author)) => self.generation(TagKey::Author(author.clone())).await,
+            _ => 0,
+        };
+        FeedKey {
+            query: query.clone(),
+            generations: [self.generation(first).await, second],
+        }
+    }
+
+    /// Entries held now (posts, feed pages), after pending maintenance.
+    pub async fn entry_counts(&self) -> (u64, u64) {
+        self.posts.run_pending_tasks().await;
+        self.feeds.run_pending_tasks().await;
+        (self.posts.entry_count(), self.feeds.entry_count())
+    }
+}

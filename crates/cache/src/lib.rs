@@ -1,0 +1,29 @@
+//! PostCache's tiers and the freshness protocol around them.
+//!
+//! ```text
+//!   read:  L1 (moka, this pod) ──miss──▶ L3 (Store: PostgreSQL | SQLite) ──fill──▶ L1
+//!   write: L3 transaction (row, version + 1, outbox event) ──commit──▶ L1 (version-guarded)
+//! ```
+//! [`Posts`] composes the tiers; [`Store`] is L3 behind one trait; [`L1`] holds serialized posts,
+//! feed pages keyed by tag generations, and the per-post version floor that keeps a slow fill from
+//! installing an older version; [`ViewBuffer`] is the write-back of view counts. No HTTP here.
+
+mod l1;
+mod model;
+mod posts;
+mod stats;
+mod store;
+mod tags;
+mod token;
+mod views;
+
+pub use l1::{CachedPost, L1, L1Config};
+pub use model::{
+    Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
+};
+pub use posts::{FeedPage, Posts, PostsError, Read, Tier, Written};
+pub use stats::{CACHE_REQUESTS, TierCounts, TierStats};
+pub use store::{Committed, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql};
+pub use tags::TagKey;
+pub use token::ConsistencyToken;
+pub use views::{ViewBuffer, WRITEBACK_PENDING};

@@ -1,0 +1,386 @@
+//! [`Posts`]: the read and write paths across the tiers.
+//!
+//! ```text
+//! get:    L1 hit ─▶ done
+//!         L1 miss ─▶ one L3 load per key per burst (moka coalesces) ─▶ L1 ─▶ floor check
+//! feed:   generations ─▶ cached id list or L3 keyset scan ─▶ posts via L1 (misses batched)
+//! write:  L3 transaction + outbox ─▶ floor, L1 (version-guarded) ─▶ bump tag generations
+//! views:  buffer ─(flush)─▶ L3 batch ─▶ L1 view counts
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use postcache_api::EventType;
+use time::OffsetDateTime;
+
+use crate::l1::{CachedPost, L1};
+use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
+use crate::stats::TierStats;
+use crate::store::{Committed, Store, StoreError};
+use crate::tags::TagKey;
+use crate::token::ConsistencyToken;
+use crate::views::ViewBuffer;
+
+/// Published outbox rows beyond this many newest are pruned.
+const OUTBOX_RETENTION: i64 = 10_000;
+
+/// Which tier answered a read (`X-PostCache-Tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This pod's memory.
+    L1,
+    /// The database.
+    L3,
+}
+
+impl Tier {
+    /// `l1` or `l3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L3 => "l3",
+        }
+    }
+}
+
+/// A post read: the cached entry (maybe a tombstone) and the tier that served it.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The entry; `post` is `None` for a deleted or unknown id.
+    pub entry: Arc<CachedPost>,
+    /// Who served it.
+    pub tier: Tier,
+}
+
+/// A write's outcome: the new entry and the client's consistency token.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The post after the write (a tombstone after a delete).
+    pub entry: Arc<CachedPost>,
+    /// What the client sends back for read-your-writes.
+    pub token: ConsistencyToken,
+}
+
+/// One feed page: live posts, newest first, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    /// The posts (deleted ones skipped).
+    pub posts: Vec<Arc<CachedPost>>,
+    /// Cursor of the next page, if the page was full.
+    pub next: Option<Cursor>,
+    /// Who served the id list.
+    pub tier: Tier,
+}
+
+/// Why a call on [`Posts`] failed: the store's error, shared by every caller of a coalesced load.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PostsError(Arc<StoreError>);
+
+impl PostsError {
+    /// The underlying store error.
+    pub fn store(&self) -> &StoreError {
+        &self.0
+    }
+}
+
+impl From<StoreError> for PostsError {
+    fn from(e: StoreError) -> Self {
+        PostsError(Arc::new(e))
+    }
+}
+
+impl From<Arc<StoreError>> for PostsError {
+    fn from(e: Arc<StoreError>) -> Self {
+        PostsError(e)
+    }
+}
+
+/// The posts service without HTTP: L1 in front of L3, views written back.
+pub struct Posts {
+    store: Arc<dyn Store>,
+    l1: L1,
+    stats: TierStats,
+    views: ViewBuffer,
+    /// Outbox positions applied here and not yet marked published.
+    applied: Mutex<Vec<i64>>,
+}
+
+impl Posts {
+    /// Composes the tiers.
+    pub fn new(store: Arc<dyn Store>, l1: L1) -> Posts {
+        Posts {
+            store,
+            l1,
+            stats: TierStats::default(),
+            views: ViewBuffer::default(),
+            applied: Mutex::default(),
+        }
+    }
+
+    /// The store (readiness, pool metrics).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Hit and miss counters.
+    pub fn stats(&self) -> &TierStats {
+        &self.stats
+    }
+
+    /// L1 itself (entry counts).
+    pub fn l1(&self) -> &L1 {
+        &self.l1
+    }
+
+    /// Reads one post: L1, else one coalesced L3 load that fills L1.
+    ///
+    /// # Errors
+    /// When L3 is needed and fails.
+    pub async fn get(&self, id: PostId) -> Result<Read, PostsError> {
+        if let Some(entry) = self.l1.posts.get(&id).await {
+            self.stats.l1.hit();
+            return Ok(Read {
+                entry,
+                tier: Tier::L1,
+            });
+        }
+        self.stats.l1.miss();
+        let loaded = self
+            .l1
+            .posts
+            .entry(id)
+            .or_try_insert_with(self.load(id))
+            .await?;
+        let tier = if loaded.is_fresh() {
+            Tier::L3
+        } else {
+            Tier::L1
+        };
+        let entry = loaded.into_value();
+        // A write may have landed while this fill ran; if so, its version is the floor.
+        let floor = self.l1.floor(id).await;
+        if entry.version < floor {
+            self.l1.evict_older_than(id, floor).await;
+            let fresh = self.load(id).await?;
+            self.l1.install(Arc::clone(&fresh)).await;
+            return Ok(Read {
+                entry: fresh,
+                tier: Tier::L3,
+            });
+        }
+        Ok(Read { entry, tier })
+    }
+
+    async fn load(&self, id: PostId) -> Result<Arc<CachedPost>, StoreError> {
+        let stored = self.store.get(id).await?;
+        if stored.is_some() {
+            self.stats.l3.hit()
+        } else {
+            self.stats.l3.miss()
+        }
+        Ok(Arc::new(CachedPost::from_store(id, stored.as_ref())))
+    }
+
+    /// Reads one feed page, newest first.
+    ///
+    /// # Errors
+    /// When L3 is needed and fails.
+    pub async fn feed(&self, query: FeedQuery) -> Result<FeedPage, PostsError> {
+        let key = self.l1.feed_key(&query).await;
+        let store = Arc::clone(&self.store);
+        let q = query.clone();
+        let list = self
+            .l1
+            .feeds
+            .entry(key)
+            .or_try_insert_with(async move { store.feed(&q).await.map(Arc::<[PostId]>::from) })
+            .await?;
+        let tier = if list.is_fresh() { Tier::L3 } else { Tier::L1 };
+        let ids = list.into_value();
+        let next = (ids.len() == usize::from(query.limit))
+            .then(|| ids.last().map(|&id| Cursor(id)))
+            .flatten();
+        let posts = self.get_many(&ids).await?;
+        Ok(FeedPage {
+            posts: posts.into_iter().filter(|p| p.post.is_some()).collect(),
+            next,
+            tier,
+        })
+    }
+
+    /// Posts by id in the given order: L1 hits, the misses in one L3 query.
+    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<Arc<CachedPost>>, PostsError> {
+        let mut found: HashMap<PostId, Arc<CachedPost>> = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for &id in ids {
+            match self.l1.posts.get(&id).await {
+                Some(entry) => {
+                    self.stats.l1.hit();
+                    found.insert(id, entry);
+                }
+                None => {
+                    self.stats.l1.miss();
+                    missing.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for stored in self.store.get_many(&missing).await? {
+                self.stats.l3.hit();
+                let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));
+                // Older than what a concurrent write installed? Then take the newer one from L1.
+                if entry.version < self.l1.floor(stored.id).await {
+                    found.insert(stored.id, self.get(stored.id).await?.entry);
+                } else {
+                    self.l1.install(Arc::clone(&entry)).await;
+                    found.insert(stored.id, entry);
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// Creates a post.
+    ///
+    /// # Errors
+    /// When L3 fails.
+    pub async fn create(&self, post: NewPost) -> Result<Written, PostsError> {
+        let committed = self.store.create(post, OffsetDateTime::now_utc()).await?;
+        Ok(self.apply(committed).await)
+    }
+
+    /// Updates a post; `expected` is `If-Match`.
+    ///
+    /// # Errors
+    /// Not found, version mismatch, or L3 failure.
+    pub async fn update(
+        &self,
+        id: PostId,
+        patch: PostPatch,
+        expected: Option<i64>,
+    ) -> Result<Written, PostsError> {
+        let committed = self
+            .store
+            .update(id, patch, expected, OffsetDateTime::now_utc())
+            .await?;
+        Ok(self.apply(committed).await)
+    }
+
+    /// Deletes a post; `expected` is `If-Match`.
+    ///
+    /// # Errors
+    /// Not found, version mismatch, or L3 failure.
+    pub async fn delete(&self, id: PostId, expected: Option<i64>) -> Result<Written, PostsError> {
+        let committed = self
+            .store
+            .delete(id, expected, OffsetDateTime::now_utc())
+            .await?;
+        Ok(self.apply(committed).await)
+    }
+
+    /// After commit: L1 (guarded by version), then the tag generations the change affects.
+    async fn apply(&self, committed: Committed) -> Written {
+        let Committed {
+            post,
+            kind,
+            position,
+            lsn,
+            previous_tags,
+        } = committed;
+        let entry = Arc::new(CachedPost::from_store(post.id, Some(&post)));
+        self.l1.install(Arc::clone(&entry)).await;
+        let tags = match kind {
+            EventType::PostUpdated => TagKey::for_retag(&previous_tags, &post.tags),
+            EventType::PostDeleted => TagKey::for_membership(&post.author_id, &previous_tags),
+            _ => TagKey::for_membership(&post.author_id, &post.tags),
+        };
+        for tag in tags {
+            self.l1.bump(tag).await;
+        }
+        self.applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(position);
+        Written {
+            entry,
+            token: ConsistencyToken { position, lsn },
+        }
+    }
+
+    /// Counts a view of a live post (buffered; see [`Posts::flush_views`]).
+    ///
+    /// # Errors
+    /// `NotFound` for a deleted or unknown post; L3 failure when it must be looked up.
+    pub async fn count_view(&self, id: PostId) -> Result<(), PostsError> {
+        if self.get(id).await?.entry.post.is_none() {
+            return Err(StoreError::NotFound(id).into());
+        }
+        self.views.count(id);
+        Ok(())
+    }
+
+    /// Writes buffered views to L3 in one transaction and refreshes L1's counts. On failure the
+    /// batch goes back into the buffer for the next flush.
+    ///
+    /// # Errors
+    /// When L3 fails.
+    pub async fn flush_views(&self) -> Result<usize, PostsError> {
+        let batch = self.views.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let totals = match self.store.add_views(&batch).await {
+            Ok(totals) => totals,
+            Err(e) => {
+                self.views.restore(batch);
+                return Err(e.into());
+            }
+        };
+        for &(id, views) in &totals {
+            self.l1.set_views(id, views).await;
+        }
+        Ok(batch.len())
+    }
+
+    /// Views buffered and not yet flushed (posts).
+    pub fn pending_views(&self) -> usize {
+        self.views.pending()
+    }
+
+    /// Marks applied events published in the outbox and prunes old published rows.
+    ///
+    /// # Errors
+    /// When L3 fails (the positions are kept for the next attempt).
+    pub async fn settle_outbox(&self) -> Result<(), PostsError> {
+        let applied =
+            std::mem::take(&mut *self.applied.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Err(e) = self
+            .store
+            .settle_outbox(&applied, OUTBOX_RETENTION, OffsetDateTime::now_utc())
+            .await
+        {
+            self.applied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(applied);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Admin invalidation by tag: every feed list built on these tags becomes unreachable.
+    pub async fn invalidate_tags(&self, tags: Vec<TagKey>) {
+        for tag in tags {
+            self.l1.bump(tag).await;
+        }
+    }
+
+    /// Admin invalidation by id: the next read goes to L3.
+    pub async fn invalidate_ids(&self, ids: &[PostId]) {
+        for &id in ids {
+            self.l1.invalidate(id).await;
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Per-tier hit and miss counters: `/v1/cache/stats` reads them, and every count also goes to the
+//! `metrics` recorder as [`CACHE_REQUESTS`] (described with the other metrics by the server).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Metric name: cache lookups by `tier` (`l1`, `l2`, `l3`) and `result` (`hit`, `miss`).
+pub const CACHE_REQUESTS: &str = "postcache_cache_requests_total";
+
+/// Hits and misses of one tier.
+#[derive(Debug)]
+pub struct TierCounts {
+    tier: &'static str,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl TierCounts {
+    const fn new(tier: &'static str) -> TierCounts {
+        TierCounts {
+            tier,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one hit.
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => "hit").increment(1);
+    }
+
+    /// Counts one miss.
+    pub fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => "miss").increment(1);
+    }
+
+    /// (hits, misses) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The counters of every tier this pod has.
+#[derive(Debug)]
+pub struct TierStats {
+    /// In-process cache.
+    pub l1: TierCounts,
+    /// The store (a miss here is a lookup of an id that does not exist).
+    pub l3: TierCounts,
+}
+
+impl Default for TierStats {
+    fn default() -> Self {
+        TierStats {
+            l1: TierCounts::new("l1"),
+            l3: TierCounts::new("l3"),
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! L3: the durable truth behind one trait, with PostgreSQL and SQLite implementations.
+//!
+//! Every write is one transaction that changes the row (`version + 1`) and appends its event to
+//! the outbox table; the commit returns the event's position and, on PostgreSQL, the primary's
+//! WAL position after the commit (the LSN a replica must have replayed to reflect the write).
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use postcache_api::EventType;
+use time::OffsetDateTime;
+
+pub use postgres::{PostgresStore, sql as postgres_sql};
+pub use sqlite::SqliteStore;
+
+use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
+
+/// A committed write: the post after it, and where its event sits in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The post after the change (for a delete: the tombstone, `deleted` set).
+    pub post: StoredPost,
+    /// What happened.
+    pub kind: EventType,
+    /// The outbox position of the event.
+    pub position: i64,
+    /// The primary's WAL position after the commit (0 on SQLite).
+    pub lsn: u64,
+    /// Tags before the change (differs from `post.tags` when an update retagged).
+    pub previous_tags: Vec<String>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such post, or it was deleted.
+    #[error("post {0} does not exist")]
+    NotFound(PostId),
+    /// `If-Match` named another version.
+    #[error("post {id} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// The post.
+        id: PostId,
+        /// The version the caller expected.
+        expected: i64,
+        /// The version it has.
+        actual: i64,
+    },
+    /// The database cannot be reached, or no connection was free within the acquire timeout.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A statement failed.
+    #[error("{step} failed")]
+    Query {
+        /// Which step.
+        step: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Schema migration failed at start-up.
+    #[error("migrating the schema failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database URL is neither `sqlite:` nor `postgres:`.
+    #[error("unsupported database URL scheme (expected sqlite: or postgres:)")]
+    UnsupportedUrl,
+}
+
+impl StoreError {
+    /// Wraps a driver error of `step`, telling outages apart from query failures.
+    pub(crate) fn query(step: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| match source {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(source),
+            source => StoreError::Query { step, source },
+        }
+    }
+
+    /// True when retrying later may succeed (the caller answers 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// L3. Implementations are cheap to share (`Arc<dyn Store>`); every method is one round of
+/// statements on one connection.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a post at version 1, with its `post.created` event.
+    async fn create(&self, post: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError>;
+
+    /// Applies `patch` (version + 1) with its `post.updated` event. `expected` is `If-Match`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionMismatch`], or a database error.
+    async fn update(
+        &self,
+        id: PostId,
+        patch: PostPatch,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError>;
+
+    /// Soft-deletes (version + 1) with its `post.deleted` event.
+    ///
+    /// # Errors
+    /// As [`Store::update`].
+    async fn delete(
+        &self,
+        id: PostId,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError>;
+
+    /// One post, deleted ones included (as tombstones); `None` if the id never existed.
+    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError>;
+
+    /// Many posts at once (order unspecified, absent ids skipped).
+    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError>;
+
+    /// Ids of one feed page, newest first (keyset: ids below the cursor).
+    async fn feed(&self, query: &FeedQuery) -> Result<Vec<PostId>, StoreError>;
+
+    /// Adds buffered view counts in one transaction; returns each live post's new total.
+    async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError>;
+
+    /// Marks outbox rows as published and drops published rows beyond `keep` newest.
+    async fn settle_outbox(
+        &self,
+        published: &[i64],
+        keep: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connections (in use, idle, max) of the pool, for metrics.
+    fn pool_usage(&self) -> (u32, u32, u32);
+}
+
+/// Connects to `url` (`sqlite:` or `postgres:`), runs the migrations (one process at a time), and
+/// returns the store.
+///
+/// # Errors
+/// An unsupported URL, an unreachable database, or a failed migration.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
+        ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections, acquire_timeout).await?,
+        ))
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}
+
+/// A `posts` row as both databases return it (every post query selects these columns by name);
+/// `tags` is a JSON array.
+#[derive(sqlx::FromRow)]
+pub(crate) struct PostRow {
+    id: i64,
+    author_id: String,
+    title: String,
+    body: String,
+    tags: String,
+    version: i64,
+    views: i64,
+    deleted: bool,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl From<PostRow> for StoredPost {
+    fn from(row: PostRow) -> StoredPost {
+        StoredPost {
+            id: row.id,
+            author_id: row.author_id,
+            title: row.title,
+            body: row.body,
+            // Written by `tags_json` only; a malformed value would be a bug, shown as no tags.
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            version: row.version,
+            views: row.views,
+            deleted: row.deleted,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+pub(crate) fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+}
+
+/// The event payload stored in the outbox: the post as the API shows it, or null for deletes.
+pub(crate) fn event_payload(post: &StoredPost) -> Option<String> {
+    (!post.deleted).then(|| serde_json::to_string(&post.to_api()).unwrap_or_default())
+}
+
+pub(crate) fn kind_name(kind: EventType) -> &'static str {
+    match kind {
+        EventType::PostCreated => "post.created",
+        EventType::PostUpdated => "post.updated",
+        EventType::PostDeleted => "post.deleted",
+        EventType::PostViews => "post.views",
+        EventType::Resync => "resync",
+    }
+}
+
+/// Applies a patch to a post read under lock; checks existence and `If-Match` first.
+pub(crate) fn apply_patch(
+    current: Option<StoredPost>,
+    id: PostId,
+    patch: PostPatch,
+    expected: Option<i64>,
+    now: OffsetDateTime,
+) -> Result<StoredPost, StoreError> {
+    let mut post = current
+        .filter(|p| !p.deleted)
+        .ok_or(StoreError::NotFound(id))?;
+    if let Some(expected) = expected.filter(|e| *e != post.version) {
+        return Err(StoreError::VersionMismatch {
+            id,
+            expected,
+            actual: post.version,
+        });
+    }
+    if let Some(title) = patch.title {
+        post.title = title;
+    }
+    if let Some(body) = patch.body {
+        post.body = body;
+    }
+    if let Some(tags) = patch.tags {
+        post.tags = tags;
+    }
+    post.version += 1;
+    post.updated_at = now;
+    Ok(post)
+}

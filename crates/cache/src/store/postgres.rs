@@ -1,0 +1,364 @@
+//! L3 on PostgreSQL (the primary). Replica routing arrives with the distributed tiers.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use postcache_api::EventType;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+
+use super::{
+    Committed, PostRow, Store, StoreError, apply_patch, event_payload, kind_name, tags_json,
+};
+use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
+
+/// The statements the API issues, public so that a test can `EXPLAIN` each of them.
+pub mod sql {
+    /// Global feed page.
+    pub const FEED: &str =
+        "SELECT id FROM posts WHERE NOT deleted AND id < $1 ORDER BY id DESC LIMIT $2";
+    /// Feed page of one author.
+    pub const FEED_BY_AUTHOR: &str = "SELECT id FROM posts WHERE NOT deleted AND author_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+    /// Feed page of one tag.
+    pub const FEED_BY_TAG: &str = "SELECT post_id FROM post_tags WHERE tag = $1 AND post_id < $2 ORDER BY post_id DESC LIMIT $3";
+    /// Feed page of one tag and author.
+    pub const FEED_BY_TAG_AND_AUTHOR: &str = "SELECT t.post_id FROM post_tags t JOIN posts p ON p.id = t.post_id \
+         WHERE t.tag = $1 AND p.author_id = $2 AND NOT p.deleted AND t.post_id < $3 \
+         ORDER BY t.post_id DESC LIMIT $4";
+    /// One post.
+    pub const GET: &str = "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
+         FROM posts WHERE id = $1";
+    /// One post, locked for a change.
+    pub const GET_FOR_UPDATE: &str = "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
+         FROM posts WHERE id = $1 FOR UPDATE";
+    /// Many posts.
+    pub const GET_MANY: &str = "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
+         FROM posts WHERE id = ANY($1)";
+    /// Add views to one post.
+    pub const ADD_VIEWS: &str =
+        "UPDATE posts SET views = views + $2 WHERE id = $1 AND NOT deleted RETURNING views";
+}
+
+/// [`Store`] on a PostgreSQL primary.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects and migrates (sqlx takes an advisory lock: one migrating process at a time).
+    ///
+    /// # Errors
+    /// Unreachable database, bad URL, failed migration.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(StoreError::query("parse the database URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.application_name("postcache"))
+            .await
+            .map_err(StoreError::query("connect to PostgreSQL"))?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The pool, for tests and diagnostics.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn lock(
+        tx: &mut Transaction<'_, Postgres>,
+        id: PostId,
+    ) -> Result<Option<StoredPost>, StoreError> {
+        let row: Option<PostRow> = sqlx::query_as(sql::GET_FOR_UPDATE)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock the post"))?;
+        Ok(row.map(StoredPost::from))
+    }
+
+    async fn save(
+        tx: &mut Transaction<'_, Postgres>,
+        post: &StoredPost,
+        previous_tags: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE posts SET title = $2, body = $3, tags = $4, version = $5, deleted = $6, updated_at = $7 WHERE id = $1",
+        )
+        .bind(post.id)
+        .bind(&post.title)
+        .bind(&post.body)
+        .bind(tags_json(&post.tags))
+        .bind(post.version)
+        .bind(post.deleted)
+        .bind(post.updated_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("update the post"))?;
+        let live_tags: &[String] = if post.deleted { &[] } else { &post.tags };
+        if live_tags != previous_tags {
+            sqlx::query("DELETE FROM post_tags WHERE post_id = $1")
+                .bind(post.id)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::query("untag the post"))?;
+            Self::tag(tx, post.id, live_tags).await?;
+        }
+        Ok(())
+    }
+
+    async fn tag(
+        tx: &mut Transaction<'_, Postgres>,
+        id: PostId,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO post_tags (tag, post_id) SELECT unnest($1::text[]), $2")
+            .bind(tags)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("tag the post"))?;
+        Ok(())
+    }
+
+    /// Appends the change's event to the outbox; returns its position.
+    async fn append(
+        tx: &mut Transaction<'_, Postgres>,
+        post: &StoredPost,
+        kind: EventType,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO outbox (post_id, kind, version, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING position",
+        )
+        .bind(post.id)
+        .bind(kind_name(kind))
+        .bind(post.version)
+        .bind(event_payload(post))
+        .bind(post.updated_at)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("append to the outbox"))
+    }
+
+    /// The primary's WAL position, read on the connection that just committed: at or after the
+    /// commit record, so a replica that has replayed this far reflects the write.
+    async fn lsn(conn: &mut PgConnection) -> Result<u64, StoreError> {
+        let lsn: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            .fetch_one(conn)
+            .await
+            .map_err(StoreError::query("read the commit LSN"))?;
+        Ok(lsn as u64)
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(StoreError::query("acquire a connection"))
+    }
+
+    /// Update or delete: lock, check, save, append, commit.
+    async fn change(
+        &self,
+        id: PostId,
+        kind: EventType,
+        edit: impl FnOnce(Option<StoredPost>) -> Result<StoredPost, StoreError> + Send,
+    ) -> Result<Committed, StoreError> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await.map_err(StoreError::query("begin"))?;
+        let current = Self::lock(&mut tx, id).await?;
+        let previous_tags = current.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
+        let post = edit(current)?;
+        Self::save(&mut tx, &post, &previous_tags).await?;
+        let position = Self::append(&mut tx, &post, kind).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        let lsn = Self::lsn(&mut conn).await?;
+        Ok(Committed {
+            post,
+            kind,
+            position,
+            lsn,
+            previous_tags,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create(&self, new: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await.map_err(StoreError::query("begin"))?;
+        let row: PostRow = sqlx::query_as(
+            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5) \
+             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
+        )
+        .bind(&new.author_id)
+        .bind(&new.title)
+        .bind(&new.body)
+        .bind(tags_json(&new.tags))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert the post"))?;
+        let post = StoredPost::from(row);
+        Self::tag(&mut tx, post.id, &post.tags).await?;
+        let position = Self::append(&mut tx, &post, EventType::PostCreated).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        let lsn = Self::lsn(&mut conn).await?;
+        Ok(Committed {
+            post,
+            kind: EventType::PostCreated,
+            position,
+            lsn,
+            previous_tags: Vec::new(),
+        })
+    }
+
+    async fn update(
+        &self,
+        id: PostId,
+        patch: PostPatch,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.change(id, EventType::PostUpdated, |current| {
+            apply_patch(current, id, patch, expected, now)
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        id: PostId,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.change(id, EventType::PostDeleted, |current| {
+            let mut post = apply_patch(current, id, PostPatch::default(), expected, now)?;
+            post.deleted = true;
+            Ok(post)
+        })
+        .await
+    }
+
+    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+        let row: Option<PostRow> = sqlx::query_as(sql::GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::query("read a post"))?;
+        Ok(row.map(StoredPost::from))
+    }
+
+    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
+        let rows: Vec<PostRow> = sqlx::query_as(sql::GET_MANY)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read posts"))?;
+        Ok(rows.into_iter().map(StoredPost::from).collect())
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+        let before = q.cursor.map_or(i64::MAX, |c| c.0);
+        let limit = i64::from(q.limit);
+        let query = match (&q.tag, &q.author_id) {
+            (None, None) => sqlx::query_scalar(sql::FEED).bind(before),
+            (None, Some(author)) => sqlx::query_scalar(sql::FEED_BY_AUTHOR)
+                .bind(author)
+                .bind(before),
+            (Some(tag), None) => sqlx::query_scalar(sql::FEED_BY_TAG).bind(tag).bind(before),
+            (Some(tag), Some(author)) => sqlx::query_scalar(sql::FEED_BY_TAG_AND_AUTHOR)
+                .bind(tag)
+                .bind(author)
+                .bind(before),
+        };
+        query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read a feed page"))
+    }
+
+    async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let mut totals = Vec::with_capacity(batch.len());
+        for &(id, n) in batch {
+            let total: Option<i64> = sqlx::query_scalar(sql::ADD_VIEWS)
+                .bind(id)
+                .bind(n)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::query("add views"))?;
+            totals.extend(total.map(|t| (id, t)));
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit views"))?;
+        Ok(totals)
+    }
+
+    async fn settle_outbox(
+        &self,
+        published: &[i64],
+        keep: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if !published.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = $2 WHERE position = ANY($1) AND published_at IS NULL")
+                .bind(published)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::query("mark events published"))?;
+        }
+        sqlx::query(
+            "DELETE FROM outbox WHERE published_at IS NOT NULL \
+             AND position <= (SELECT max(position) FROM outbox) - $1",
+        )
+        .bind(keep)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::query("prune the outbox"))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+
+    fn pool_usage(&self) -> (u32, u32, u32) {
+        let idle = self.pool.num_idle() as u32;
+        let size = self.pool.size();
+        (
+            size.saturating_sub(idle),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
+    }
+}

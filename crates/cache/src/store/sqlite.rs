@@ -1,0 +1,341 @@
+//! L3 on SQLite: the embedded default. One file in WAL mode; writes go through a one-connection
+//! pool (SQLite has one writer at a time anyway), reads through a pool of their own.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use postcache_api::EventType;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use time::OffsetDateTime;
+
+use super::{
+    Committed, PostRow, Store, StoreError, apply_patch, event_payload, kind_name, tags_json,
+};
+use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
+
+const GET: &str = "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
+                   FROM posts WHERE id = ?1";
+
+/// [`Store`] on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the file of `url` in WAL mode and migrates it.
+    ///
+    /// # Errors
+    /// Bad URL, unwritable file, failed migration.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::query("parse the database URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(acquire_timeout)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::query("open the SQLite file"))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(StoreError::Migrate)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(StoreError::query("open the SQLite file for reading"))?;
+        Ok(SqliteStore { reader, writer })
+    }
+
+    async fn lock(
+        tx: &mut Transaction<'_, Sqlite>,
+        id: PostId,
+    ) -> Result<Option<StoredPost>, StoreError> {
+        let row: Option<PostRow> = sqlx::query_as(GET)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("read the post"))?;
+        Ok(row.map(StoredPost::from))
+    }
+
+    async fn tag(
+        tx: &mut Transaction<'_, Sqlite>,
+        id: PostId,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO post_tags (tag, post_id) SELECT value, ?2 FROM json_each(?1)")
+            .bind(tags_json(tags))
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("tag the post"))?;
+        Ok(())
+    }
+
+    async fn append(
+        tx: &mut Transaction<'_, Sqlite>,
+        post: &StoredPost,
+        kind: EventType,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO outbox (post_id, kind, version, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING position",
+        )
+        .bind(post.id)
+        .bind(kind_name(kind))
+        .bind(post.version)
+        .bind(event_payload(post))
+        .bind(post.updated_at)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("append to the outbox"))
+    }
+
+    async fn change(
+        &self,
+        id: PostId,
+        kind: EventType,
+        edit: impl FnOnce(Option<StoredPost>) -> Result<StoredPost, StoreError> + Send,
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let current = Self::lock(&mut tx, id).await?;
+        let previous_tags = current.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
+        let post = edit(current)?;
+        sqlx::query(
+            "UPDATE posts SET title = ?2, body = ?3, tags = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE id = ?1",
+        )
+        .bind(post.id)
+        .bind(&post.title)
+        .bind(&post.body)
+        .bind(tags_json(&post.tags))
+        .bind(post.version)
+        .bind(post.deleted)
+        .bind(post.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("update the post"))?;
+        let live_tags: &[String] = if post.deleted { &[] } else { &post.tags };
+        if live_tags != previous_tags.as_slice() {
+            sqlx::query("DELETE FROM post_tags WHERE post_id = ?1")
+                .bind(post.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("untag the post"))?;
+            Self::tag(&mut tx, post.id, live_tags).await?;
+        }
+        let position = Self::append(&mut tx, &post, kind).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(Committed {
+            post,
+            kind,
+            position,
+            lsn: 0,
+            previous_tags,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, new: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let row: PostRow = sqlx::query_as(
+            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5) \
+             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
+        )
+        .bind(&new.author_id)
+        .bind(&new.title)
+        .bind(&new.body)
+        .bind(tags_json(&new.tags))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert the post"))?;
+        let post = StoredPost::from(row);
+        Self::tag(&mut tx, post.id, &post.tags).await?;
+        let position = Self::append(&mut tx, &post, EventType::PostCreated).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(Committed {
+            post,
+            kind: EventType::PostCreated,
+            position,
+            lsn: 0,
+            previous_tags: Vec::new(),
+        })
+    }
+
+    async fn update(
+        &self,
+        id: PostId,
+        patch: PostPatch,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.change(id, EventType::PostUpdated, |current| {
+            apply_patch(current, id, patch, expected, now)
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        id: PostId,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.change(id, EventType::PostDeleted, |current| {
+            let mut post = apply_patch(current, id, PostPatch::default(), expected, now)?;
+            post.deleted = true;
+            Ok(post)
+        })
+        .await
+    }
+
+    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+        let row: Option<PostRow> = sqlx::query_as(GET)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(StoreError::query("read a post"))?;
+        Ok(row.map(StoredPost::from))
+    }
+
+    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        let rows: Vec<PostRow> = sqlx::query_as(
+            "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
+             FROM posts WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(StoreError::query("read posts"))?;
+        Ok(rows.into_iter().map(StoredPost::from).collect())
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+        let before = q.cursor.map_or(i64::MAX, |c| c.0);
+        let limit = i64::from(q.limit);
+        let query = match (&q.tag, &q.author_id) {
+            (None, None) => sqlx::query_scalar(
+                "SELECT id FROM posts WHERE deleted = 0 AND id < ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .bind(before),
+            (None, Some(author)) => sqlx::query_scalar(
+                "SELECT id FROM posts WHERE deleted = 0 AND author_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )
+            .bind(author)
+            .bind(before),
+            (Some(tag), None) => sqlx::query_scalar(
+                "SELECT post_id FROM post_tags WHERE tag = ?1 AND post_id < ?2 ORDER BY post_id DESC LIMIT ?3",
+            )
+            .bind(tag)
+            .bind(before),
+            (Some(tag), Some(author)) => sqlx::query_scalar(
+                "SELECT t.post_id FROM post_tags t JOIN posts p ON p.id = t.post_id \
+                 WHERE t.tag = ?1 AND p.author_id = ?2 AND p.deleted = 0 AND t.post_id < ?3 \
+                 ORDER BY t.post_id DESC LIMIT ?4",
+            )
+            .bind(tag)
+            .bind(author)
+            .bind(before),
+        };
+        query
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(StoreError::query("read a feed page"))
+    }
+
+    async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let mut totals = Vec::with_capacity(batch.len());
+        for &(id, n) in batch {
+            let total: Option<i64> = sqlx::query_scalar(
+                "UPDATE posts SET views = views + ?2 WHERE id = ?1 AND deleted = 0 RETURNING views",
+            )
+            .bind(id)
+            .bind(n)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::query("add views"))?;
+            totals.extend(total.map(|t| (id, t)));
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit views"))?;
+        Ok(totals)
+    }
+
+    async fn settle_outbox(
+        &self,
+        published: &[i64],
+        keep: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let positions = serde_json::to_string(published).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE outbox SET published_at = ?2 \
+             WHERE position IN (SELECT value FROM json_each(?1)) AND published_at IS NULL",
+        )
+        .bind(positions)
+        .bind(now)
+        .execute(&self.writer)
+        .await
+        .map_err(StoreError::query("mark events published"))?;
+        sqlx::query(
+            "DELETE FROM outbox WHERE published_at IS NOT NULL \
+             AND position <= (SELECT max(position) FROM outbox) - ?1",
+        )
+        .bind(keep)
+        .execute(&self.writer)
+        .await
+        .map_err(StoreError::query("prune the outbox"))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+
+    fn pool_usage(&self) -> (u32, u32, u32) {
+        let idle = self.reader.num_idle() as u32;
+        let size = self.reader.size();
+        (
+            size.saturating_sub(idle),
+            idle,
+            self.reader.options().get_max_connections(),
+        )
+    }
+}

@@ -1,0 +1,93 @@
+//! `postcache serve`'s configuration: every flag has an environment twin `POSTCACHE_*`.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `postcache serve`. With none set it runs the embedded default: SQLite file
+/// `./postcache.db` on 127.0.0.1:8080.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback requires API tokens (or --insecure-no-auth).
+    #[arg(long, env = "POSTCACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The primary database: `sqlite:<file>` (the embedded default) or `postgres://…`.
+    #[arg(
+        long,
+        env = "POSTCACHE_DATABASE_URL",
+        default_value = "sqlite:postcache.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Most connections to the database.
+    #[arg(long, env = "POSTCACHE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a free database connection before it gets 503.
+    #[arg(long, env = "POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Bearer tokens accepted for writes and admin calls (comma-separated).
+    #[arg(
+        long,
+        env = "POSTCACHE_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<String>,
+
+    /// File with more tokens, one per line (e.g. a mounted Secret).
+    #[arg(long, env = "POSTCACHE_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+
+    /// Allow listening beyond loopback without API tokens.
+    #[arg(long, env = "POSTCACHE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Most posts (and, separately, feed pages) held in this process's cache.
+    #[arg(long, env = "POSTCACHE_L1_MAX_ENTRIES", default_value_t = 100_000)]
+    pub l1_max_entries: u64,
+
+    /// Safety-net lifetime of an in-process cache entry, in seconds.
+    #[arg(long, env = "POSTCACHE_L1_TTL_SECONDS", default_value_t = 60)]
+    pub l1_ttl_seconds: u64,
+
+    /// Requests per second per client IP; 0 turns rate limiting off.
+    #[arg(long, env = "POSTCACHE_RATE_LIMIT_PER_SECOND", default_value_t = 500)]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a client may burst above the rate.
+    #[arg(long, env = "POSTCACHE_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub rate_limit_burst: u32,
+
+    /// How often buffered view counts are flushed to the database (the loss window on a crash).
+    #[arg(long, env = "POSTCACHE_VIEWS_FLUSH_MS", default_value_t = 1000)]
+    pub views_flush_ms: u64,
+
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long, env = "POSTCACHE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log output format.
+    #[arg(long, env = "POSTCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Rate limit as (per second, burst); `None` when turned off.
+    pub fn rate_limit(&self) -> Option<(NonZeroU32, NonZeroU32)> {
+        let rate = NonZeroU32::new(self.rate_limit_per_second)?;
+        Some((rate, NonZeroU32::new(self.rate_limit_burst).unwrap_or(rate)))
+    }
+}

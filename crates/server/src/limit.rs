@@ -1,0 +1,86 @@
+//! Per-client rate limiting (GCRA via `governor`), keyed by the peer's IP address.
+//!
+//! Over the limit a request gets 429 with `Retry-After`. Requests without a peer address (the
+//! in-process router in tests) share one key. Proxies' `X-Forwarded-For` is not trusted.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
+
+/// A keyed limiter shared by all requests.
+#[derive(Clone)]
+pub struct RateLimit {
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl RateLimit {
+    /// `per_second` sustained, bursts of `burst`.
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> RateLimit {
+        RateLimit {
+            limiter: Arc::new(RateLimiter::keyed(
+                Quota::per_second(per_second).allow_burst(burst),
+            )),
+        }
+    }
+
+    /// `Ok` if `client` may make a request now, else how long to wait.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets clients that are back to a full bucket (bounds memory; called periodically).
+    pub fn shrink(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// Middleware: rejects requests over the limit with 429.
+pub(crate) async fn enforce(
+    State(limit): State<Option<RateLimit>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(limit) = limit {
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip());
+        if let Err(wait) = limit.check(client) {
+            return ApiError::too_many_requests(wait).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_client_waits_while_others_do_not() {
+        let limit = RateLimit::new(NonZeroU32::new(1).unwrap(), NonZeroU32::new(3).unwrap());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limit.check(a).is_ok());
+        }
+        let wait = limit.check(a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(limit.check(b).is_ok(), "another client has its own bucket");
+    }
+}

@@ -1,0 +1,99 @@
+//! Every metric the service exports, described in one place, and the HTTP metrics middleware.
+//!
+//! Names follow CONTRACT.md; histograms have buckets from 50 µs (an L1 hit) to 10 s (an outlier).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests by `route` (the matched template), `method` and `status`.
+pub(crate) const HTTP_REQUESTS: &str = "postcache_http_requests_total";
+/// HTTP latency by `route` and `method`.
+pub(crate) const HTTP_DURATION: &str = "postcache_http_request_duration_seconds";
+/// Pool connections by `role` and `state` (`idle`, `used`).
+pub(crate) const DB_POOL_CONNECTIONS: &str = "postcache_db_pool_connections";
+/// Pool size limit by `role`.
+pub(crate) const DB_POOL_MAX: &str = "postcache_db_pool_max";
+/// 1 while a component is degraded, by `component`.
+pub(crate) const DEGRADED: &str = "postcache_degraded";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder (installed on first use; later calls share it).
+///
+/// # Panics
+/// If another `metrics` recorder was installed first: a start-up bug.
+pub(crate) fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        postcache_cache::CACHE_REQUESTS,
+        "Cache lookups by tier and result."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route template, method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route template and method."
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections by role and state."
+    );
+    describe_gauge!(DB_POOL_MAX, "Database pool size limit by role.");
+    describe_gauge!(
+        postcache_cache::WRITEBACK_PENDING,
+        "Posts with view counts not yet flushed to the database."
+    );
+    describe_gauge!(DEGRADED, "1 while a component is degraded.");
+}
+
+/// Middleware: counts and times every request under its route template (never raw paths, so ids
+/// do not explode the label set).
+pub(crate) async fn track(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// Publishes the pool gauges for `role` (`primary`, `replica`).
+pub(crate) fn record_pool(role: &'static str, (used, idle, max): (u32, u32, u32)) {
+    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "used").set(f64::from(used));
+    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "idle").set(f64::from(idle));
+    metrics::gauge!(DB_POOL_MAX, "role" => role).set(f64::from(max));
+}

@@ -1,0 +1,201 @@
+//! Running the service: start-up checks, the listener, the background flush, graceful shutdown.
+//!
+//! ```text
+//! SIGTERM/Ctrl-C ─▶ stop accepting ─▶ in-flight requests finish (≤ grace) ─▶ maintenance stops
+//!               ─▶ last flush of views and outbox ─▶ exit
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postcache_cache::{L1, L1Config, Posts, StoreError};
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::config::ServeArgs;
+use crate::limit::RateLimit;
+use crate::metrics;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Non-loopback listen address without tokens.
+    #[error(
+        "refusing to listen on {0} without API tokens: set POSTCACHE_API_TOKENS or pass --insecure-no-auth"
+    )]
+    InsecureListen(SocketAddr),
+    /// The tokens file could not be read.
+    #[error("cannot read the API tokens file {path}")]
+    TokensFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database")]
+    Store(#[source] StoreError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs `postcache serve` until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// Start-up failures ([`ServeError`]); a failed last flush is logged, not returned.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let auth = Auth::new(tokens(&args)?);
+    if !args.listen.ip().is_loopback() && !auth.is_enabled() && !args.insecure_no_auth {
+        return Err(ServeError::InsecureListen(args.listen));
+    }
+    let store = postcache_cache::connect(
+        &args.database_url,
+        args.db_max_connections,
+        Duration::from_millis(args.db_acquire_timeout_ms),
+    )
+    .await
+    .map_err(ServeError::Store)?;
+    let l1 = L1::new(L1Config {
+        max_entries: args.l1_max_entries,
+        ttl: Duration::from_secs(args.l1_ttl_seconds),
+    });
+    let posts = Arc::new(Posts::new(store, l1));
+    let limit = args
+        .rate_limit()
+        .map(|(rate, burst)| RateLimit::new(rate, burst));
+    let app = crate::app(Arc::clone(&posts), auth, limit.clone());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let maintenance = tokio::spawn(maintain(
+        Arc::clone(&posts),
+        limit,
+        Duration::from_millis(args.views_flush_ms),
+        stop_rx.clone(),
+    ));
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal(stop_tx.clone()));
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let mut stopping = stop_rx.clone();
+    let outcome = tokio::select! {
+        result = server => result.map_err(ServeError::Serve),
+        () = async { let _ = stopping.wait_for(|stop| *stop).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = maintenance.await;
+    final_flush(&posts).await;
+    outcome
+}
+
+fn tokens(args: &ServeArgs) -> Result<Vec<String>, ServeError> {
+    let mut tokens = args.api_tokens.clone();
+    if let Some(path) = &args.api_tokens_file {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::TokensFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        tokens.extend(text.split(['\n', ',']).map(str::to_owned));
+    }
+    Ok(tokens)
+}
+
+/// Only the scheme: the URL may carry a password.
+fn database_kind(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C and tells every background task.
+async fn shutdown_signal(stop: watch::Sender<bool>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    let _ = stop.send(true);
+}
+
+/// Every `interval`: flush views, settle the outbox, publish pool gauges, trim the rate limiter.
+async fn maintain(
+    posts: Arc<Posts>,
+    limit: Option<RateLimit>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = posts.flush_views().await {
+            tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
+        }
+        if let Err(e) = posts.settle_outbox().await {
+            tracing::warn!(error = %e, "settling the outbox failed; retrying next time");
+        }
+        let healthy = posts.store().ping().await.is_ok();
+        ::metrics::gauge!(metrics::DEGRADED, "component" => "primary").set(if healthy {
+            0.0
+        } else {
+            1.0
+        });
+        metrics::record_pool("primary", posts.store().pool_usage());
+        if let Some(limit) = &limit {
+            limit.shrink();
+        }
+    }
+}
+
+async fn final_flush(posts: &Posts) {
+    match posts.flush_views().await {
+        Ok(n) => tracing::info!(posts = n, "flushed buffered views"),
+        Err(e) => {
+            tracing::error!(error = %e, pending = posts.pending_views(), "the last flush of views failed")
+        }
+    }
+    if let Err(e) = posts.settle_outbox().await {
+        tracing::warn!(error = %e, "settling the outbox failed at shutdown");
+    }
+}
