@@ -1,0 +1,94 @@
+//! A real store wrapped so that a test can count L3 reads and hold one `get` after it has read
+//! (the slow fill of a race), releasing it when the test says.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use postcache_cache::{
+    Committed, FeedQuery, NewPost, PostId, PostPatch, Store, StoreError, StoredPost,
+};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+pub struct Gated {
+    inner: Arc<dyn Store>,
+    pub gets: AtomicUsize,
+    hold_next: AtomicBool,
+    pub held: Notify,
+    pub release: Notify,
+}
+
+impl Gated {
+    pub fn new(inner: Arc<dyn Store>) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            gets: AtomicUsize::new(0),
+            hold_next: AtomicBool::new(false),
+            held: Notify::new(),
+            release: Notify::new(),
+        })
+    }
+
+    /// The next `get` reads, then waits for `release` before returning what it read.
+    pub fn hold_next_get(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Store for Gated {
+    async fn create(&self, post: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
+        self.inner.create(post, now).await
+    }
+    async fn update(
+        &self,
+        id: PostId,
+        patch: PostPatch,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.inner.update(id, patch, expected, now).await
+    }
+    async fn delete(
+        &self,
+        id: PostId,
+        expected: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        self.inner.delete(id, expected, now).await
+    }
+    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let read = self.inner.get(id).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.held.notify_one();
+            released.await;
+        }
+        read
+    }
+    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
+        self.inner.get_many(ids).await
+    }
+    async fn feed(&self, query: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+        self.inner.feed(query).await
+    }
+    async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
+        self.inner.add_views(batch).await
+    }
+    async fn settle_outbox(
+        &self,
+        published: &[i64],
+        keep: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.inner.settle_outbox(published, keep, now).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn pool_usage(&self) -> (u32, u32, u32) {
+        self.inner.pool_usage()
+    }
+}
