@@ -49,6 +49,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// # Errors
 /// [`ApiError::malformed_json`] or [`ApiError::invalid_field`].
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would read a JSON array as a struct's fields in order; bodies are objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) => Err(ApiError::malformed_json(format!(
+                "the body is not valid JSON: {e}"
+            ))),
+            Ok(_) => Err(ApiError::invalid_field(
+                None,
+                "the body must be a JSON object",
+            )),
+        };
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -2,6 +2,7 @@
 //! plans on PostgreSQL, and the L1 races forced with a gated store.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(missing_docs)] // a test binary, not an API
 
 mod gated;
 mod plans;

@@ -1,6 +1,7 @@
 //! Smoke tests: each part of the test kit is the real thing, doing the real thing.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(missing_docs)] // a test binary, not an API
 
 mod control_plane;
 mod postgres;

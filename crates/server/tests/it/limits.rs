@@ -1,0 +1,79 @@
+//! Authentication and rate limiting.
+
+use std::num::NonZeroU32;
+
+use axum::http::{Method, StatusCode};
+use postcache_server::{Auth, RateLimit};
+
+use crate::{Backend, TestApp, Transport};
+
+const NEW_POST: &str = r#"{"author_id":"ann","title":"t","body":"b"}"#;
+
+#[tokio::test]
+async fn writes_need_a_valid_bearer_token_when_tokens_are_configured() {
+    for transport in [Transport::InProcess, Transport::Socket] {
+        let app = TestApp::with(
+            Backend::Sqlite,
+            transport,
+            Auth::new(["s3cret-token".to_owned()]),
+            None,
+        )
+        .await;
+        let before = app.fingerprint().await;
+        for headers in [
+            &[][..],
+            &[("authorization", "Bearer wrong")],
+            &[("authorization", "s3cret-token")],
+        ] {
+            let reply = app
+                .send(Method::POST, "/v1/posts", headers, Some(NEW_POST))
+                .await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+            assert_eq!(
+                reply.error(),
+                ("unauthorized".to_owned(), Some("authorization".to_owned()))
+            );
+        }
+        let admin = app
+            .post("/v1/cache/invalidate", r#"{"tags":["feed:global"]}"#)
+            .await;
+        assert_eq!(admin.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.fingerprint().await,
+            before,
+            "rejected writes change nothing"
+        );
+
+        let auth = [("authorization", "Bearer s3cret-token")];
+        let created = app
+            .send(Method::POST, "/v1/posts", &auth, Some(NEW_POST))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let id = created.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            app.get(&format!("/v1/posts/{id}")).await.status,
+            StatusCode::OK,
+            "reads stay open"
+        );
+        let delete = app
+            .send(Method::DELETE, &format!("/v1/posts/{id}"), &[], None)
+            .await;
+        assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    for transport in [Transport::InProcess, Transport::Socket] {
+        let limit = RateLimit::new(NonZeroU32::new(1).unwrap(), NonZeroU32::new(5).unwrap());
+        let app = TestApp::with(Backend::Sqlite, transport, Auth::default(), Some(limit)).await;
+        for _ in 0..5 {
+            assert_eq!(app.get("/v1/posts").await.status, StatusCode::OK);
+        }
+        let limited = app.get("/v1/posts").await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.error().0, "rate_limited");
+        let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    }
+}
