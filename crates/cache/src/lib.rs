@@ -22,7 +22,7 @@ pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, Tier, Written};
-pub use stats::{CACHE_REQUESTS, TierCounts, TierStats};
+pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
 pub use store::{Committed, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql};
 pub use tags::TagKey;
 pub use token::ConsistencyToken;

@@ -16,11 +16,14 @@ use time::OffsetDateTime;
 
 use crate::l1::{CachedPost, L1};
 use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
-use crate::stats::TierStats;
+use crate::stats::{TierStats, timed};
 use crate::store::{Committed, Store, StoreError};
 use crate::tags::TagKey;
 use crate::token::ConsistencyToken;
 use crate::views::ViewBuffer;
+
+/// The `role` label of L3 calls to the primary.
+const PRIMARY: &str = "primary";
 
 /// Published outbox rows beyond this many newest are pruned.
 const OUTBOX_RETENTION: i64 = 10_000;
@@ -174,7 +177,7 @@ impl Posts {
     }
 
     async fn load(&self, id: PostId) -> Result<Arc<CachedPost>, StoreError> {
-        let stored = self.store.get(id).await?;
+        let stored = timed(PRIMARY, self.store.get(id)).await?;
         if stored.is_some() {
             self.stats.l3.hit()
         } else {
@@ -195,7 +198,11 @@ impl Posts {
             .l1
             .feeds
             .entry(key)
-            .or_try_insert_with(async move { store.feed(&q).await.map(Arc::<[PostId]>::from) })
+            .or_try_insert_with(async move {
+                timed(PRIMARY, store.feed(&q))
+                    .await
+                    .map(Arc::<[PostId]>::from)
+            })
             .await?;
         let tier = if list.is_fresh() { Tier::L3 } else { Tier::L1 };
         let ids = list.into_value();
@@ -227,7 +234,7 @@ impl Posts {
             }
         }
         if !missing.is_empty() {
-            for stored in self.store.get_many(&missing).await? {
+            for stored in timed(PRIMARY, self.store.get_many(&missing)).await? {
                 self.stats.l3.hit();
                 let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));
                 // Older than what a concurrent write installed? Then take the newer one from L1.
@@ -247,7 +254,7 @@ impl Posts {
     /// # Errors
     /// When L3 fails.
     pub async fn create(&self, post: NewPost) -> Result<Written, PostsError> {
-        let committed = self.store.create(post, OffsetDateTime::now_utc()).await?;
+        let committed = timed(PRIMARY, self.store.create(post, OffsetDateTime::now_utc())).await?;
         Ok(self.apply(committed).await)
     }
 
@@ -261,10 +268,12 @@ impl Posts {
         patch: PostPatch,
         expected: Option<i64>,
     ) -> Result<Written, PostsError> {
-        let committed = self
-            .store
-            .update(id, patch, expected, OffsetDateTime::now_utc())
-            .await?;
+        let committed = timed(
+            PRIMARY,
+            self.store
+                .update(id, patch, expected, OffsetDateTime::now_utc()),
+        )
+        .await?;
         Ok(self.apply(committed).await)
     }
 
@@ -273,10 +282,11 @@ impl Posts {
     /// # Errors
     /// Not found, version mismatch, or L3 failure.
     pub async fn delete(&self, id: PostId, expected: Option<i64>) -> Result<Written, PostsError> {
-        let committed = self
-            .store
-            .delete(id, expected, OffsetDateTime::now_utc())
-            .await?;
+        let committed = timed(
+            PRIMARY,
+            self.store.delete(id, expected, OffsetDateTime::now_utc()),
+        )
+        .await?;
         Ok(self.apply(committed).await)
     }
 
@@ -331,7 +341,7 @@ impl Posts {
         if batch.is_empty() {
             return Ok(0);
         }
-        let totals = match self.store.add_views(&batch).await {
+        let totals = match timed(PRIMARY, self.store.add_views(&batch)).await {
             Ok(totals) => totals,
             Err(e) => {
                 self.views.restore(batch);

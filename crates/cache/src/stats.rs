@@ -6,6 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Metric name: cache lookups by `tier` (`l1`, `l2`, `l3`) and `result` (`hit`, `miss`).
 pub const CACHE_REQUESTS: &str = "postcache_cache_requests_total";
 
+/// Metric name: time of each L3 call by `role` (`primary`, `replica`).
+pub const DB_QUERY_DURATION: &str = "postcache_db_query_duration_seconds";
+
+/// Runs one L3 call and records its duration under `role`.
+pub(crate) async fn timed<T>(role: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let start = std::time::Instant::now();
+    let out = call.await;
+    metrics::histogram!(DB_QUERY_DURATION, "role" => role).record(start.elapsed().as_secs_f64());
+    out
+}
+
 /// Hits and misses of one tier.
 #[derive(Debug)]
 pub struct TierCounts {

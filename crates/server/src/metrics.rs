@@ -65,6 +65,11 @@ fn describe() {
         "Database pool connections by role and state."
     );
     describe_gauge!(DB_POOL_MAX, "Database pool size limit by role.");
+    describe_histogram!(
+        postcache_cache::DB_QUERY_DURATION,
+        Unit::Seconds,
+        "Duration of each database call by role."
+    );
     describe_gauge!(
         postcache_cache::WRITEBACK_PENDING,
         "Posts with view counts not yet flushed to the database."
