@@ -65,10 +65,19 @@ pub struct TierStats {
 }
 
 impl Default for TierStats {
+    /// Also creates every `tier`/`result` series at zero, so that ratios over them exist before the
+    /// first hit (a cache that never hits must show 0 %, not "no data").
     fn default() -> Self {
-        TierStats {
+        let stats = TierStats {
             l1: TierCounts::new("l1"),
             l3: TierCounts::new("l3"),
+        };
+        for counts in [&stats.l1, &stats.l3] {
+            for result in ["hit", "miss"] {
+                metrics::counter!(CACHE_REQUESTS, "tier" => counts.tier, "result" => result)
+                    .increment(0);
+            }
         }
+        stats
     }
 }

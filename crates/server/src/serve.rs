@@ -60,6 +60,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if !args.listen.ip().is_loopback() && !auth.is_enabled() && !args.insecure_no_auth {
         return Err(ServeError::InsecureListen(args.listen));
     }
+    // The recorder first: the tiers register their series at zero as they are built.
+    let _ = metrics::handle();
     let store = postcache_cache::connect(
         &args.database_url,
         args.db_max_connections,

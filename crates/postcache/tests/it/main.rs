@@ -1,18 +1,20 @@
 //! The `postcache` binary as a user runs it: start-up, the embedded default, refusing insecure
-//! listens, and a graceful shutdown that loses no buffered views.
+//! listens, a graceful shutdown that loses no buffered views, and monitoring by a real Prometheus.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(missing_docs)] // a test binary, not an API
+
+mod monitoring;
+mod serve;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use postcache_testkit::{free_port, poll};
+use postcache_testkit::poll;
 
 /// `postcache serve` in `dir` with only the given environment (no inherited POSTCACHE_*).
-fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
+pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_postcache"));
     command
         .arg("serve")
@@ -26,7 +28,7 @@ fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
     command.spawn().unwrap()
 }
 
-fn wait_healthy(base: &str, child: &mut Child) {
+pub fn wait_healthy(base: &str, child: &mut Child) {
     let url = format!("{base}/healthz");
     let result = poll(Duration::from_secs(30), || {
         if let Ok(Some(status)) = child.try_wait() {
@@ -51,7 +53,7 @@ fn wait_healthy(base: &str, child: &mut Child) {
     }
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     poll(Duration::from_secs(30), || {
         child
             .try_wait()
@@ -64,146 +66,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     })
 }
 
-fn stderr_of(child: &mut Child) -> String {
+pub fn stderr_of(child: &mut Child) -> String {
     let mut text = String::new();
     if let Some(mut err) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut err, &mut text);
     }
     text
-}
-
-#[test]
-fn version_and_help_name_the_commands() {
-    let out = Command::new(env!("CARGO_BIN_EXE_postcache"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("postcache {}", env!("CARGO_PKG_VERSION"))
-    );
-    let help = Command::new(env!("CARGO_BIN_EXE_postcache"))
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--listen",
-        "POSTCACHE_DATABASE_URL",
-        "POSTCACHE_API_TOKENS",
-        "--insecure-no-auth",
-        "POSTCACHE_L1_MAX_ENTRIES",
-    ] {
-        assert!(help.contains(flag), "`serve --help` lacks {flag}");
-    }
-}
-
-#[tokio::test]
-async fn the_embedded_default_serves_from_a_sqlite_file_and_a_graceful_stop_flushes_views() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    // Views are flushed only at shutdown here: the stop itself must write them.
-    let env = [
-        ("POSTCACHE_LISTEN", listen.as_str()),
-        ("POSTCACHE_VIEWS_FLUSH_MS", "3600000"),
-    ];
-    let mut child = serve(dir.path(), &env);
-    let base = format!("http://{listen}");
-    wait_healthy(&base, &mut child);
-    assert!(
-        dir.path().join("postcache.db").exists(),
-        "the embedded default is ./postcache.db"
-    );
-
-    let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("{base}/v1/posts"))
-        .header("content-type", "application/json")
-        .body(r#"{"author_id":"ann","title":"kept","body":"across restarts"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    for _ in 0..5 {
-        let status = http
-            .post(format!("{base}/v1/posts/{id}/views"))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 202);
-    }
-
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = wait_exit(&mut child);
-    assert!(
-        status.success(),
-        "a graceful stop exits 0: {status}\n{}",
-        stderr_of(&mut child)
-    );
-
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite:{}",
-        dir.path().join("postcache.db").display()
-    ))
-    .await
-    .unwrap();
-    let views: i64 = sqlx::query_scalar("SELECT views FROM posts WHERE id = ?1")
-        .bind(id.parse::<i64>().unwrap())
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(views, 5, "buffered views were flushed on SIGTERM");
-
-    // Start again on the same file: the post is still there.
-    let mut child = serve(dir.path(), &env);
-    wait_healthy(&base, &mut child);
-    let again: serde_json::Value = http
-        .get(format!("{base}/v1/posts/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (again["title"].as_str(), again["views"].as_i64()),
-        (Some("kept"), Some(5))
-    );
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_exit(&mut child).success());
-}
-
-#[test]
-fn listening_beyond_loopback_needs_tokens_or_an_explicit_opt_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("0.0.0.0:{}", free_port());
-    let mut refused = serve(dir.path(), &[("POSTCACHE_LISTEN", listen.as_str())]);
-    let status = wait_exit(&mut refused);
-    assert!(!status.success());
-    let message = stderr_of(&mut refused);
-    assert!(
-        message.contains("--insecure-no-auth") && message.contains("POSTCACHE_API_TOKENS"),
-        "{message}"
-    );
-    assert!(
-        !dir.path().join("postcache.db").exists(),
-        "refused before touching the database"
-    );
-
-    let local = listen.replace("0.0.0.0", "127.0.0.1");
-    let mut allowed = serve(
-        dir.path(),
-        &[
-            ("POSTCACHE_LISTEN", listen.as_str()),
-            ("POSTCACHE_API_TOKENS", "t0k3n"),
-        ],
-    );
-    wait_healthy(&format!("http://{local}"), &mut allowed);
-    kill(Pid::from_raw(allowed.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_exit(&mut allowed).success());
 }

@@ -1,0 +1,145 @@
+//! Start-up, the embedded default and graceful shutdown.
+
+use std::process::Command;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use postcache_testkit::free_port;
+
+use crate::{serve, stderr_of, wait_exit, wait_healthy};
+
+#[test]
+fn version_and_help_name_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_postcache"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("postcache {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_postcache"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "POSTCACHE_DATABASE_URL",
+        "POSTCACHE_API_TOKENS",
+        "--insecure-no-auth",
+        "POSTCACHE_L1_MAX_ENTRIES",
+    ] {
+        assert!(help.contains(flag), "`serve --help` lacks {flag}");
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_default_serves_from_a_sqlite_file_and_a_graceful_stop_flushes_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    // Views are flushed only at shutdown here: the stop itself must write them.
+    let env = [
+        ("POSTCACHE_LISTEN", listen.as_str()),
+        ("POSTCACHE_VIEWS_FLUSH_MS", "3600000"),
+    ];
+    let mut child = serve(dir.path(), &env);
+    let base = format!("http://{listen}");
+    wait_healthy(&base, &mut child);
+    assert!(
+        dir.path().join("postcache.db").exists(),
+        "the embedded default is ./postcache.db"
+    );
+
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/posts"))
+        .header("content-type", "application/json")
+        .body(r#"{"author_id":"ann","title":"kept","body":"across restarts"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let status = http
+            .post(format!("{base}/v1/posts/{id}/views"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202);
+    }
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child);
+    assert!(
+        status.success(),
+        "a graceful stop exits 0: {status}\n{}",
+        stderr_of(&mut child)
+    );
+
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("postcache.db").display()
+    ))
+    .await
+    .unwrap();
+    let views: i64 = sqlx::query_scalar("SELECT views FROM posts WHERE id = ?1")
+        .bind(id.parse::<i64>().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(views, 5, "buffered views were flushed on SIGTERM");
+
+    // Start again on the same file: the post is still there.
+    let mut child = serve(dir.path(), &env);
+    wait_healthy(&base, &mut child);
+    let again: serde_json::Value = http
+        .get(format!("{base}/v1/posts/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["title"].as_str(), again["views"].as_i64()),
+        (Some("kept"), Some(5))
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn listening_beyond_loopback_needs_tokens_or_an_explicit_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("0.0.0.0:{}", free_port());
+    let mut refused = serve(dir.path(), &[("POSTCACHE_LISTEN", listen.as_str())]);
+    let status = wait_exit(&mut refused);
+    assert!(!status.success());
+    let message = stderr_of(&mut refused);
+    assert!(
+        message.contains("--insecure-no-auth") && message.contains("POSTCACHE_API_TOKENS"),
+        "{message}"
+    );
+    assert!(
+        !dir.path().join("postcache.db").exists(),
+        "refused before touching the database"
+    );
+
+    let local = listen.replace("0.0.0.0", "127.0.0.1");
+    let mut allowed = serve(
+        dir.path(),
+        &[
+            ("POSTCACHE_LISTEN", listen.as_str()),
+            ("POSTCACHE_API_TOKENS", "t0k3n"),
+        ],
+    );
+    wait_healthy(&format!("http://{local}"), &mut allowed);
+    kill(Pid::from_raw(allowed.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut allowed).success());
+}
