@@ -21,7 +21,8 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
-            postcache_server::init_logging(args.log_format);
+            let _telemetry =
+                postcache_server::init_logging(args.log_format, args.otlp_endpoint.as_deref())?;
             postcache_server::serve(args).await?;
         }
     }

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTCACHE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
 
+    /// OpenTelemetry collector base URL (OTLP over HTTP, e.g. `http://otel-collector:4318`); spans
+    /// are exported to `{url}/v1/traces` when set.
+    #[arg(long, env = "POSTCACHE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log output format.
     #[arg(long, env = "POSTCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

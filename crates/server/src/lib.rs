@@ -35,7 +35,7 @@ pub use auth::Auth;
 pub use config::{LogFormat, ServeArgs};
 pub use error::ApiError;
 pub use limit::RateLimit;
-pub use logging::init_logging;
+pub use logging::{Telemetry, TelemetryError, init_logging};
 pub use serve::{ServeError, serve};
 
 use routes::{admin, health, posts};

@@ -1,17 +1,79 @@
-//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Logs and traces: text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`), and,
+//! when an OTLP endpoint is configured, every span exported over OTLP/HTTP (protobuf).
+//!
+//! Spans carry the method, path and request id, never headers: those carry bearer tokens.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Call once, at start-up.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// Keeps the trace exporter alive; dropping it flushes and stops it.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces at exit failed");
+        }
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP trace exporter")]
+pub struct TelemetryError(#[source] opentelemetry_otlp::ExporterBuildError);
+
+/// Installs the global subscriber (call once, at start-up). `otlp_endpoint` is the collector's
+/// base URL (e.g. `http://otel-collector:4318`); spans go to `{endpoint}/v1/traces`.
+///
+/// # Errors
+/// When the exporter cannot be built from the endpoint.
+pub fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, TelemetryError> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let provider = match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()
+                .map_err(TelemetryError)?;
+            let resource = Resource::builder().with_service_name("postcache").build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("postcache"))
+            .with_filter(filter())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter()))
+        .with(otel)
+        .try_init();
+    Ok(Telemetry { provider })
 }

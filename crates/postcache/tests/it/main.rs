@@ -6,6 +6,7 @@
 
 mod monitoring;
 mod serve;
+mod telemetry;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,11 +17,14 @@ use postcache_testkit::poll;
 /// `postcache serve` in `dir` with only the given environment (no inherited POSTCACHE_*).
 pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_postcache"));
-    command
-        .arg("serve")
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    command.arg("serve").current_dir(dir).stdout(Stdio::null());
+    // A file, not a pipe: a chatty server never blocks on a full pipe that nobody reads yet.
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .unwrap();
+    command.stderr(log);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("POSTCACHE_")) {
         command.env_remove(key);
     }
@@ -66,10 +70,6 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     })
 }
 
-pub fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut err, &mut text);
-    }
-    text
+pub fn stderr_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
 }

@@ -79,7 +79,7 @@ async fn the_embedded_default_serves_from_a_sqlite_file_and_a_graceful_stop_flus
     assert!(
         status.success(),
         "a graceful stop exits 0: {status}\n{}",
-        stderr_of(&mut child)
+        stderr_of(dir.path())
     );
 
     let pool = sqlx::SqlitePool::connect(&format!(
@@ -121,7 +121,7 @@ fn listening_beyond_loopback_needs_tokens_or_an_explicit_opt_out() {
     let mut refused = serve(dir.path(), &[("POSTCACHE_LISTEN", listen.as_str())]);
     let status = wait_exit(&mut refused);
     assert!(!status.success());
-    let message = stderr_of(&mut refused);
+    let message = stderr_of(dir.path());
     assert!(
         message.contains("--insecure-no-auth") && message.contains("POSTCACHE_API_TOKENS"),
         "{message}"
