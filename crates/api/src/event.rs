@@ -3,11 +3,12 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::Post;
 
 /// What happened, as the `type` field of an [`Event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum EventType {
     /// A post was created; `post` holds it.
     #[serde(rename = "post.created")]
@@ -27,7 +28,7 @@ pub enum EventType {
 }
 
 /// One event. `id` is the event's position in the event log, so a client resumes from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Position in the event log (SSE `id:`); resume with `Last-Event-ID` or `since`.
     pub id: String,

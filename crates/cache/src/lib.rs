@@ -8,6 +8,7 @@
 //! feed pages keyed by tag generations, and the per-post version floor that keeps a slow fill from
 //! installing an older version; [`ViewBuffer`] is the write-back of view counts. No HTTP here.
 
+mod eventlog;
 mod l1;
 mod model;
 mod posts;
@@ -17,13 +18,16 @@ mod tags;
 mod token;
 mod views;
 
+pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
 pub use l1::{CachedPost, L1, L1Config};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, Tier, Written};
 pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
-pub use store::{Committed, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql};
+pub use store::{
+    Committed, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql,
+};
 pub use tags::TagKey;
 pub use token::ConsistencyToken;
 pub use views::{ViewBuffer, WRITEBACK_PENDING};

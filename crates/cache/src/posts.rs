@@ -9,21 +9,25 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use postcache_api::EventType;
 use time::OffsetDateTime;
 
+use crate::eventlog::EventLog;
 use crate::l1::{CachedPost, L1};
 use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
 use crate::stats::{TierStats, timed};
-use crate::store::{Committed, Store, StoreError};
+use crate::store::{Committed, OutboxEvent, Store, StoreError};
 use crate::tags::TagKey;
 use crate::token::ConsistencyToken;
 use crate::views::ViewBuffer;
 
 /// The `role` label of L3 calls to the primary.
 const PRIMARY: &str = "primary";
+
+/// Outbox rows the relay publishes per round.
+const RELAY_BATCH: i64 = 500;
 
 /// Published outbox rows beyond this many newest are pruned.
 const OUTBOX_RETENTION: i64 = 10_000;
@@ -106,20 +110,27 @@ pub struct Posts {
     l1: L1,
     stats: TierStats,
     views: ViewBuffer,
-    /// Outbox positions applied here and not yet marked published.
-    applied: Mutex<Vec<i64>>,
+    log: Arc<EventLog>,
+    /// Wakes the outbox relay after a commit.
+    relay: tokio::sync::Notify,
 }
 
 impl Posts {
-    /// Composes the tiers.
-    pub fn new(store: Arc<dyn Store>, l1: L1) -> Posts {
+    /// Composes the tiers; committed changes reach `log` through [`Posts::relay`].
+    pub fn new(store: Arc<dyn Store>, l1: L1, log: Arc<EventLog>) -> Posts {
         Posts {
             store,
             l1,
             stats: TierStats::default(),
             views: ViewBuffer::default(),
-            applied: Mutex::default(),
+            log,
+            relay: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The event log realtime subscribers read.
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
     }
 
     /// The store (readiness, pool metrics).
@@ -309,10 +320,7 @@ impl Posts {
         for tag in tags {
             self.l1.bump(tag).await;
         }
-        self.applied
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(position);
+        self.relay.notify_one();
         Written {
             entry,
             token: ConsistencyToken { position, lsn },
@@ -359,25 +367,49 @@ impl Posts {
         self.views.pending()
     }
 
-    /// Marks applied events published in the outbox and prunes old published rows.
+    /// Waits until a write was committed since the last call (or returns at once if one was).
+    pub async fn committed(&self) {
+        self.relay.notified().await;
+    }
+
+    /// The outbox relay, one round: publishes unpublished outbox rows to the event log in outbox
+    /// order, then marks them published and prunes old ones. Rows left by a process that died
+    /// between commit and publish are published by the next round of any process. Returns how
+    /// many rows it published.
     ///
     /// # Errors
-    /// When L3 fails (the positions are kept for the next attempt).
-    pub async fn settle_outbox(&self) -> Result<(), PostsError> {
-        let applied =
-            std::mem::take(&mut *self.applied.lock().unwrap_or_else(PoisonError::into_inner));
-        if let Err(e) = self
-            .store
-            .settle_outbox(&applied, OUTBOX_RETENTION, OffsetDateTime::now_utc())
-            .await
-        {
-            self.applied
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(applied);
-            return Err(e.into());
+    /// When L3 fails; the rows stay unpublished for the next round. If only the marking fails, the
+    /// next round publishes them again (at least once).
+    pub async fn relay(&self) -> Result<usize, PostsError> {
+        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH)).await?;
+        if rows.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        for row in &rows {
+            self.publish(row);
+        }
+        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+        let now = OffsetDateTime::now_utc();
+        timed(
+            PRIMARY,
+            self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+        )
+        .await?;
+        Ok(rows.len())
+    }
+
+    fn publish(&self, row: &OutboxEvent) {
+        let Some(kind) = row.event_type() else {
+            tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind");
+            return;
+        };
+        let post = row
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok());
+        let (id, author) = (row.post_id.to_string(), row.author_id.clone());
+        self.log
+            .append(kind, id, author, row.version, post, row.created_at);
     }
 
     /// Admin invalidation by tag: every feed list built on these tags becomes unreachable.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
-use postcache_cache::{L1, L1Config, NewPost, Posts};
-use postcache_server::{Auth, app};
+use postcache_cache::{EventLog, L1, L1Config, NewPost, Posts};
+use postcache_server::{Auth, Realtime, app};
 use tower::ServiceExt;
 
 fn new_post(i: u64) -> NewPost {
@@ -42,10 +42,12 @@ fn tiers(c: &mut Criterion) {
                 max_entries: 100_000,
                 ttl: Duration::from_secs(600),
             }),
+            Arc::new(EventLog::new(10_000, 1024)),
         ))
     });
     let id = rt.block_on(posts.create(new_post(0))).unwrap().entry.id;
-    let router = app(Arc::clone(&posts), Auth::default(), None);
+    let realtime = Realtime::new(Arc::clone(posts.log()), 100, Duration::from_secs(15));
+    let router = app(Arc::clone(&posts), Auth::default(), None, realtime);
 
     c.bench_function("l1_hit/posts_get", |b| {
         b.to_async(&rt)

@@ -75,6 +75,23 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTCACHE_VIEWS_FLUSH_MS", default_value_t = 1000)]
     pub views_flush_ms: u64,
 
+    /// Events the in-process event log keeps for subscribers that reconnect (`Last-Event-ID`);
+    /// one that was away longer gets a `resync`.
+    #[arg(long, env = "POSTCACHE_EVENTLOG_RETENTION", default_value_t = 10_000)]
+    pub eventlog_retention: usize,
+
+    /// Events a realtime subscriber may fall behind before it gets a `resync` and is closed.
+    #[arg(long, env = "POSTCACHE_REALTIME_QUEUE", default_value_t = 1024)]
+    pub realtime_queue: usize,
+
+    /// Most WebSocket and SSE connections this process serves at once; more get 503.
+    #[arg(
+        long,
+        env = "POSTCACHE_REALTIME_MAX_CONNECTIONS",
+        default_value_t = 50_000
+    )]
+    pub realtime_max_connections: usize,
+
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, env = "POSTCACHE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,

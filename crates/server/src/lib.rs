@@ -14,6 +14,7 @@ mod json;
 mod limit;
 mod logging;
 mod metrics;
+mod realtime;
 mod routes;
 mod serve;
 mod validate;
@@ -36,6 +37,7 @@ pub use config::{LogFormat, ServeArgs};
 pub use error::ApiError;
 pub use limit::RateLimit;
 pub use logging::{Telemetry, TelemetryError, init_logging};
+pub use realtime::Realtime;
 pub use serve::{ServeError, serve};
 
 use routes::{admin, health, posts};
@@ -46,6 +48,7 @@ pub struct AppState {
     posts: Arc<Posts>,
     auth: Auth,
     limit: Option<RateLimit>,
+    realtime: Realtime,
     metrics: PrometheusHandle,
     openapi: Arc<utoipa::openapi::OpenApi>,
 }
@@ -68,6 +71,12 @@ impl FromRef<AppState> for Option<RateLimit> {
     }
 }
 
+impl FromRef<AppState> for Realtime {
+    fn from_ref(state: &AppState) -> Self {
+        state.realtime.clone()
+    }
+}
+
 impl FromRef<AppState> for PrometheusHandle {
     fn from_ref(state: &AppState) -> Self {
         state.metrics.clone()
@@ -84,18 +93,20 @@ impl FromRef<AppState> for Arc<utoipa::openapi::OpenApi> {
 #[openapi(
     info(title = "PostCache", description = "Posts API with a three-tier cache. Errors share one body: \
         `{\"error\": {\"code\", \"message\", \"field\"}}`."),
-    tags((name = "posts"), (name = "cache"), (name = "health"))
+    tags((name = "posts"), (name = "realtime"), (name = "cache"), (name = "health"))
 )]
 struct ApiDoc;
 
 /// The router with every route, its OpenAPI document, and the middleware.
-pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>) -> Router {
+pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>, realtime: Realtime) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(posts::create, posts::list))
         .routes(routes!(posts::get, posts::update, posts::delete))
         .routes(routes!(posts::count_view))
         .routes(routes!(admin::invalidate))
         .routes(routes!(admin::stats))
+        .routes(routes!(realtime::events))
+        .routes(routes!(realtime::ws))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -105,6 +116,7 @@ pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>) -> Router {
         posts,
         auth,
         limit: limit.clone(),
+        realtime,
         metrics: metrics::handle(),
         openapi: Arc::new(openapi),
     };

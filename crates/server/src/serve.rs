@@ -9,13 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postcache_cache::{L1, L1Config, Posts, StoreError};
+use postcache_cache::{EventLog, L1, L1Config, Posts, StoreError};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::config::ServeArgs;
 use crate::limit::RateLimit;
 use crate::metrics;
+
+/// SSE comments and WebSocket pings this often keep proxies from dropping idle streams.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +76,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         max_entries: args.l1_max_entries,
         ttl: Duration::from_secs(args.l1_ttl_seconds),
     });
-    let posts = Arc::new(Posts::new(store, l1));
+    let log = Arc::new(EventLog::new(args.eventlog_retention, args.realtime_queue));
+    let posts = Arc::new(Posts::new(store, l1, log));
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
-    let app = crate::app(Arc::clone(&posts), auth, limit.clone());
+    let realtime = crate::Realtime::new(
+        Arc::clone(posts.log()),
+        args.realtime_max_connections,
+        HEARTBEAT,
+    );
+    let app = crate::app(Arc::clone(&posts), auth, limit.clone(), realtime);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -89,6 +98,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay_outbox(Arc::clone(&posts), stop_rx.clone()));
     let maintenance = tokio::spawn(maintain(
         Arc::clone(&posts),
         limit,
@@ -111,6 +121,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let _ = stop_tx.send(true);
     let _ = maintenance.await;
+    let _ = relay.await;
     final_flush(&posts).await;
     outcome
 }
@@ -157,7 +168,29 @@ async fn shutdown_signal(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-/// Every `interval`: flush views, settle the outbox, publish pool gauges, trim the rate limiter.
+/// The outbox relay: after each commit (and every second, for rows another process left), publish
+/// unpublished outbox rows to the event log.
+async fn relay_outbox(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = posts.committed() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        loop {
+            match posts.relay().await {
+                Ok(n) if n > 0 => continue, // a full batch may have more behind it
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox relay failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Every `interval`: flush views, publish pool gauges, trim the rate limiter.
 async fn maintain(
     posts: Arc<Posts>,
     limit: Option<RateLimit>,
@@ -173,9 +206,6 @@ async fn maintain(
         }
         if let Err(e) = posts.flush_views().await {
             tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
-        }
-        if let Err(e) = posts.settle_outbox().await {
-            tracing::warn!(error = %e, "settling the outbox failed; retrying next time");
         }
         let healthy = posts.store().ping().await.is_ok();
         ::metrics::gauge!(metrics::DEGRADED, "component" => "primary").set(if healthy {
@@ -197,7 +227,7 @@ async fn final_flush(posts: &Posts) {
             tracing::error!(error = %e, pending = posts.pending_views(), "the last flush of views failed")
         }
     }
-    if let Err(e) = posts.settle_outbox().await {
-        tracing::warn!(error = %e, "settling the outbox failed at shutdown");
+    if let Err(e) = posts.relay().await {
+        tracing::warn!(error = %e, "publishing the last events failed; the next start publishes them");
     }
 }

@@ -34,6 +34,39 @@ pub struct Committed {
     pub previous_tags: Vec<String>,
 }
 
+/// One outbox row: a committed change waiting to be published to the event log.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxEvent {
+    /// Position in the outbox (commit order for one post: rows lock the post).
+    pub position: i64,
+    /// The post.
+    pub post_id: PostId,
+    /// The post's author (topic `author:{id}`, deletes included).
+    pub author_id: String,
+    /// `post.created`, `post.updated` or `post.deleted`.
+    pub kind: String,
+    /// The post's version after the change.
+    pub version: i64,
+    /// The post as the API shows it (JSON), or `None` for deletes.
+    pub payload: Option<String>,
+    /// Commit time.
+    pub created_at: OffsetDateTime,
+}
+
+impl OutboxEvent {
+    /// The event type of `kind` (`None` for a kind this version does not know).
+    pub fn event_type(&self) -> Option<EventType> {
+        [
+            EventType::PostCreated,
+            EventType::PostUpdated,
+            EventType::PostDeleted,
+            EventType::PostViews,
+        ]
+        .into_iter()
+        .find(|t| kind_name(*t) == self.kind)
+    }
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -130,8 +163,11 @@ pub trait Store: Send + Sync + 'static {
     /// Adds buffered view counts in one transaction; returns each live post's new total.
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError>;
 
+    /// Outbox rows not yet published, oldest position first (at most `limit`).
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
+
     /// Marks outbox rows as published and drops published rows beyond `keep` newest.
-    async fn settle_outbox(
+    async fn mark_published(
         &self,
         published: &[i64],
         keep: i64,

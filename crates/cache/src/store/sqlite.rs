@@ -11,7 +11,8 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, PostRow, Store, StoreError, apply_patch, event_payload, kind_name, tags_json,
+    Committed, OutboxEvent, PostRow, Store, StoreError, apply_patch, event_payload, kind_name,
+    tags_json,
 };
 use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
 
@@ -93,13 +94,15 @@ impl SqliteStore {
         kind: EventType,
     ) -> Result<i64, StoreError> {
         sqlx::query_scalar(
-            "INSERT INTO outbox (post_id, kind, version, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING position",
+            "INSERT INTO outbox (post_id, kind, version, payload, created_at, author_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING position",
         )
         .bind(post.id)
         .bind(kind_name(kind))
         .bind(post.version)
         .bind(event_payload(post))
         .bind(post.updated_at)
+        .bind(&post.author_id)
         .fetch_one(&mut **tx)
         .await
         .map_err(StoreError::query("append to the outbox"))
@@ -294,7 +297,18 @@ impl Store for SqliteStore {
         Ok(totals)
     }
 
-    async fn settle_outbox(
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query_as(
+            "SELECT position, post_id, author_id, kind, version, payload, created_at FROM outbox \
+             WHERE published_at IS NULL ORDER BY position LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(StoreError::query("read unpublished events"))
+    }
+
+    async fn mark_published(
         &self,
         published: &[i64],
         keep: i64,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use postcache_cache::{
-    Committed, FeedQuery, NewPost, PostId, PostPatch, Store, StoreError, StoredPost,
+    Committed, FeedQuery, NewPost, OutboxEvent, PostId, PostPatch, Store, StoreError, StoredPost,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -77,13 +77,16 @@ impl Store for Gated {
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
         self.inner.add_views(batch).await
     }
-    async fn settle_outbox(
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.inner.unpublished(limit).await
+    }
+    async fn mark_published(
         &self,
         published: &[i64],
         keep: i64,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.inner.settle_outbox(published, keep, now).await
+        self.inner.mark_published(published, keep, now).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

@@ -4,10 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use postcache_cache::{L1, L1Config, PostPatch, Posts, Tier};
+use postcache_cache::{EventLog, L1, L1Config, PostPatch, Posts, Tier};
 
 use crate::gated::Gated;
 use crate::{new_post, sqlite};
+
+fn log() -> Arc<EventLog> {
+    Arc::new(EventLog::new(100, 16))
+}
 
 fn l1() -> L1 {
     L1::new(L1Config {
@@ -22,7 +26,7 @@ fn l1() -> L1 {
 async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
     let (store, _dir) = sqlite().await;
     let gated = Gated::new(store);
-    let posts = Arc::new(Posts::new(gated.clone(), l1()));
+    let posts = Arc::new(Posts::new(gated.clone(), l1(), log()));
     let id = posts.create(new_post("ann", &[])).await.unwrap().entry.id;
     posts.invalidate_ids(&[id]).await;
 
@@ -63,7 +67,7 @@ async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
 async fn concurrent_misses_for_one_key_make_one_l3_read() {
     let (store, _dir) = sqlite().await;
     let gated = Gated::new(store);
-    let posts = Arc::new(Posts::new(gated.clone(), l1()));
+    let posts = Arc::new(Posts::new(gated.clone(), l1(), log()));
     let id = posts.create(new_post("ann", &[])).await.unwrap().entry.id;
     posts.invalidate_ids(&[id]).await;
 
@@ -91,7 +95,7 @@ async fn concurrent_misses_for_one_key_make_one_l3_read() {
 #[tokio::test]
 async fn a_delete_is_served_as_gone_from_l1_and_feeds_drop_it_at_once() {
     let (store, _dir) = sqlite().await;
-    let posts = Posts::new(store, l1());
+    let posts = Posts::new(store, l1(), log());
     let keep = posts
         .create(new_post("ann", &["t"]))
         .await

@@ -16,8 +16,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use bytes::Bytes;
-use postcache_cache::{L1, L1Config, Posts, Store};
-use postcache_server::{Auth, RateLimit, app};
+use postcache_cache::{EventLog, L1, L1Config, Posts, Store};
+use postcache_server::{Auth, RateLimit, Realtime, app};
 use postcache_testkit::Postgres;
 use tower::ServiceExt;
 
@@ -121,14 +121,14 @@ impl TestApp {
             Backend::Sqlite => Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap()),
             Backend::Postgres => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
         };
-        let posts = Arc::new(Posts::new(
-            store,
-            L1::new(L1Config {
-                max_entries: 10_000,
-                ttl: Duration::from_secs(60),
-            }),
-        ));
-        let router = app(Arc::clone(&posts), auth, limit);
+        let log = Arc::new(EventLog::new(1000, 64));
+        let l1 = L1::new(L1Config {
+            max_entries: 10_000,
+            ttl: Duration::from_secs(60),
+        });
+        let posts = Arc::new(Posts::new(store, l1, Arc::clone(&log)));
+        let realtime = Realtime::new(log, 100, Duration::from_millis(200));
+        let router = app(Arc::clone(&posts), auth, limit, realtime);
         let addr = match transport {
             Transport::InProcess => None,
             Transport::Socket => {

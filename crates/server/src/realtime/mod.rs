@@ -1,0 +1,84 @@
+//! Realtime fan-out: `GET /v1/events` (SSE) and `GET /v1/ws` (WebSocket) stream the event log.
+//!
+//! ```text
+//! EventLog ──broadcast──▶ Subscription (topics filter, resume backlog, lag → resync + close)
+//!                              ├─▶ SSE: `id:` = position, `data:` = event JSON, comment heartbeats
+//!                              └─▶ WebSocket: text frames, pings, idle close
+//! ```
+//! Every connection holds a permit of the per-process limit and a metrics guard; a slow consumer
+//! only ever lags its own bounded queue (the broadcast never waits for it).
+
+mod routes;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postcache_cache::EventLog;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub(crate) use routes::{__path_events, __path_ws, events, ws};
+
+use crate::error::ApiError;
+
+/// Metric: open realtime connections by `transport`.
+pub(crate) const CONNECTIONS: &str = "postcache_realtime_connections";
+/// Metric: events written to subscribers.
+pub(crate) const EVENTS_SENT: &str = "postcache_realtime_events_sent_total";
+/// Metric: commit → sent, per event.
+pub(crate) const DELIVERY: &str = "postcache_realtime_delivery_seconds";
+/// Metric: closed connections by `reason`.
+pub(crate) const DISCONNECTS: &str = "postcache_realtime_disconnects_total";
+
+/// What the realtime routes share.
+#[derive(Clone)]
+pub struct Realtime {
+    log: Arc<EventLog>,
+    permits: Arc<Semaphore>,
+    heartbeat: Duration,
+}
+
+impl Realtime {
+    /// Streams `log` to at most `max_connections` subscribers at once, with a heartbeat (SSE
+    /// comment, WebSocket ping) every `heartbeat`.
+    pub fn new(log: Arc<EventLog>, max_connections: usize, heartbeat: Duration) -> Realtime {
+        Realtime {
+            log,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            heartbeat,
+        }
+    }
+
+    fn admit(&self, transport: &'static str) -> Result<Connection, ApiError> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            ApiError::unavailable("this pod serves its maximum of realtime connections")
+        })?;
+        metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+        Ok(Connection {
+            transport,
+            _permit: permit,
+            reason: "client",
+        })
+    }
+}
+
+/// One admitted connection: holds its permit and keeps the connection gauge right.
+pub(crate) struct Connection {
+    transport: &'static str,
+    _permit: OwnedSemaphorePermit,
+    reason: &'static str,
+}
+
+impl Connection {
+    /// Why the connection ends, for `postcache_realtime_disconnects_total` (default `client`).
+    pub(crate) fn ends_because(&mut self, reason: &'static str) {
+        self.reason = reason;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS, "transport" => self.transport).decrement(1.0);
+        metrics::counter!(DISCONNECTS, "reason" => self.reason).increment(1);
+    }
+}

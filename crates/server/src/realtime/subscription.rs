@@ -1,0 +1,144 @@
+//! [`Subscription`]: one subscriber's view of the event log: topic filter, resume backlog, and the
+//! lag rule (fall too far behind → `resync`, then the connection closes).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use postcache_api::{Event, EventType, Topic};
+use postcache_cache::{Backlog, EventLog, LoggedEvent, Position, format_timestamp};
+use time::OffsetDateTime;
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
+
+/// What to send next.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    /// An event of the subscriber's topics.
+    Event(Arc<LoggedEvent>),
+    /// Refetch, then continue from `id`; `close` when the connection ends after it (lagged).
+    Resync {
+        id: String,
+        json: String,
+        close: bool,
+    },
+}
+
+impl Outgoing {
+    pub(crate) fn id(&self) -> &str {
+        match self {
+            Outgoing::Event(e) => &e.event.id,
+            Outgoing::Resync { id, .. } => id,
+        }
+    }
+
+    pub(crate) fn json(&self) -> &str {
+        match self {
+            Outgoing::Event(e) => &e.json,
+            Outgoing::Resync { json, .. } => json,
+        }
+    }
+}
+
+pub(crate) struct Subscription {
+    log: Arc<EventLog>,
+    topics: Vec<Topic>,
+    backlog: VecDeque<Arc<LoggedEvent>>,
+    live: Receiver<Arc<LoggedEvent>>,
+    resync: Option<Position>,
+    closed: bool,
+}
+
+impl Subscription {
+    /// Subscribes to `topics`, resuming after `since` (`Some(None)`: a position that does not parse,
+    /// which can only be answered with a resync).
+    pub(crate) fn open(
+        log: &Arc<EventLog>,
+        topics: Vec<Topic>,
+        since: Option<Option<Position>>,
+    ) -> Subscription {
+        let since = since.map(|p| p.unwrap_or(Position { epoch: 0, seq: 0 }));
+        let (live, backlog) = log.subscribe(since);
+        let (backlog, resync) = match backlog {
+            Backlog::Events(events) => (events.into(), None),
+            Backlog::Gone { head } => (VecDeque::new(), Some(head)),
+        };
+        Subscription {
+            log: Arc::clone(log),
+            topics,
+            backlog,
+            live,
+            resync,
+            closed: false,
+        }
+    }
+
+    /// The next thing to send, or `None` when the subscription is over.
+    pub(crate) async fn next(&mut self) -> Option<Outgoing> {
+        if self.closed {
+            return None;
+        }
+        if let Some(head) = self.resync.take() {
+            return Some(resync(head, false));
+        }
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(event) => event,
+                None => match self.live.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        self.closed = true;
+                        return Some(resync(self.log.head(), true));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            if self.wants(&event) {
+                return Some(Outgoing::Event(event));
+            }
+        }
+    }
+
+    fn wants(&self, event: &LoggedEvent) -> bool {
+        self.topics.iter().any(|topic| match topic {
+            Topic::Posts => true,
+            Topic::Author(id) => *id == event.author_id,
+            Topic::Post(id) => *id == event.event.post_id,
+        })
+    }
+}
+
+fn resync(head: Position, close: bool) -> Outgoing {
+    let event = Event {
+        id: head.to_string(),
+        kind: EventType::Resync,
+        post: None,
+        post_id: String::new(),
+        version: 0,
+        ts: format_timestamp(OffsetDateTime::now_utc()),
+    };
+    let json = serde_json::to_string(&event).unwrap_or_default();
+    Outgoing::Resync {
+        id: event.id,
+        json,
+        close,
+    }
+}
+
+/// Parses `topics=posts,author:ann,post:42` (default `posts`).
+pub(crate) fn parse_topics(value: Option<&str>) -> Result<Vec<Topic>, String> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(vec![Topic::Posts]);
+    };
+    let topics: Vec<&str> = value.split(',').collect();
+    if topics.len() > 32 {
+        return Err("at most 32 topics".into());
+    }
+    topics
+        .into_iter()
+        .map(|t| {
+            Topic::parse(t.trim()).ok_or_else(|| {
+                format!("`{t:.40}` is not a topic (posts, author:{{id}}, post:{{id}})")
+            })
+        })
+        .collect()
+}
