@@ -7,6 +7,7 @@
 mod api;
 mod errors;
 mod limits;
+mod realtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,27 @@ impl Reply {
     }
 }
 
+/// Knobs of a test app beyond the defaults.
+pub struct Options {
+    pub auth: Auth,
+    pub limit: Option<RateLimit>,
+    pub retention: usize,
+    pub lag: usize,
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auth: Auth::default(),
+            limit: None,
+            retention: 1000,
+            lag: 64,
+            max_connections: 100,
+        }
+    }
+}
+
 pub struct TestApp {
     pub posts: Arc<Posts>,
     router: Router,
@@ -101,6 +123,26 @@ impl TestApp {
         auth: Auth,
         limit: Option<RateLimit>,
     ) -> TestApp {
+        TestApp::with_options(
+            backend,
+            transport,
+            Options {
+                auth,
+                limit,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn with_options(backend: Backend, transport: Transport, options: Options) -> TestApp {
+        let Options {
+            auth,
+            limit,
+            retention,
+            lag,
+            max_connections,
+        } = options;
         let (url, dir) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -121,13 +163,13 @@ impl TestApp {
             Backend::Sqlite => Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap()),
             Backend::Postgres => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
         };
-        let log = Arc::new(EventLog::new(1000, 64));
+        let log = Arc::new(EventLog::new(retention, lag));
         let l1 = L1::new(L1Config {
             max_entries: 10_000,
             ttl: Duration::from_secs(60),
         });
         let posts = Arc::new(Posts::new(store, l1, Arc::clone(&log)));
-        let realtime = Realtime::new(log, 100, Duration::from_millis(200));
+        let realtime = Realtime::new(log, max_connections, Duration::from_millis(200));
         let router = app(Arc::clone(&posts), auth, limit, realtime);
         let addr = match transport {
             Transport::InProcess => None,
@@ -149,6 +191,16 @@ impl TestApp {
             db,
             _dir: dir,
         }
+    }
+
+    /// The socket address (socket transport only).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("a socket transport")
+    }
+
+    /// Publishes committed changes to the event log, as the relay task of `serve` does.
+    pub async fn relay(&self) {
+        while self.posts.relay().await.unwrap() > 0 {}
     }
 
     /// Sends a request; `body` is sent as JSON unless a `content-type` header says otherwise.
