@@ -40,7 +40,7 @@ pub use logging::{Telemetry, TelemetryError, init_logging};
 pub use realtime::Realtime;
 pub use serve::{ServeError, serve};
 
-use routes::{admin, health, posts};
+use routes::{admin, demo, health, posts};
 
 /// Everything handlers may need; each takes only its part (`FromRef`).
 #[derive(Clone)]
@@ -93,7 +93,7 @@ impl FromRef<AppState> for Arc<utoipa::openapi::OpenApi> {
 #[openapi(
     info(title = "PostCache", description = "Posts API with a three-tier cache. Errors share one body: \
         `{\"error\": {\"code\", \"message\", \"field\"}}`."),
-    tags((name = "posts"), (name = "realtime"), (name = "cache"), (name = "health"))
+    tags((name = "posts"), (name = "realtime"), (name = "cache"), (name = "health"), (name = "demo"))
 )]
 struct ApiDoc;
 
@@ -111,6 +111,8 @@ pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>, realtime: Re
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi))
+        .routes(routes!(demo::index))
+        .routes(routes!(demo::client))
         .split_for_parts();
     let state = AppState {
         posts,

@@ -2,6 +2,7 @@
 //! the router and `/openapi.json` are built from the same list, so they cannot disagree.
 
 pub(crate) mod admin;
+pub(crate) mod demo;
 pub(crate) mod health;
 pub(crate) mod posts;
 mod response;

@@ -275,6 +275,8 @@ async fn health_metrics_and_openapi(backend: Backend, transport: Transport) {
         "POST /v1/posts/{id}/views",
         "GET /v1/events",
         "GET /v1/ws",
+        "GET /",
+        "GET /client.js",
     ];
     expected.sort();
     assert_eq!(listed, expected);
