@@ -5,6 +5,7 @@
 #![allow(missing_docs)] // a test binary, not an API
 
 mod browser;
+mod footprint;
 mod monitoring;
 mod serve;
 mod telemetry;
