@@ -15,8 +15,11 @@ struct Cli {
 enum Command {
     /// Run the posts service (with no configuration: SQLite file ./postcache.db on 127.0.0.1:8080).
     Serve(postcache_server::ServeArgs),
+    /// Print the PostCache CustomResourceDefinition (YAML), e.g. `postcache crd | kubectl apply -f -`.
+    Crd,
 }
 
+#[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -25,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
                 postcache_server::init_logging(args.log_format, args.otlp_endpoint.as_deref())?;
             postcache_server::serve(args).await?;
         }
+        Command::Crd => print!("{}", postcache_operator::crd_yaml()),
     }
     Ok(())
 }
