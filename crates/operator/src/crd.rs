@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// A cache-fronted posts service: Redis, PostgreSQL and autoscaled PostCache pods, reconciled
 /// from this one object.
+// clippy reads the repeated `type_ = …` of separate printcolumn(…) groups as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "postcache.io",
