@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the posts service (with no configuration: SQLite file ./postcache.db on 127.0.0.1:8080).
-    Serve(postcache_server::ServeArgs),
+    Serve(Box<postcache_server::ServeArgs>),
     /// Print the PostCache CustomResourceDefinition (YAML), e.g. `postcache crd | kubectl apply -f -`.
     Crd,
 }
@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let _telemetry =
                 postcache_server::init_logging(args.log_format, args.otlp_endpoint.as_deref())?;
-            postcache_server::serve(args).await?;
+            postcache_server::serve(*args).await?;
         }
         Command::Crd => print!("{}", postcache_operator::crd_yaml()),
     }
