@@ -17,6 +17,8 @@ enum Command {
     Serve(Box<postcache_server::ServeArgs>),
     /// Print the PostCache CustomResourceDefinition (YAML), e.g. `postcache crd | kubectl apply -f -`.
     Crd,
+    /// Load a running PostCache with a read/write mix and report throughput and latency.
+    Bench(postcache_bench::BenchArgs),
 }
 
 #[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job
@@ -29,6 +31,14 @@ async fn main() -> anyhow::Result<()> {
             postcache_server::serve(*args).await?;
         }
         Command::Crd => print!("{}", postcache_operator::crd_yaml()),
+        Command::Bench(args) => {
+            let report = postcache_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", postcache_bench::render(&report));
+            }
+        }
     }
     Ok(())
 }
