@@ -81,11 +81,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let realtime = crate::Realtime::new(
         Arc::clone(posts.log()),
         args.realtime_max_connections,
         HEARTBEAT,
-    );
+    )
+    .with_shutdown(stop_rx.clone());
     let app = crate::app(Arc::clone(&posts), auth, limit.clone(), realtime);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -97,7 +99,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let relay = tokio::spawn(relay_outbox(Arc::clone(&posts), stop_rx.clone()));
     let maintenance = tokio::spawn(maintain(
         Arc::clone(&posts),

@@ -143,3 +143,54 @@ fn listening_beyond_loopback_needs_tokens_or_an_explicit_opt_out() {
     kill(Pid::from_raw(allowed.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_exit(&mut allowed).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_open_realtime_streams_instead_of_waiting_for_them() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    // A grace period far longer than the test waits: only ending the streams lets it exit in time.
+    let env = [
+        ("POSTCACHE_LISTEN", listen.as_str()),
+        ("POSTCACHE_SHUTDOWN_GRACE_SECONDS", "120"),
+    ];
+    let mut child = serve(dir.path(), &env);
+    wait_healthy(&format!("http://{listen}"), &mut child);
+
+    let sse = reqwest::get(format!("http://{listen}/v1/events"))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}/v1/ws"))
+        .await
+        .unwrap();
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(chunk) = sse.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the SSE stream ends on SIGTERM");
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+                | None
+                | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(frame.is_ok(), "the WebSocket is closed on SIGTERM");
+    assert!(
+        wait_exit(&mut child).success(),
+        "and the process exits cleanly, long before its grace period"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postcache_cache::EventLog;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub(crate) use routes::{__path_events, __path_ws, events, ws};
 
@@ -36,17 +36,28 @@ pub struct Realtime {
     log: Arc<EventLog>,
     permits: Arc<Semaphore>,
     heartbeat: Duration,
+    stop: watch::Receiver<bool>,
 }
 
 impl Realtime {
     /// Streams `log` to at most `max_connections` subscribers at once, with a heartbeat (SSE
     /// comment, WebSocket ping) every `heartbeat`.
     pub fn new(log: Arc<EventLog>, max_connections: usize, heartbeat: Duration) -> Realtime {
+        // Until `with_shutdown`: a channel whose sender is gone, which `stopped` reads as "never".
+        let (_, stop) = watch::channel(false);
         Realtime {
             log,
             permits: Arc::new(Semaphore::new(max_connections)),
             heartbeat,
+            stop,
         }
+    }
+
+    /// Ends every stream (SSE end, WebSocket close) when `stop` turns true, so that a graceful
+    /// shutdown is not held up by subscribers that would never hang up.
+    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Realtime {
+        self.stop = stop;
+        self
     }
 
     fn admit(&self, transport: &'static str) -> Result<Connection, ApiError> {
@@ -80,5 +91,12 @@ impl Drop for Connection {
     fn drop(&mut self) {
         metrics::gauge!(CONNECTIONS, "transport" => self.transport).decrement(1.0);
         metrics::counter!(DISCONNECTS, "reason" => self.reason).increment(1);
+    }
+}
+
+/// Resolves when `stop` turns true; never, if its sender is gone without saying so.
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

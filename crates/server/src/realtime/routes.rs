@@ -15,7 +15,7 @@ use postcache_cache::Position;
 use time::OffsetDateTime;
 
 use super::subscription::{Outgoing, Subscription, parse_topics};
-use super::{Connection, DELIVERY, EVENTS_SENT, Realtime};
+use super::{Connection, DELIVERY, EVENTS_SENT, Realtime, stopped};
 use crate::error::ApiError;
 
 /// Largest message a client may send on the WebSocket (it only ever sends pongs and closes).
@@ -44,15 +44,21 @@ pub(crate) async fn events(
     let connection = realtime.admit("sse")?;
     let subscription = Subscription::open(&realtime.log, topics, since);
     let stream = futures_util::stream::unfold(
-        (subscription, connection),
-        |(mut sub, mut conn)| async move {
-            let out = sub.next().await?;
+        (subscription, connection, realtime.stop.clone()),
+        |(mut sub, mut conn, stop)| async move {
+            let out = tokio::select! {
+                out = sub.next() => out?,
+                () = stopped(stop.clone()) => {
+                    conn.ends_because("shutdown");
+                    return None;
+                }
+            };
             if let Outgoing::Resync { close: true, .. } = out {
                 conn.ends_because("lagged");
             }
             sent(&out);
             let event = SseEvent::default().id(out.id()).data(out.json());
-            Some((Ok::<_, Infallible>(event), (sub, conn)))
+            Some((Ok::<_, Infallible>(event), (sub, conn, stop)))
         },
     );
     let keep_alive = KeepAlive::new()
@@ -85,13 +91,14 @@ pub(crate) async fn ws(
     let since = params.get("since").map(|s| Position::parse(s));
     let connection = realtime.admit("ws")?;
     let subscription = Subscription::open(&realtime.log, topics, since);
-    let heartbeat = realtime.heartbeat;
+    let (heartbeat, stop) = (realtime.heartbeat, realtime.stop.clone());
     // Small buffers: an idle connection must stay cheap.
     let upgrade = upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE);
-    Ok(upgrade.on_upgrade(move |socket| stream_ws(socket, subscription, connection, heartbeat)))
+    Ok(upgrade
+        .on_upgrade(move |socket| stream_ws(socket, subscription, connection, heartbeat, stop)))
 }
 
 async fn stream_ws(
@@ -99,6 +106,7 @@ async fn stream_ws(
     mut sub: Subscription,
     mut conn: Connection,
     heartbeat: std::time::Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut tx, mut rx) = socket.split();
     let mut ping = tokio::time::interval(heartbeat);
@@ -128,6 +136,11 @@ async fn stream_ws(
                 if tx.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
+            }
+            () = stopped(stop.clone()) => {
+                conn.ends_because("shutdown");
+                let _ = tx.send(Message::Close(None)).await;
+                break;
             }
             message = rx.next() => match message {
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
