@@ -19,6 +19,14 @@ pub(crate) const HTTP_DURATION: &str = "postcache_http_request_duration_seconds"
 pub(crate) const DB_POOL_CONNECTIONS: &str = "postcache_db_pool_connections";
 /// Pool size limit by `role`.
 pub(crate) const DB_POOL_MAX: &str = "postcache_db_pool_max";
+/// Open realtime connections by `transport` (`ws`, `sse`).
+pub(crate) const REALTIME_CONNECTIONS: &str = "postcache_realtime_connections";
+/// Events written to realtime subscribers.
+pub(crate) const REALTIME_EVENTS_SENT: &str = "postcache_realtime_events_sent_total";
+/// Commit → sent to a subscriber, per event.
+pub(crate) const REALTIME_DELIVERY: &str = "postcache_realtime_delivery_seconds";
+/// Closed realtime connections by `reason` (`client`, `lagged`, `idle`, `shutdown`).
+pub(crate) const REALTIME_DISCONNECTS: &str = "postcache_realtime_disconnects_total";
 /// 1 while a component is degraded, by `component`.
 pub(crate) const DEGRADED: &str = "postcache_degraded";
 
@@ -75,6 +83,23 @@ fn describe() {
         "Posts with view counts not yet flushed to the database."
     );
     describe_gauge!(DEGRADED, "1 while a component is degraded.");
+    describe_gauge!(
+        REALTIME_CONNECTIONS,
+        "Open realtime connections by transport."
+    );
+    describe_counter!(
+        REALTIME_EVENTS_SENT,
+        "Events written to realtime subscribers."
+    );
+    describe_histogram!(
+        REALTIME_DELIVERY,
+        Unit::Seconds,
+        "Commit to sent, per realtime event."
+    );
+    describe_counter!(
+        REALTIME_DISCONNECTS,
+        "Closed realtime connections by reason."
+    );
 }
 
 /// Middleware: counts and times every request under its route template (never raw paths, so ids

@@ -18,7 +18,6 @@ use crate::{serve, wait_exit, wait_healthy};
 /// Metrics that arrive with later work: their panels exist, their queries must parse, and they
 /// return data once the feature lands (then remove them here).
 const PENDING: &[(&str, &str)] = &[
-    ("postcache_realtime_", "realtime fan-out (issue 5)"),
     (
         "postcache_invalidation_lag_seconds",
         "cross-pod event log (issue 4)",
@@ -143,6 +142,13 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
         Ok(query(&http, &prometheus, "up{job=\"postcache\"}").await? == Some(1.0))
     })
     .await;
+
+    // A live subscriber, so that the realtime panels have a connection and deliveries to show.
+    let subscriber = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    let drain = tokio::spawn(async move {
+        let mut events = subscriber.bytes_stream();
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut events).await {}
+    });
 
     // Unique ids: every read misses L1.
     let mut ids = Vec::new();
@@ -281,6 +287,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
         .await;
     }
 
+    drain.abort();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_exit(&mut child).success());
 }

@@ -20,15 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 pub(crate) use routes::{__path_events, __path_ws, events, ws};
 
 use crate::error::ApiError;
-
-/// Metric: open realtime connections by `transport`.
-pub(crate) const CONNECTIONS: &str = "postcache_realtime_connections";
-/// Metric: events written to subscribers.
-pub(crate) const EVENTS_SENT: &str = "postcache_realtime_events_sent_total";
-/// Metric: commit → sent, per event.
-pub(crate) const DELIVERY: &str = "postcache_realtime_delivery_seconds";
-/// Metric: closed connections by `reason`.
-pub(crate) const DISCONNECTS: &str = "postcache_realtime_disconnects_total";
+use crate::metrics::{REALTIME_CONNECTIONS, REALTIME_DISCONNECTS};
 
 /// What the realtime routes share.
 #[derive(Clone)]
@@ -64,7 +56,7 @@ impl Realtime {
         let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             ApiError::unavailable("this pod serves its maximum of realtime connections")
         })?;
-        metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+        metrics::gauge!(REALTIME_CONNECTIONS, "transport" => transport).increment(1.0);
         Ok(Connection {
             transport,
             _permit: permit,
@@ -89,8 +81,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        metrics::gauge!(CONNECTIONS, "transport" => self.transport).decrement(1.0);
-        metrics::counter!(DISCONNECTS, "reason" => self.reason).increment(1);
+        metrics::gauge!(REALTIME_CONNECTIONS, "transport" => self.transport).decrement(1.0);
+        metrics::counter!(REALTIME_DISCONNECTS, "reason" => self.reason).increment(1);
     }
 }
 

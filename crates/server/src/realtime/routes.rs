@@ -15,8 +15,9 @@ use postcache_cache::Position;
 use time::OffsetDateTime;
 
 use super::subscription::{Outgoing, Subscription, parse_topics};
-use super::{Connection, DELIVERY, EVENTS_SENT, Realtime, stopped};
+use super::{Connection, Realtime, stopped};
 use crate::error::ApiError;
+use crate::metrics::{REALTIME_DELIVERY, REALTIME_EVENTS_SENT};
 
 /// Largest message a client may send on the WebSocket (it only ever sends pongs and closes).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -152,11 +153,11 @@ async fn stream_ws(
 }
 
 fn sent(out: &Outgoing) {
-    metrics::counter!(EVENTS_SENT).increment(1);
+    metrics::counter!(REALTIME_EVENTS_SENT).increment(1);
     if let Outgoing::Event(event) = out {
         let delay = (OffsetDateTime::now_utc() - event.committed_at)
             .as_seconds_f64()
             .max(0.0);
-        metrics::histogram!(DELIVERY).record(delay);
+        metrics::histogram!(REALTIME_DELIVERY).record(delay);
     }
 }
