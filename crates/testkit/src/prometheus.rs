@@ -98,4 +98,26 @@ impl Prometheus {
     pub fn process(&self) -> &Process {
         &self.process
     }
+
+    /// Runs an instant PromQL query; the first sample's value, `Ok(None)` when the result is
+    /// empty.
+    ///
+    /// # Errors
+    /// Transport errors, and queries Prometheus rejects (the message says why).
+    pub async fn query(&self, expr: &str) -> Result<Option<f64>, String> {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url()))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("query `{expr}` failed: {body}"));
+        }
+        let first = &body["data"]["result"][0]["value"][1];
+        Ok(first.as_str().map(|v| v.parse::<f64>().unwrap_or(f64::NAN)))
+    }
 }

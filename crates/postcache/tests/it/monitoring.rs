@@ -78,28 +78,6 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
 
-/// Runs an instant query; `Ok(None)` when the result is empty.
-async fn query(
-    http: &reqwest::Client,
-    prometheus: &Prometheus,
-    expr: &str,
-) -> Result<Option<f64>, String> {
-    let body: serde_json::Value = http
-        .get(format!("{}/api/v1/query", prometheus.url()))
-        .query(&[("query", expr)])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    if body["status"] != "success" {
-        return Err(format!("query failed: {body}"));
-    }
-    let first = &body["data"]["result"][0]["value"][1];
-    Ok(first.as_str().map(|v| v.parse::<f64>().unwrap_or(f64::NAN)))
-}
-
 async fn until(what: &str, mut check: impl AsyncFnMut() -> Result<bool, String>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
     let mut last = String::new();
@@ -139,7 +117,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     let prometheus = Prometheus::start(&[job], &[rules.as_path()]);
     // Rates need a sample before the traffic: wait for the first scrape.
     until("the first scrape", async || {
-        Ok(query(&http, &prometheus, "up{job=\"postcache\"}").await? == Some(1.0))
+        Ok(prometheus.query("up{job=\"postcache\"}").await? == Some(1.0))
     })
     .await;
 
@@ -213,13 +191,15 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
         .find(|r| r.name == "PostCacheLowHitRate")
         .unwrap();
     until("the hit ratio to fall below the threshold", async || {
-        Ok(query(&http, &prometheus, &ratio)
+        Ok(prometheus
+            .query(&ratio)
             .await?
             .is_some_and(|r| r < thresholds.min_hit_ratio))
     })
     .await;
     assert!(
-        query(&http, &prometheus, &low_hit_alert.expr)
+        prometheus
+            .query(&low_hit_alert.expr)
             .await
             .unwrap()
             .is_some(),
@@ -234,15 +214,14 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
             .unwrap();
     }
     until("the hit ratio to rise above the threshold", async || {
-        Ok(query(&http, &prometheus, &ratio)
+        Ok(prometheus
+            .query(&ratio)
             .await?
             .is_some_and(|r| r > thresholds.min_hit_ratio))
     })
     .await;
     assert_eq!(
-        query(&http, &prometheus, &low_hit_alert.expr)
-            .await
-            .unwrap(),
+        prometheus.query(&low_hit_alert.expr).await.unwrap(),
         None,
         "the alert's condition is gone"
     );
@@ -279,7 +258,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     for expr in &exprs {
         let pending = PENDING.iter().find(|(metric, _)| expr.contains(metric));
         until(&format!("data for `{expr}`"), async || {
-            match (query(&http, &prometheus, expr).await?, pending) {
+            match (prometheus.query(expr).await?, pending) {
                 (_, Some(_)) => Ok(true), // parsed and ran; no data until the feature lands
                 (value, None) => Ok(value.is_some()),
             }

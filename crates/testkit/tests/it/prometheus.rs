@@ -30,22 +30,6 @@ async fn serve_metrics() -> SocketAddr {
     addr
 }
 
-async fn query(prometheus: &Prometheus, expr: &str) -> Result<Option<f64>, String> {
-    let response: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/query", prometheus.url()))
-        .query(&[("query", expr)])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let value = response["data"]["result"][0]["value"][1]
-        .as_str()
-        .map(|v| v.parse::<f64>());
-    value.transpose().map_err(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_target_and_evaluates_rules() {
     let target = serve_metrics().await;
@@ -63,17 +47,17 @@ async fn prometheus_scrapes_a_target_and_evaluates_rules() {
     let prometheus = Prometheus::start(&[job], &[rules.path()]);
 
     let scraped = eventually("the scraped gauge", Duration::from_secs(30), || {
-        query(&prometheus, r#"smoke_value{job="smoke"}"#)
+        prometheus.query(r#"smoke_value{job="smoke"}"#)
     })
     .await;
     assert_eq!(scraped, 42.0);
     let recorded = eventually("the recording rule", Duration::from_secs(30), || {
-        query(&prometheus, "smoke:doubled")
+        prometheus.query("smoke:doubled")
     })
     .await;
     assert_eq!(recorded, 84.0);
     let up = eventually("up", Duration::from_secs(30), || {
-        query(&prometheus, r#"up{job="smoke"}"#)
+        prometheus.query(r#"up{job="smoke"}"#)
     })
     .await;
     assert_eq!(up, 1.0);
