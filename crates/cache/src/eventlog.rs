@@ -78,10 +78,29 @@ pub enum Backlog {
 }
 
 struct Ring {
+    /// Positions at or after this are known: a subscriber resuming from one misses nothing.
+    floor: Position,
+    head: Position,
     epoch: u64,
-    next_seq: u64,
     events: VecDeque<Arc<LoggedEvent>>,
     retention: usize,
+}
+
+/// One change to append, whatever assigns its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What happened.
+    pub kind: EventType,
+    /// The post's id.
+    pub post_id: String,
+    /// The post's author.
+    pub author_id: String,
+    /// The post's version after the change.
+    pub version: i64,
+    /// The post after the change (`None` for deletes).
+    pub post: Option<Post>,
+    /// Commit time.
+    pub committed_at: OffsetDateTime,
 }
 
 /// The in-process event log with bounded retention and live fan-out.
@@ -97,10 +116,12 @@ impl EventLog {
         let epoch = u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
             .unwrap_or(0);
         let (live, _) = broadcast::channel(lag.max(1));
+        let start = Position { epoch, seq: 0 };
         EventLog {
             ring: Mutex::new(Ring {
+                floor: start,
+                head: start,
                 epoch,
-                next_seq: 1,
                 events: VecDeque::new(),
                 retention: retention.max(1),
             }),
@@ -108,22 +129,43 @@ impl EventLog {
         }
     }
 
-    /// Appends one change and hands it to live subscribers.
-    pub fn append(
-        &self,
-        kind: EventType,
-        post_id: String,
-        author_id: String,
-        version: i64,
-        post: Option<Post>,
-        committed_at: OffsetDateTime,
-    ) -> Arc<LoggedEvent> {
+    /// Appends a change at the next position of this log's own sequence (the embedded default).
+    pub fn append(&self, change: Change) -> Arc<LoggedEvent> {
         let mut ring = self.lock();
         let position = Position {
             epoch: ring.epoch,
-            seq: ring.next_seq,
+            seq: ring.head.seq + 1,
         };
-        ring.next_seq += 1;
+        self.push(&mut ring, position, change)
+    }
+
+    /// Appends a change at a position another log assigned (a Redis Stream entry id), so that every
+    /// pod names events alike. Positions at or below the head are ignored (`None`): replays are
+    /// harmless.
+    pub fn append_at(&self, position: Position, change: Change) -> Option<Arc<LoggedEvent>> {
+        let mut ring = self.lock();
+        (position > ring.head).then(|| self.push(&mut ring, position, change))
+    }
+
+    /// Makes this log follow a shared one from `floor` on: positions at or after it are known. Only
+    /// before the first event (a pod that starts consuming the shared log).
+    pub fn start_at(&self, floor: Position) {
+        let mut ring = self.lock();
+        if ring.events.is_empty() {
+            ring.floor = floor;
+            ring.head = floor;
+        }
+    }
+
+    fn push(&self, ring: &mut Ring, position: Position, change: Change) -> Arc<LoggedEvent> {
+        let Change {
+            kind,
+            post_id,
+            author_id,
+            version,
+            post,
+            committed_at,
+        } = change;
         let event = Event {
             id: position.to_string(),
             kind,
@@ -141,22 +183,21 @@ impl EventLog {
             json,
             committed_at,
         });
+        ring.head = position;
         ring.events.push_back(Arc::clone(&logged));
         while ring.events.len() > ring.retention {
-            ring.events.pop_front();
+            if let Some(evicted) = ring.events.pop_front() {
+                ring.floor = evicted.position;
+            }
         }
         // Sent under the lock, so live order is log order; no receivers is fine.
         let _ = self.live.send(Arc::clone(&logged));
         logged
     }
 
-    /// The newest position (seq 0 while empty).
+    /// The newest position.
     pub fn head(&self) -> Position {
-        let ring = self.lock();
-        Position {
-            epoch: ring.epoch,
-            seq: ring.next_seq - 1,
-        }
+        self.lock().head
     }
 
     /// Subscribes to live events and returns, atomically with it, the backlog after `since`
@@ -167,26 +208,16 @@ impl EventLog {
     ) -> (broadcast::Receiver<Arc<LoggedEvent>>, Backlog) {
         let ring = self.lock();
         let receiver = self.live.subscribe();
-        let head = Position {
-            epoch: ring.epoch,
-            seq: ring.next_seq - 1,
-        };
         let Some(since) = since else {
             return (receiver, Backlog::Events(Vec::new()));
         };
-        let first_seq = ring
-            .events
-            .front()
-            .map_or(ring.next_seq, |e| e.position.seq);
-        let known =
-            since.epoch == ring.epoch && since.seq < ring.next_seq && since.seq + 1 >= first_seq;
-        if !known {
-            return (receiver, Backlog::Gone { head });
+        if since < ring.floor || since > ring.head {
+            return (receiver, Backlog::Gone { head: ring.head });
         }
         let events = ring
             .events
             .iter()
-            .filter(|e| e.position.seq > since.seq)
+            .filter(|e| e.position > since)
             .cloned()
             .collect();
         (receiver, Backlog::Events(events))
@@ -201,15 +232,19 @@ impl EventLog {
 mod tests {
     use super::*;
 
+    fn change(n: i64) -> Change {
+        Change {
+            kind: EventType::PostCreated,
+            post_id: n.to_string(),
+            author_id: "ann".into(),
+            version: 1,
+            post: None,
+            committed_at: OffsetDateTime::now_utc(),
+        }
+    }
+
     fn append(log: &EventLog, n: i64) -> Arc<LoggedEvent> {
-        log.append(
-            EventType::PostCreated,
-            n.to_string(),
-            "ann".into(),
-            1,
-            None,
-            OffsetDateTime::now_utc(),
-        )
+        log.append(change(n))
     }
 
     #[test]
@@ -276,5 +311,39 @@ mod tests {
         assert_eq!(live.try_recv().unwrap().position, b.position);
         assert_eq!(live.try_recv().unwrap().position, c.position);
         assert!(c.json.contains(&format!("\"id\":\"{}\"", c.position)));
+    }
+
+    #[test]
+    fn positions_from_a_shared_log_order_and_resume_the_same_way() {
+        let log = EventLog::new(2, 16);
+        let at = |ms, seq| Position { epoch: ms, seq };
+        log.start_at(at(1000, 5));
+        assert!(log.append_at(at(1000, 7), change(1)).is_some());
+        assert!(
+            log.append_at(at(1000, 7), change(1)).is_none(),
+            "a replayed entry is ignored"
+        );
+        assert!(log.append_at(at(1001, 0), change(2)).is_some());
+        match log.subscribe(Some(at(1000, 5))).1 {
+            Backlog::Events(events) => assert_eq!(events.len(), 2),
+            Backlog::Gone { .. } => panic!("the start floor is known"),
+        }
+        assert!(
+            matches!(log.subscribe(Some(at(1000, 4))).1, Backlog::Gone { .. }),
+            "before the floor"
+        );
+        log.append_at(at(1002, 0), change(3)); // evicts (1000, 7)
+        assert!(matches!(
+            log.subscribe(Some(at(1000, 5))).1,
+            Backlog::Gone { .. }
+        ));
+        match log.subscribe(Some(at(1000, 7))).1 {
+            Backlog::Events(events) => assert_eq!(
+                events.len(),
+                2,
+                "resuming at the evicted event itself is gap-free"
+            ),
+            Backlog::Gone { .. } => panic!("the evicted event's successors are all retained"),
+        }
     }
 }

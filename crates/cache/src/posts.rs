@@ -399,17 +399,14 @@ impl Posts {
     }
 
     fn publish(&self, row: &OutboxEvent) {
-        let Some(kind) = row.event_type() else {
-            tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind");
-            return;
-        };
-        let post = row
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok());
-        let (id, author) = (row.post_id.to_string(), row.author_id.clone());
-        self.log
-            .append(kind, id, author, row.version, post, row.created_at);
+        match row.change() {
+            Some(change) => {
+                self.log.append(change);
+            }
+            None => {
+                tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind")
+            }
+        }
     }
 
     /// Admin invalidation by tag: every feed list built on these tags becomes unreachable.

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 pub use postgres::{PostgresStore, sql as postgres_sql};
 pub use sqlite::SqliteStore;
 
+use crate::eventlog::Change;
 use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
 
 /// A committed write: the post after it, and where its event sits in the outbox.
@@ -54,6 +55,21 @@ pub struct OutboxEvent {
 }
 
 impl OutboxEvent {
+    /// The change as the event log takes it; `None` for a kind this version does not know.
+    pub fn change(&self) -> Option<Change> {
+        Some(Change {
+            kind: self.event_type()?,
+            post_id: self.post_id.to_string(),
+            author_id: self.author_id.clone(),
+            version: self.version,
+            post: self
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            committed_at: self.created_at,
+        })
+    }
+
     /// The event type of `kind` (`None` for a kind this version does not know).
     pub fn event_type(&self) -> Option<EventType> {
         [
