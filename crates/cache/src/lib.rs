@@ -12,6 +12,7 @@ mod eventlog;
 mod l1;
 mod model;
 mod posts;
+mod redislog;
 mod stats;
 mod store;
 mod tags;
@@ -24,6 +25,7 @@ pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, Tier, Written};
+pub use redislog::{RELAY_LEASE_KEY, RedisLog, RedisLogError, STREAM_KEY};
 pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
 pub use store::{
     Committed, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql,

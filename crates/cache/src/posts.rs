@@ -14,9 +14,10 @@ use std::sync::Arc;
 use postcache_api::EventType;
 use time::OffsetDateTime;
 
-use crate::eventlog::EventLog;
+use crate::eventlog::{Change, EventLog};
 use crate::l1::{CachedPost, L1};
 use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
+use crate::redislog::RedisLog;
 use crate::stats::{TierStats, timed};
 use crate::store::{Committed, OutboxEvent, Store, StoreError};
 use crate::tags::TagKey;
@@ -406,6 +407,108 @@ impl Posts {
             None => {
                 tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind")
             }
+        }
+    }
+
+    /// The outbox relay for several pods, one round: publishes unpublished outbox rows to the
+    /// shared stream, then marks them published. Call it only while holding the relay lease
+    /// ([`RedisLog::hold_lease`]); every pod, this one included, sees the events by
+    /// [`Posts::follow`].
+    ///
+    /// # Errors
+    /// When L3 or Redis fails; unpublished rows stay for the next round (at least once).
+    pub async fn relay_shared(&self, shared: &RedisLog) -> Result<usize, String> {
+        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
+            .await
+            .map_err(|e| e.to_string())?;
+        for row in &rows {
+            shared.publish(row).await.map_err(|e| e.to_string())?;
+        }
+        if !rows.is_empty() {
+            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+            let now = OffsetDateTime::now_utc();
+            timed(
+                PRIMARY,
+                self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(rows.len())
+    }
+
+    /// Follows the shared stream until `stop` resolves: loads its tail, then appends each new entry
+    /// to this pod's event log (at the entry's id) and applies it to L1. A failed read is retried
+    /// after a pause; the position it resumes from is the last applied one.
+    pub async fn follow(&self, shared: &RedisLog, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut last = loop {
+            match shared.tail().await {
+                Ok((floor, entries)) => {
+                    self.log.start_at(floor);
+                    let mut last = floor;
+                    for (position, change) in entries {
+                        last = position;
+                        self.log.append_at(position, change);
+                    }
+                    break last;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the shared event log failed; retrying");
+                    tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
+                }
+            }
+        };
+        loop {
+            let read = tokio::select! {
+                read = shared.read_after(last) => read,
+                () = &mut stop => return,
+            };
+            match read {
+                Ok(entries) => {
+                    for (position, change) in entries {
+                        last = position;
+                        self.apply_remote(&change).await;
+                        self.log.append_at(position, change);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "following the shared event log failed; retrying");
+                    tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
+                }
+            }
+        }
+    }
+
+    /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
+    /// goes in unless a newer one is there, and the feeds it joins or leaves are invalidated.
+    async fn apply_remote(&self, change: &Change) {
+        let Ok(id) = change.post_id.parse::<PostId>() else {
+            return;
+        };
+        let entry = match &change.post {
+            Some(post) => CachedPost::live(post.clone()),
+            None => CachedPost {
+                id,
+                version: change.version,
+                post: None,
+                json: bytes::Bytes::new(),
+            },
+        };
+        self.l1.install(Arc::new(entry)).await;
+        let tags: Vec<String> = change
+            .post
+            .as_ref()
+            .map(|p| p.tags.clone())
+            .unwrap_or_default();
+        let affected = match change.kind {
+            // Tags it left are not in the event: those lists age out with the L1 TTL, and list
+            // reads skip posts that are gone.
+            EventType::PostUpdated => tags.into_iter().map(TagKey::Tag).collect(),
+            _ => TagKey::for_membership(&change.author_id, &tags),
+        };
+        for tag in affected {
+            self.l1.bump(tag).await;
         }
     }
 

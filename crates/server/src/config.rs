@@ -30,6 +30,11 @@ pub struct ServeArgs {
     )]
     pub database_url: String,
 
+    /// Redis for the shared event log (`redis://…`, standalone): with it, several processes share
+    /// one event stream, so realtime subscribers and caches on every pod see every pod's writes.
+    #[arg(long, env = "POSTCACHE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// Most connections to the database.
     #[arg(long, env = "POSTCACHE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postcache_cache::{EventLog, L1, L1Config, Posts, StoreError};
+use postcache_cache::{EventLog, L1, L1Config, Posts, RedisLog, RedisLogError, StoreError};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
@@ -40,6 +40,9 @@ pub enum ServeError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database")]
     Store(#[source] StoreError),
+    /// Redis could not be reached at start-up.
+    #[error("cannot connect to Redis")]
+    Redis(#[source] RedisLogError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -72,6 +75,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     )
     .await
     .map_err(ServeError::Store)?;
+    let shared = match &args.redis_url {
+        Some(url) => Some(
+            RedisLog::connect(url, args.eventlog_retention)
+                .await
+                .map_err(ServeError::Redis)?,
+        ),
+        None => None,
+    };
     let l1 = L1::new(L1Config {
         max_entries: args.l1_max_entries,
         ttl: Duration::from_secs(args.l1_ttl_seconds),
@@ -99,7 +110,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
 
-    let relay = tokio::spawn(relay_outbox(Arc::clone(&posts), stop_rx.clone()));
+    let relay = match shared.clone() {
+        Some(shared) => tokio::spawn(relay_to_shared_log(
+            Arc::clone(&posts),
+            shared,
+            stop_rx.clone(),
+        )),
+        None => tokio::spawn(relay_outbox(Arc::clone(&posts), stop_rx.clone())),
+    };
+    let follower = shared.map(|shared| {
+        let (posts, stop) = (Arc::clone(&posts), stop_rx.clone());
+        tokio::spawn(async move { posts.follow(&shared, crate::realtime::stopped(stop)).await })
+    });
     let maintenance = tokio::spawn(maintain(
         Arc::clone(&posts),
         limit,
@@ -123,6 +145,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let _ = stop_tx.send(true);
     let _ = maintenance.await;
     let _ = relay.await;
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     final_flush(&posts).await;
     outcome
 }
@@ -186,6 +211,34 @@ async fn relay_outbox(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!(error = %e, "the outbox relay failed; retrying");
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// The outbox relay when several pods share a Redis event log: whoever holds the lease publishes
+/// unpublished outbox rows to the stream, after each local commit and twice a second.
+async fn relay_to_shared_log(posts: Arc<Posts>, shared: RedisLog, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = posts.committed() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match shared.hold_lease(Duration::from_secs(5)).await {
+            Ok(true) => loop {
+                match posts.relay_shared(&shared).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the outbox relay failed; retrying");
+                        break;
+                    }
+                }
+            },
+            Ok(false) => {} // another pod relays
+            Err(e) => {
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "Redis unavailable; events wait in the outbox")
             }
         }
     }
