@@ -77,3 +77,21 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 pub fn stderr_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
 }
+
+/// Publishes a post through `base` (no token) and returns it; panics unless it was created.
+pub async fn create_post(
+    http: &reqwest::Client,
+    base: &str,
+    author: &str,
+    title: &str,
+) -> serde_json::Value {
+    let body = serde_json::json!({"author_id": author, "title": title, "body": "b"});
+    let reply = http
+        .post(format!("{base}/v1/posts"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201, "creating a post through {base}");
+    reply.json().await.unwrap()
+}

@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use postcache_testkit::{Postgres, Redis, free_port};
 
-use crate::{serve, wait_exit, wait_healthy};
+use crate::{create_post, serve, wait_exit, wait_healthy};
 
 type Body =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -76,16 +76,7 @@ async fn writes_through_one_pod_reach_subscribers_and_caches_of_another() {
     let mut on_a = Events::open(&a, None).await;
     let mut on_b = Events::open(&b, None).await;
 
-    let created: serde_json::Value = http
-        .post(format!("{a}/v1/posts"))
-        .header("content-type", "application/json")
-        .body(r#"{"author_id":"ann","title":"from pod a","body":"b"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_post(&http, &a, "ann", "from pod a").await;
     let id = created["id"].as_str().unwrap().to_owned();
     let (seen_by_a, seen_by_b) = (on_a.next().await, on_b.next().await);
     assert_eq!(
@@ -143,16 +134,7 @@ async fn writes_through_one_pod_reach_subscribers_and_caches_of_another() {
     // A subscriber resumes on the other pod with the id it last saw.
     let last = on_b.next_id_after_create(&http, &b).await;
     let mut resumed = Events::open(&a, Some(&last)).await;
-    let later: serde_json::Value = http
-        .post(format!("{b}/v1/posts"))
-        .header("content-type", "application/json")
-        .body(r#"{"author_id":"bob","title":"from pod b","body":"b"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let later = create_post(&http, &b, "bob", "from pod b").await;
     assert_eq!(
         resumed.next().await["post_id"],
         later["id"],
@@ -168,12 +150,7 @@ async fn writes_through_one_pod_reach_subscribers_and_caches_of_another() {
 impl Events {
     /// Creates a post through `base` and returns the id of its event as this stream sees it.
     async fn next_id_after_create(&mut self, http: &reqwest::Client, base: &str) -> String {
-        http.post(format!("{base}/v1/posts"))
-            .header("content-type", "application/json")
-            .body(r#"{"author_id":"ann","title":"marker","body":"b"}"#)
-            .send()
-            .await
-            .unwrap();
+        create_post(http, base, "ann", "marker").await;
         self.next().await["id"].as_str().unwrap().to_owned()
     }
 }

@@ -6,7 +6,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use postcache_testkit::free_port;
 
-use crate::{serve, stderr_of, wait_exit, wait_healthy};
+use crate::{create_post, serve, stderr_of, wait_exit, wait_healthy};
 
 #[test]
 fn version_and_help_name_the_commands() {
@@ -53,16 +53,7 @@ async fn the_embedded_default_serves_from_a_sqlite_file_and_a_graceful_stop_flus
     );
 
     let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("{base}/v1/posts"))
-        .header("content-type", "application/json")
-        .body(r#"{"author_id":"ann","title":"kept","body":"across restarts"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_post(&http, &base, "ann", "kept").await;
     let id = created["id"].as_str().unwrap().to_owned();
     for _ in 0..5 {
         let status = http
