@@ -24,7 +24,7 @@ pub use l1::{CachedPost, L1, L1Config};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
-pub use posts::{FeedPage, Posts, PostsError, Read, Tier, Written};
+pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Tier, Written};
 pub use redislog::{RELAY_LEASE_KEY, RedisLog, RedisLogError, STREAM_KEY};
 pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
 pub use store::{

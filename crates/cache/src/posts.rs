@@ -81,6 +81,17 @@ pub struct FeedPage {
     pub tier: Tier,
 }
 
+/// Why a round of the shared-log relay failed (the rows stay unpublished for the next round).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading or marking the outbox failed.
+    #[error("the outbox could not be read or marked")]
+    Store(#[source] StoreError),
+    /// Appending to the shared stream failed.
+    #[error("the shared event log could not be appended to")]
+    Redis(#[source] crate::redislog::RedisLogError),
+}
+
 /// Why a call on [`Posts`] failed: the store's error, shared by every caller of a coalesced load.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -417,12 +428,12 @@ impl Posts {
     ///
     /// # Errors
     /// When L3 or Redis fails; unpublished rows stay for the next round (at least once).
-    pub async fn relay_shared(&self, shared: &RedisLog) -> Result<usize, String> {
+    pub async fn relay_shared(&self, shared: &RedisLog) -> Result<usize, RelayError> {
         let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RelayError::Store)?;
         for row in &rows {
-            shared.publish(row).await.map_err(|e| e.to_string())?;
+            shared.publish(row).await.map_err(RelayError::Redis)?;
         }
         if !rows.is_empty() {
             let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
@@ -432,7 +443,7 @@ impl Posts {
                 self.store.mark_published(&positions, OUTBOX_RETENTION, now),
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RelayError::Store)?;
         }
         Ok(rows.len())
     }
