@@ -18,8 +18,32 @@ use std::time::Duration;
 
 use postcache_testkit::poll;
 
+/// A `postcache serve` child that is killed if the test ends (or panics) without stopping it.
+pub struct Served(Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // Already exited after a graceful stop: both calls then just report that.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `postcache serve` in `dir` with only the given environment (no inherited POSTCACHE_*).
-pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
+pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_postcache"));
     command.arg("serve").current_dir(dir).stdout(Stdio::null());
     // A file, not a pipe: a chatty server never blocks on a full pipe that nobody reads yet.
@@ -33,7 +57,7 @@ pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
         command.env_remove(key);
     }
     command.envs(env.iter().copied());
-    command.spawn().unwrap()
+    Served(command.spawn().unwrap())
 }
 
 pub fn wait_healthy(base: &str, child: &mut Child) {
