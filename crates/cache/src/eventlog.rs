@@ -9,11 +9,11 @@
 //! the log's start time in milliseconds, so a position from before a restart is recognised as
 //! unknown (the subscriber gets a `resync`, never a silent gap).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use postcache_api::{Event, EventType, Post};
+use postcache_api::{Event, EventType, Post, Topic};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
@@ -103,10 +103,17 @@ pub struct Change {
     pub committed_at: OffsetDateTime,
 }
 
-/// The in-process event log with bounded retention and live fan-out.
+/// The in-process event log with bounded retention and live fan-out through per-topic channels.
+///
+/// Every event goes to the `posts` channel; an event of post `p` by author `a` also goes to the
+/// `author:a` and `post:p` channels while someone listens there. A subscriber of one narrow topic
+/// thus receives (and can lag on) only its own events; one of `posts` or of several topics takes
+/// the `posts` channel and filters, which keeps a single ordered stream per subscriber.
 pub struct EventLog {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<LoggedEvent>>,
+    narrow: Mutex<HashMap<Topic, broadcast::Sender<Arc<LoggedEvent>>>>,
+    lag: usize,
 }
 
 impl EventLog {
@@ -118,6 +125,8 @@ impl EventLog {
         let (live, _) = broadcast::channel(lag.max(1));
         let start = Position { epoch, seq: 0 };
         EventLog {
+            narrow: Mutex::new(HashMap::new()),
+            lag: lag.max(1),
             ring: Mutex::new(Ring {
                 floor: start,
                 head: start,
@@ -190,8 +199,21 @@ impl EventLog {
                 ring.floor = evicted.position;
             }
         }
-        // Sent under the lock, so live order is log order; no receivers is fine.
+        // Sent under the ring lock, so every channel carries log order; no receivers is fine.
         let _ = self.live.send(Arc::clone(&logged));
+        let mut narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
+        if !narrow.is_empty() {
+            for topic in [
+                Topic::Author(logged.author_id.clone()),
+                Topic::Post(logged.event.post_id.clone()),
+            ] {
+                if let Some(channel) = narrow.get(&topic)
+                    && channel.send(Arc::clone(&logged)).is_err()
+                {
+                    narrow.remove(&topic); // its last subscriber left
+                }
+            }
+        }
         logged
     }
 
@@ -202,12 +224,25 @@ impl EventLog {
 
     /// Subscribes to live events and returns, atomically with it, the backlog after `since`
     /// (`None`: from now on). No event is both in the backlog and live, and none is in neither.
+    ///
+    /// `topic` names the channel: a narrow one (`author:…`, `post:…`), or `None` (or `posts`) for
+    /// all events.
     pub fn subscribe(
         &self,
         since: Option<Position>,
+        topic: Option<&Topic>,
     ) -> (broadcast::Receiver<Arc<LoggedEvent>>, Backlog) {
         let ring = self.lock();
-        let receiver = self.live.subscribe();
+        let receiver = match topic {
+            None | Some(Topic::Posts) => self.live.subscribe(),
+            Some(topic) => {
+                let mut narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
+                narrow
+                    .entry(topic.clone())
+                    .or_insert_with(|| broadcast::channel(self.lag).0)
+                    .subscribe()
+            }
+        };
         let Some(since) = since else {
             return (receiver, Backlog::Events(Vec::new()));
         };
@@ -265,7 +300,7 @@ mod tests {
         let first = append(&log, 1);
         let ids: Vec<_> = (2..=4).map(|n| append(&log, n).position).collect();
         // Retention 3: events 2..=4 remain; resuming after 1 is still gap-free.
-        match log.subscribe(Some(first.position)).1 {
+        match log.subscribe(Some(first.position), None).1 {
             Backlog::Events(events) => {
                 assert_eq!(events.iter().map(|e| e.position).collect::<Vec<_>>(), ids)
             }
@@ -275,7 +310,7 @@ mod tests {
         }
         append(&log, 5); // event 2 falls out
         assert!(matches!(
-            log.subscribe(Some(first.position)).1,
+            log.subscribe(Some(first.position), None).1,
             Backlog::Gone { .. }
         ));
         let other_epoch = Position {
@@ -283,15 +318,17 @@ mod tests {
             seq: 1,
         };
         assert!(matches!(
-            log.subscribe(Some(other_epoch)).1,
+            log.subscribe(Some(other_epoch), None).1,
             Backlog::Gone { .. }
         ));
         let future = Position {
             epoch: first.position.epoch,
             seq: 99,
         };
-        assert!(matches!(log.subscribe(Some(future)).1, Backlog::Gone { head } if head.seq == 5));
-        match log.subscribe(Some(log.head())).1 {
+        assert!(
+            matches!(log.subscribe(Some(future), None).1, Backlog::Gone { head } if head.seq == 5)
+        );
+        match log.subscribe(Some(log.head()), None).1 {
             Backlog::Events(events) => assert!(events.is_empty()),
             Backlog::Gone { .. } => panic!("resuming at the head is fine"),
         }
@@ -301,10 +338,11 @@ mod tests {
     fn live_subscribers_see_appends_in_order_after_their_backlog() {
         let log = EventLog::new(10, 16);
         let a = append(&log, 1);
-        let (mut live, backlog) = log.subscribe(Some(Position {
+        let since = Position {
             epoch: a.position.epoch,
             seq: 0,
-        }));
+        };
+        let (mut live, backlog) = log.subscribe(Some(since), None);
         assert!(matches!(backlog, Backlog::Events(ref e) if e.len() == 1));
         let b = append(&log, 2);
         let c = append(&log, 3);
@@ -324,20 +362,23 @@ mod tests {
             "a replayed entry is ignored"
         );
         assert!(log.append_at(at(1001, 0), change(2)).is_some());
-        match log.subscribe(Some(at(1000, 5))).1 {
+        match log.subscribe(Some(at(1000, 5)), None).1 {
             Backlog::Events(events) => assert_eq!(events.len(), 2),
             Backlog::Gone { .. } => panic!("the start floor is known"),
         }
         assert!(
-            matches!(log.subscribe(Some(at(1000, 4))).1, Backlog::Gone { .. }),
+            matches!(
+                log.subscribe(Some(at(1000, 4)), None).1,
+                Backlog::Gone { .. }
+            ),
             "before the floor"
         );
         log.append_at(at(1002, 0), change(3)); // evicts (1000, 7)
         assert!(matches!(
-            log.subscribe(Some(at(1000, 5))).1,
+            log.subscribe(Some(at(1000, 5)), None).1,
             Backlog::Gone { .. }
         ));
-        match log.subscribe(Some(at(1000, 7))).1 {
+        match log.subscribe(Some(at(1000, 7)), None).1 {
             Backlog::Events(events) => assert_eq!(
                 events.len(),
                 2,
@@ -345,5 +386,29 @@ mod tests {
             ),
             Backlog::Gone { .. } => panic!("the evicted event's successors are all retained"),
         }
+    }
+
+    #[test]
+    fn a_narrow_subscriber_does_not_lag_on_other_topics() {
+        let log = EventLog::new(100, 4);
+        let bob = Topic::Author("bob".into());
+        let (mut everything, _) = log.subscribe(None, None);
+        let (mut only_bob, _) = log.subscribe(None, Some(&bob));
+        for n in 0..10 {
+            append(&log, n); // by ann
+        }
+        let mut by_bob = change(99);
+        by_bob.author_id = "bob".into();
+        let bobs = log.append(by_bob);
+        assert!(matches!(
+            everything.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        assert_eq!(
+            only_bob.try_recv().unwrap().position,
+            bobs.position,
+            "bob's channel carries bob's only"
+        );
+        assert!(only_bob.try_recv().is_err());
     }
 }

@@ -57,7 +57,12 @@ impl Subscription {
         since: Option<Option<Position>>,
     ) -> Subscription {
         let since = since.map(|p| p.unwrap_or(Position { epoch: 0, seq: 0 }));
-        let (live, backlog) = log.subscribe(since);
+        // One narrow topic: its own channel. Otherwise the all-events channel, filtered.
+        let channel = match topics.as_slice() {
+            [topic] => Some(topic),
+            _ => None,
+        };
+        let (live, backlog) = log.subscribe(since, channel);
         let (backlog, resync) = match backlog {
             Backlog::Events(events) => (events.into(), None),
             Backlog::Gone { head } => (VecDeque::new(), Some(head)),
