@@ -1,7 +1,7 @@
 //! Realtime fan-out: `GET /v1/events` (SSE) and `GET /v1/ws` (WebSocket) stream the event log.
 //!
 //! ```text
-//! EventLog ──broadcast──▶ Subscription (topics filter, resume backlog, lag → resync + close)
+//! EventLog ──per-topic broadcast──▶ Subscription (topic filter, resume backlog, lag → resync + close)
 //!                              ├─▶ SSE: `id:` = position, `data:` = event JSON, comment heartbeats
 //!                              └─▶ WebSocket: text frames, pings, idle close
 //! ```
