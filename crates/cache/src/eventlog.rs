@@ -103,6 +103,10 @@ pub struct Change {
     pub committed_at: OffsetDateTime,
 }
 
+/// Queue of a narrow topic's channel: such a topic carries few events, and every narrow
+/// subscriber of a distinct topic pays for its own buffer.
+const NARROW_QUEUE: usize = 128;
+
 /// The in-process event log with bounded retention and live fan-out through per-topic channels.
 ///
 /// Every event goes to the `posts` channel; an event of post `p` by author `a` also goes to the
@@ -217,6 +221,27 @@ impl EventLog {
         logged
     }
 
+    /// Drops the channel of `topic` if `receiver` is its last subscriber (call when a narrow
+    /// subscription ends, handing over its receiver), so that abandoned topics hold no buffers.
+    pub fn release(&self, topic: &Topic, receiver: broadcast::Receiver<Arc<LoggedEvent>>) {
+        let mut narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(receiver);
+        if narrow
+            .get(topic)
+            .is_some_and(|channel| channel.receiver_count() == 0)
+        {
+            narrow.remove(topic);
+        }
+    }
+
+    /// Narrow channels kept (for tests and diagnostics).
+    pub fn narrow_channels(&self) -> usize {
+        self.narrow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The newest position.
     pub fn head(&self) -> Position {
         self.lock().head
@@ -239,7 +264,7 @@ impl EventLog {
                 let mut narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
                 narrow
                     .entry(topic.clone())
-                    .or_insert_with(|| broadcast::channel(self.lag).0)
+                    .or_insert_with(|| broadcast::channel(self.lag.min(NARROW_QUEUE)).0)
                     .subscribe()
             }
         };
@@ -410,5 +435,12 @@ mod tests {
             "bob's channel carries bob's only"
         );
         assert!(only_bob.try_recv().is_err());
+        assert_eq!(log.narrow_channels(), 1);
+        log.release(&bob, only_bob);
+        assert_eq!(
+            log.narrow_channels(),
+            0,
+            "the last subscriber of a topic takes its channel along"
+        );
     }
 }

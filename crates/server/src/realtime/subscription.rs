@@ -43,9 +43,20 @@ pub(crate) struct Subscription {
     log: Arc<EventLog>,
     topics: Vec<Topic>,
     backlog: VecDeque<Arc<LoggedEvent>>,
-    live: Receiver<Arc<LoggedEvent>>,
+    /// `None` only while being dropped (handed back to the log).
+    live: Option<Receiver<Arc<LoggedEvent>>>,
+    /// The narrow channel this subscription holds, if any.
+    channel: Option<Topic>,
     resync: Option<Position>,
     closed: bool,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let (Some(topic), Some(live)) = (self.channel.take(), self.live.take()) {
+            self.log.release(&topic, live);
+        }
+    }
 }
 
 impl Subscription {
@@ -63,6 +74,7 @@ impl Subscription {
             _ => None,
         };
         let (live, backlog) = log.subscribe(since, channel);
+        let channel = channel.filter(|t| **t != Topic::Posts).cloned();
         let (backlog, resync) = match backlog {
             Backlog::Events(events) => (events.into(), None),
             Backlog::Gone { head } => (VecDeque::new(), Some(head)),
@@ -71,7 +83,8 @@ impl Subscription {
             log: Arc::clone(log),
             topics,
             backlog,
-            live,
+            live: Some(live),
+            channel,
             resync,
             closed: false,
         }
@@ -88,7 +101,7 @@ impl Subscription {
         loop {
             let event = match self.backlog.pop_front() {
                 Some(event) => event,
-                None => match self.live.recv().await {
+                None => match self.live.as_mut()?.recv().await {
                     Ok(event) => event,
                     Err(RecvError::Lagged(_)) => {
                         self.closed = true;

@@ -112,7 +112,20 @@ async fn sse_filters_topics_and_resumes_without_gaps_or_duplicates() {
     );
     assert_eq!(two["post_id"], second.as_str());
     assert_eq!(two["id"], last_id.as_str(), "the SSE id is the event id");
+    assert_eq!(
+        app.posts.log().narrow_channels(),
+        1,
+        "author:bob has a channel of its own"
+    );
     drop(bob);
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.posts.log().narrow_channels() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a topic's channel goes with its last subscriber"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Missed while away: two of bob's, one of ann's.
     let third = create(&app, "bob").await;
