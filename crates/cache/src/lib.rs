@@ -28,7 +28,8 @@ pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Tier, Written};
 pub use redislog::{RELAY_LEASE_KEY, RedisLog, RedisLogError, STREAM_KEY};
 pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
 pub use store::{
-    Committed, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect, postgres_sql,
+    Committed, Edit, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect,
+    postgres_sql,
 };
 pub use tags::TagKey;
 pub use token::ConsistencyToken;

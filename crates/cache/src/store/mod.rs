@@ -20,6 +20,9 @@ pub use sqlite::SqliteStore;
 use crate::eventlog::Change;
 use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
 
+/// An edit of a post read under lock (`None`: the id never existed).
+pub type Edit = Box<dyn FnOnce(Option<StoredPost>) -> Result<StoredPost, StoreError> + Send>;
+
 /// A committed write: the post after it, and where its event sits in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -154,7 +157,10 @@ pub trait Store: Send + Sync + 'static {
         patch: PostPatch,
         expected: Option<i64>,
         now: OffsetDateTime,
-    ) -> Result<Committed, StoreError>;
+    ) -> Result<Committed, StoreError> {
+        let edit: Edit = Box::new(move |current| apply_patch(current, id, patch, expected, now));
+        self.change(id, EventType::PostUpdated, edit).await
+    }
 
     /// Soft-deletes (version + 1) with its `post.deleted` event.
     ///
@@ -165,6 +171,22 @@ pub trait Store: Send + Sync + 'static {
         id: PostId,
         expected: Option<i64>,
         now: OffsetDateTime,
+    ) -> Result<Committed, StoreError> {
+        let edit: Edit = Box::new(move |current| {
+            let mut post = apply_patch(current, id, PostPatch::default(), expected, now)?;
+            post.deleted = true;
+            Ok(post)
+        });
+        self.change(id, EventType::PostDeleted, edit).await
+    }
+
+    /// The shape of every change: lock the post, `edit` it, save it with its outbox event, commit.
+    /// `update` and `delete` are built on it.
+    async fn change(
+        &self,
+        id: PostId,
+        kind: EventType,
+        edit: Edit,
     ) -> Result<Committed, StoreError>;
 
     /// One post, deleted ones included (as tombstones); `None` if the id never existed.

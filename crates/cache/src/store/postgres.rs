@@ -10,10 +10,9 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, OutboxEvent, PostRow, Store, StoreError, apply_patch, event_payload, kind_name,
-    tags_json,
+    Committed, Edit, OutboxEvent, PostRow, Store, StoreError, event_payload, kind_name, tags_json,
 };
-use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
+use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
 
 /// The statements the API issues, public so that a test can `EXPLAIN` each of them.
 pub mod sql {
@@ -177,11 +176,11 @@ impl PostgresStore {
     }
 
     /// Update or delete: lock, check, save, append, commit.
-    async fn change(
+    async fn change_post(
         &self,
         id: PostId,
         kind: EventType,
-        edit: impl FnOnce(Option<StoredPost>) -> Result<StoredPost, StoreError> + Send,
+        edit: Edit,
     ) -> Result<Committed, StoreError> {
         let mut conn = self.acquire().await?;
         let mut tx = conn.begin().await.map_err(StoreError::query("begin"))?;
@@ -234,31 +233,13 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn update(
+    async fn change(
         &self,
         id: PostId,
-        patch: PostPatch,
-        expected: Option<i64>,
-        now: OffsetDateTime,
+        kind: EventType,
+        edit: Edit,
     ) -> Result<Committed, StoreError> {
-        self.change(id, EventType::PostUpdated, |current| {
-            apply_patch(current, id, patch, expected, now)
-        })
-        .await
-    }
-
-    async fn delete(
-        &self,
-        id: PostId,
-        expected: Option<i64>,
-        now: OffsetDateTime,
-    ) -> Result<Committed, StoreError> {
-        self.change(id, EventType::PostDeleted, |current| {
-            let mut post = apply_patch(current, id, PostPatch::default(), expected, now)?;
-            post.deleted = true;
-            Ok(post)
-        })
-        .await
+        self.change_post(id, kind, edit).await
     }
 
     async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {

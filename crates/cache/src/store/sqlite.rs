@@ -11,10 +11,9 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, OutboxEvent, PostRow, Store, StoreError, apply_patch, event_payload, kind_name,
-    tags_json,
+    Committed, Edit, OutboxEvent, PostRow, Store, StoreError, event_payload, kind_name, tags_json,
 };
-use crate::model::{FeedQuery, NewPost, PostId, PostPatch, StoredPost};
+use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
 
 const GET: &str = "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
                    FROM posts WHERE id = ?1";
@@ -108,11 +107,11 @@ impl SqliteStore {
         .map_err(StoreError::query("append to the outbox"))
     }
 
-    async fn change(
+    async fn change_post(
         &self,
         id: PostId,
         kind: EventType,
-        edit: impl FnOnce(Option<StoredPost>) -> Result<StoredPost, StoreError> + Send,
+        edit: Edit,
     ) -> Result<Committed, StoreError> {
         let mut tx = self
             .writer
@@ -190,31 +189,13 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn update(
+    async fn change(
         &self,
         id: PostId,
-        patch: PostPatch,
-        expected: Option<i64>,
-        now: OffsetDateTime,
+        kind: EventType,
+        edit: Edit,
     ) -> Result<Committed, StoreError> {
-        self.change(id, EventType::PostUpdated, |current| {
-            apply_patch(current, id, patch, expected, now)
-        })
-        .await
-    }
-
-    async fn delete(
-        &self,
-        id: PostId,
-        expected: Option<i64>,
-        now: OffsetDateTime,
-    ) -> Result<Committed, StoreError> {
-        self.change(id, EventType::PostDeleted, |current| {
-            let mut post = apply_patch(current, id, PostPatch::default(), expected, now)?;
-            post.deleted = true;
-            Ok(post)
-        })
-        .await
+        self.change_post(id, kind, edit).await
     }
 
     async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use postcache_api::EventType;
 use postcache_cache::{
-    Committed, FeedQuery, NewPost, OutboxEvent, PostId, PostPatch, Store, StoreError, StoredPost,
+    Committed, Edit, FeedQuery, NewPost, OutboxEvent, PostId, Store, StoreError, StoredPost,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -41,22 +42,13 @@ impl Store for Gated {
     async fn create(&self, post: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
         self.inner.create(post, now).await
     }
-    async fn update(
+    async fn change(
         &self,
         id: PostId,
-        patch: PostPatch,
-        expected: Option<i64>,
-        now: OffsetDateTime,
+        kind: EventType,
+        edit: Edit,
     ) -> Result<Committed, StoreError> {
-        self.inner.update(id, patch, expected, now).await
-    }
-    async fn delete(
-        &self,
-        id: PostId,
-        expected: Option<i64>,
-        now: OffsetDateTime,
-    ) -> Result<Committed, StoreError> {
-        self.inner.delete(id, expected, now).await
+        self.inner.change(id, kind, edit).await
     }
     async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
