@@ -26,7 +26,7 @@ pub use model::{
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Tier, Written};
 pub use redislog::{RELAY_LEASE_KEY, RedisLog, RedisLogError, STREAM_KEY};
-pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, TierCounts, TierStats};
+pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, DEGRADED, TierCounts, TierStats, set_degraded};
 pub use store::{
     Committed, Edit, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect,
     postgres_sql,

@@ -18,11 +18,14 @@ use crate::eventlog::{Change, EventLog};
 use crate::l1::{CachedPost, L1};
 use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
 use crate::redislog::RedisLog;
-use crate::stats::{TierStats, timed};
+use crate::stats::{TierStats, set_degraded, timed};
 use crate::store::{Committed, OutboxEvent, Store, StoreError};
 use crate::tags::TagKey;
 use crate::token::ConsistencyToken;
 use crate::views::ViewBuffer;
+
+/// The `component` label of the shared event log's degraded flag.
+const EVENTLOG: &str = "eventlog";
 
 /// The `role` label of L3 calls to the primary.
 const PRIMARY: &str = "primary";
@@ -465,6 +468,7 @@ impl Posts {
                     break last;
                 }
                 Err(e) => {
+                    set_degraded(EVENTLOG, true);
                     tracing::warn!(error = %e, "reading the shared event log failed; retrying");
                     tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
                 }
@@ -477,6 +481,7 @@ impl Posts {
             };
             match read {
                 Ok(entries) => {
+                    set_degraded(EVENTLOG, false);
                     for (position, change) in entries {
                         last = position;
                         self.apply_remote(&change).await;
@@ -484,6 +489,7 @@ impl Posts {
                     }
                 }
                 Err(e) => {
+                    set_degraded(EVENTLOG, true);
                     tracing::warn!(error = %e, "following the shared event log failed; retrying");
                     tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
                 }

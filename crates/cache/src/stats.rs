@@ -6,6 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Metric name: cache lookups by `tier` (`l1`, `l2`, `l3`) and `result` (`hit`, `miss`).
 pub const CACHE_REQUESTS: &str = "postcache_cache_requests_total";
 
+/// Metric name: 1 while a component (`redis`, `replica`, `primary`, `eventlog`) is degraded.
+pub const DEGRADED: &str = "postcache_degraded";
+
+/// Sets the degraded flag of `component`.
+pub fn set_degraded(component: &'static str, degraded: bool) {
+    metrics::gauge!(DEGRADED, "component" => component).set(if degraded { 1.0 } else { 0.0 });
+}
+
 /// Metric name: time of each L3 call by `role` (`primary`, `replica`).
 pub const DB_QUERY_DURATION: &str = "postcache_db_query_duration_seconds";
 

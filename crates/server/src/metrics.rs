@@ -27,8 +27,6 @@ pub(crate) const REALTIME_EVENTS_SENT: &str = "postcache_realtime_events_sent_to
 pub(crate) const REALTIME_DELIVERY: &str = "postcache_realtime_delivery_seconds";
 /// Closed realtime connections by `reason` (`client`, `lagged`, `idle`, `shutdown`).
 pub(crate) const REALTIME_DISCONNECTS: &str = "postcache_realtime_disconnects_total";
-/// 1 while a component is degraded, by `component`.
-pub(crate) const DEGRADED: &str = "postcache_degraded";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -82,7 +80,10 @@ fn describe() {
         postcache_cache::WRITEBACK_PENDING,
         "Posts with view counts not yet flushed to the database."
     );
-    describe_gauge!(DEGRADED, "1 while a component is degraded.");
+    describe_gauge!(
+        postcache_cache::DEGRADED,
+        "1 while a component is degraded."
+    );
     describe_gauge!(
         REALTIME_CONNECTIONS,
         "Open realtime connections by transport."

@@ -225,7 +225,9 @@ async fn relay_to_shared_log(posts: Arc<Posts>, shared: RedisLog, mut stop: watc
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        match shared.hold_lease(Duration::from_secs(5)).await {
+        let lease = shared.hold_lease(Duration::from_secs(5)).await;
+        postcache_cache::set_degraded("redis", lease.is_err());
+        match lease {
             Ok(true) => loop {
                 match posts.relay_shared(&shared).await {
                     Ok(n) if n > 0 => continue,
@@ -262,11 +264,7 @@ async fn maintain(
             tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
         }
         let healthy = posts.store().ping().await.is_ok();
-        ::metrics::gauge!(metrics::DEGRADED, "component" => "primary").set(if healthy {
-            0.0
-        } else {
-            1.0
-        });
+        postcache_cache::set_degraded("primary", !healthy);
         metrics::record_pool("primary", posts.store().pool_usage());
         if let Some(limit) = &limit {
             limit.shrink();

@@ -154,3 +154,60 @@ impl Events {
         self.next().await["id"].as_str().unwrap().to_owned()
     }
 }
+
+/// Polls `/metrics` of `base` until it has `line`.
+async fn metrics_show(base: &str, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics never showed `{line}`"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_raises_the_degraded_flags_and_events_flow_again_when_it_is_back() {
+    let pg = Postgres::shared();
+    let database = pg.primary_url(&pg.create_database());
+    let redis = Redis::start();
+    let redis_url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("POSTCACHE_LISTEN", listen.as_str()),
+        ("POSTCACHE_DATABASE_URL", database.as_str()),
+        ("POSTCACHE_REDIS_URL", redis_url.as_str()),
+    ];
+    let mut child = serve(dir.path(), &env);
+    let base = format!("http://{listen}");
+    wait_healthy(&base, &mut child);
+    metrics_show(&base, r#"postcache_degraded{component="eventlog"} 0"#).await;
+
+    redis.process().kill();
+    metrics_show(&base, r#"postcache_degraded{component="eventlog"} 1"#).await;
+    metrics_show(&base, r#"postcache_degraded{component="redis"} 1"#).await;
+    let http = reqwest::Client::new();
+    let during = create_post(&http, &base, "ann", "written while redis is down").await;
+    assert_eq!(during["version"], 1, "writes do not need Redis");
+
+    redis.process().restart();
+    metrics_show(&base, r#"postcache_degraded{component="eventlog"} 0"#).await;
+    let mut events = Events::open(&base, None).await;
+    let after = create_post(&http, &base, "ann", "after redis came back").await;
+    // Events flow again (the one written during the outage may come first: it waited in the outbox).
+    while events.next().await["post_id"] != after["id"] {}
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_exit(&mut child).success());
+}
