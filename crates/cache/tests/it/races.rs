@@ -20,15 +20,21 @@ fn l1() -> L1 {
     })
 }
 
-/// A reader misses L1 and reads v1 from L3; before its fill lands, a writer commits v2 and puts it
-/// in L1. moka's fill then installs v1 over v2 unless the version floor catches it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
-    let (store, _dir) = sqlite().await;
+/// A post at version 1 that is in L3 but not in L1, behind a store whose reads the test can hold.
+async fn cold_post_behind_a_gate() -> (Arc<Gated>, Arc<Posts>, i64, tempfile::TempDir) {
+    let (store, dir) = sqlite().await;
     let gated = Gated::new(store);
     let posts = Arc::new(Posts::new(gated.clone(), l1(), log()));
     let id = posts.create(new_post("ann", &[])).await.unwrap().entry.id;
     posts.invalidate_ids(&[id]).await;
+    (gated, posts, id, dir)
+}
+
+/// A reader misses L1 and reads v1 from L3; before its fill lands, a writer commits v2 and puts it
+/// in L1. moka's fill then installs v1 over v2 unless the version floor catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
+    let (gated, posts, id, _dir) = cold_post_behind_a_gate().await;
 
     gated.hold_next_get();
     let held = gated.held.notified();
@@ -65,11 +71,7 @@ async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_key_make_one_l3_read() {
-    let (store, _dir) = sqlite().await;
-    let gated = Gated::new(store);
-    let posts = Arc::new(Posts::new(gated.clone(), l1(), log()));
-    let id = posts.create(new_post("ann", &[])).await.unwrap().entry.id;
-    posts.invalidate_ids(&[id]).await;
+    let (gated, posts, id, _dir) = cold_post_behind_a_gate().await;
 
     // Hold the first load so that every other reader arrives while it is in flight.
     gated.hold_next_get();

@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use postcache_testkit::{Postgres, Redis, free_port};
 
-use crate::{create_post, serve, wait_exit, wait_healthy};
+use crate::{Served, create_post, serve, wait_exit, wait_healthy};
 
 type Body =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -51,26 +51,29 @@ impl Events {
     }
 }
 
+/// A healthy `postcache serve` on `database` and the shared log at `redis_url`: (child, base URL,
+/// its working directory).
+fn pod(database: &str, redis_url: &str) -> (Served, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("POSTCACHE_LISTEN", listen.as_str()),
+        ("POSTCACHE_DATABASE_URL", database),
+        ("POSTCACHE_REDIS_URL", redis_url),
+    ];
+    let mut child = serve(dir.path(), &env);
+    let base = format!("http://{listen}");
+    wait_healthy(&base, &mut child);
+    (child, base, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_pod_reach_subscribers_and_caches_of_another() {
     let pg = Postgres::shared();
     let database = pg.primary_url(&pg.create_database());
     let redis = Redis::start();
     let redis_url = redis.url();
-    let mut pods = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let env = [
-            ("POSTCACHE_LISTEN", listen.as_str()),
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", redis_url.as_str()),
-        ];
-        let mut child = serve(dir.path(), &env);
-        let base = format!("http://{listen}");
-        wait_healthy(&base, &mut child);
-        pods.push((child, base, dir));
-    }
+    let pods = vec![pod(&database, &redis_url), pod(&database, &redis_url)];
     let (a, b) = (pods[0].1.clone(), pods[1].1.clone());
     let http = reqwest::Client::new();
     let mut on_a = Events::open(&a, None).await;
@@ -182,16 +185,7 @@ async fn losing_redis_raises_the_degraded_flags_and_events_flow_again_when_it_is
     let database = pg.primary_url(&pg.create_database());
     let redis = Redis::start();
     let redis_url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("POSTCACHE_LISTEN", listen.as_str()),
-        ("POSTCACHE_DATABASE_URL", database.as_str()),
-        ("POSTCACHE_REDIS_URL", redis_url.as_str()),
-    ];
-    let mut child = serve(dir.path(), &env);
-    let base = format!("http://{listen}");
-    wait_healthy(&base, &mut child);
+    let (mut child, base, _dir) = pod(&database, &redis_url);
     metrics_show(&base, r#"postcache_degraded{component="eventlog"} 0"#).await;
 
     redis.process().kill();
