@@ -29,6 +29,9 @@ pub struct Position {
 }
 
 impl Position {
+    /// Before every event; in a token: "position unknown".
+    pub const ZERO: Position = Position { epoch: 0, seq: 0 };
+
     /// Parses `{epoch}-{seq}`.
     pub fn parse(s: &str) -> Option<Position> {
         let (epoch, seq) = s.split_once('-')?;

@@ -1,18 +1,25 @@
 //! PostCache's tiers and the freshness protocol around them.
 //!
 //! ```text
-//!   read:  L1 (moka, this pod) ──miss──▶ L3 (Store: PostgreSQL | SQLite) ──fill──▶ L1
-//!   write: L3 transaction (row, version + 1, outbox event) ──commit──▶ L1 (version-guarded)
+//!   read:  L1 (moka, this pod; if provably fresh) ──▶ L2 (Redis, shared) ──▶ L3 (Store:
+//!          PostgreSQL primary + replicas | SQLite) ──fill──▶ L2 (lease, CAS) ──▶ L1
+//!   write: L3 transaction (row, version + 1, outbox event) ──commit──▶ L1 ──▶ L2 (CAS)
+//!          ──▶ shared event log ──▶ every pod's L1 and realtime subscribers
 //! ```
 //! [`Posts`] composes the tiers; [`Store`] is L3 behind one trait; [`L1`] holds serialized posts,
 //! feed pages keyed by tag generations, and the per-post version floor that keeps a slow fill from
 //! installing an older version; [`ViewBuffer`] is the write-back of view counts. No HTTP here.
 
 mod eventlog;
+mod freshness;
 mod l1;
+mod l2;
 mod model;
 mod posts;
+mod redisconn;
 mod redislog;
+mod relay;
+mod sharedviews;
 mod stats;
 mod store;
 mod tags;
@@ -20,16 +27,23 @@ mod token;
 mod views;
 
 pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
+pub use freshness::{Freshness, L1_DISTRUSTED};
 pub use l1::{CachedPost, L1, L1Config};
+pub use l2::{L2, L2Config, Lease};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
-pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Tier, Written};
-pub use redislog::{RELAY_LEASE_KEY, RedisLog, RedisLogError, STREAM_KEY};
-pub use stats::{CACHE_REQUESTS, DB_QUERY_DURATION, DEGRADED, TierCounts, TierStats, set_degraded};
+pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Shared, Tier, Written};
+pub use redisconn::{RedisCallError, RedisConfig, RedisConn};
+pub use redislog::{Entry, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};
+pub use sharedviews::{SharedViews, ViewBatch};
+pub use stats::{
+    CACHE_REQUESTS, DB_QUERY_DURATION, DEGRADED, INVALIDATION_LAG, TierCounts, TierStats,
+    set_degraded,
+};
 pub use store::{
-    Committed, Edit, OutboxEvent, PostgresStore, SqliteStore, Store, StoreError, connect,
-    postgres_sql,
+    Committed, Edit, OutboxEvent, PostgresStore, REPLICA_LAG, ReadAt, ReplicaState, Replicas,
+    SqliteStore, Store, StoreError, connect, connect_with_replicas, eligible, postgres_sql,
 };
 pub use tags::TagKey;
 pub use token::ConsistencyToken;

@@ -1,5 +1,6 @@
 //! The domain values that cross the tiers: ids, stored posts, new posts and patches, feed queries.
 
+use crate::tags::TagKey;
 use postcache_api::Post;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -126,6 +127,33 @@ pub struct FeedQuery {
     pub limit: u16,
     /// Start after this post.
     pub cursor: Option<Cursor>,
+}
+
+impl FeedQuery {
+    /// The tags whose generations a cached page of this query depends on: the narrowest filter
+    /// first, plus the author when both filters are set.
+    pub fn tags(&self) -> Vec<TagKey> {
+        match (&self.tag, &self.author_id) {
+            (Some(tag), Some(author)) => {
+                vec![TagKey::Tag(tag.clone()), TagKey::Author(author.clone())]
+            }
+            (Some(tag), None) => vec![TagKey::Tag(tag.clone())],
+            (None, Some(author)) => vec![TagKey::Author(author.clone())],
+            (None, None) => vec![TagKey::Global],
+        }
+    }
+
+    /// A stable string naming this query (for shared cache keys); user values are JSON-quoted so
+    /// that no value can forge another query's key.
+    pub fn cache_key(&self) -> String {
+        serde_json::json!([
+            self.author_id,
+            self.tag,
+            self.limit,
+            self.cursor.map(|c| c.0)
+        ])
+        .to_string()
+    }
 }
 
 #[cfg(test)]

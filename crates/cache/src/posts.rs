@@ -1,12 +1,16 @@
 //! [`Posts`]: the read and write paths across the tiers.
 //!
 //! ```text
-//! get:    L1 hit ─▶ done
-//!         L1 miss ─▶ one L3 load per key per burst (moka coalesces) ─▶ L1 ─▶ floor check
-//! feed:   generations ─▶ cached id list or L3 keyset scan ─▶ posts via L1 (misses batched)
-//! write:  L3 transaction + outbox ─▶ floor, L1 (version-guarded) ─▶ bump tag generations
-//! views:  buffer ─(flush)─▶ L3 batch ─▶ L1 view counts
+//! get:    L1 (if this pod can prove it fresh for the caller) ─▶ one coalesced load:
+//!         L2 ─miss─▶ fill lease ─won─▶ L3 (replica covering the caller's LSN) ─▶ L2 fill
+//!                              └lost─▶ wait for the winner's fill (one lease window)
+//!         then L1, and the floor check (a fill older than a known version reads the primary)
+//! feed:   generations ─▶ cached id list (L1, L2) or an L3 keyset scan ─▶ posts as above
+//! write:  L3 transaction + outbox ─▶ L1 ─▶ L2 write-through, generations ─▶ append to the shared
+//!         log ─▶ token (log position + commit LSN)
+//! views:  Redis counters (or this pod's buffer) ─(leader flush)─▶ L3 batch, exactly once
 //! ```
+//! The background side (relay, heartbeats, following the shared log) is in `relay.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,33 +18,35 @@ use std::sync::Arc;
 use postcache_api::EventType;
 use time::OffsetDateTime;
 
-use crate::eventlog::{Change, EventLog};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::eventlog::{EventLog, Position};
+use crate::freshness::Freshness;
 use crate::l1::{CachedPost, L1};
+use crate::l2::L2;
 use crate::model::{Cursor, FeedQuery, NewPost, PostId, PostPatch};
 use crate::redislog::RedisLog;
-use crate::stats::{TierStats, set_degraded, timed};
-use crate::store::{Committed, OutboxEvent, Store, StoreError};
+use crate::sharedviews::SharedViews;
+use crate::stats::{TierStats, timed};
+use crate::store::{Committed, OutboxEvent, ReadAt, Store, StoreError, event_payload, kind_name};
 use crate::tags::TagKey;
 use crate::token::ConsistencyToken;
 use crate::views::ViewBuffer;
 
-/// The `component` label of the shared event log's degraded flag.
-const EVENTLOG: &str = "eventlog";
+/// The `role` label of L3 writes.
+pub(crate) const PRIMARY: &str = "primary";
 
-/// The `role` label of L3 calls to the primary.
-const PRIMARY: &str = "primary";
-
-/// Outbox rows the relay publishes per round.
-const RELAY_BATCH: i64 = 500;
-
-/// Published outbox rows beyond this many newest are pruned.
-const OUTBOX_RETENTION: i64 = 10_000;
+/// How often a pod that lost a fill lease looks for the winner's fill.
+const LEASE_POLL: Duration = Duration::from_millis(5);
 
 /// Which tier answered a read (`X-PostCache-Tier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     /// This pod's memory.
     L1,
+    /// Redis.
+    L2,
     /// The database.
     L3,
 }
@@ -50,6 +56,7 @@ impl Tier {
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::L1 => "l1",
+            Tier::L2 => "l2",
             Tier::L3 => "l3",
         }
     }
@@ -92,7 +99,7 @@ pub enum RelayError {
     Store(#[source] StoreError),
     /// Appending to the shared stream failed.
     #[error("the shared event log could not be appended to")]
-    Redis(#[source] crate::redislog::RedisLogError),
+    Redis(#[source] crate::redisconn::RedisCallError),
 }
 
 /// Why a call on [`Posts`] failed: the store's error, shared by every caller of a coalesced load.
@@ -119,19 +126,34 @@ impl From<Arc<StoreError>> for PostsError {
     }
 }
 
-/// The posts service without HTTP: L1 in front of L3, views written back.
+/// What several pods share: L2, the event log and the view counters, all on one Redis.
+#[derive(Clone)]
+pub struct Shared {
+    /// Posts, feed pages, generations.
+    pub l2: L2,
+    /// The shared event log.
+    pub log: RedisLog,
+    /// Write-back view counters.
+    pub views: SharedViews,
+}
+
+/// The posts service without HTTP: L1 in front of L2 and L3, views written back.
 pub struct Posts {
-    store: Arc<dyn Store>,
-    l1: L1,
-    stats: TierStats,
-    views: ViewBuffer,
-    log: Arc<EventLog>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) l1: L1,
+    pub(crate) stats: TierStats,
+    pub(crate) views: ViewBuffer,
+    pub(crate) log: Arc<EventLog>,
     /// Wakes the outbox relay after a commit.
-    relay: tokio::sync::Notify,
+    pub(crate) relay: tokio::sync::Notify,
+    pub(crate) shared: Option<Shared>,
+    pub(crate) freshness: Freshness,
+    /// Outbox positions this pod appended itself, to be marked published in one batch.
+    pub(crate) to_mark: Mutex<Vec<i64>>,
 }
 
 impl Posts {
-    /// Composes the tiers; committed changes reach `log` through [`Posts::relay`].
+    /// One process on its own: committed changes reach `log` through [`Posts::relay`].
     pub fn new(store: Arc<dyn Store>, l1: L1, log: Arc<EventLog>) -> Posts {
         Posts {
             store,
@@ -140,7 +162,28 @@ impl Posts {
             views: ViewBuffer::default(),
             log,
             relay: tokio::sync::Notify::new(),
+            shared: None,
+            freshness: Freshness::local(),
+            to_mark: Mutex::new(Vec::new()),
         }
+    }
+
+    /// One of several pods sharing `shared`: L1 is trusted only while the shared log proves it
+    /// fresh within `staleness` (see [`Freshness`]).
+    pub fn with_shared(mut self, shared: Shared, staleness: Duration) -> Posts {
+        self.shared = Some(shared);
+        self.freshness = Freshness::shared(staleness);
+        self
+    }
+
+    /// What this pod can prove about its L1.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    /// The shared tiers, when there are several pods.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
     }
 
     /// The event log realtime subscribers read.
@@ -163,11 +206,38 @@ impl Posts {
         &self.l1
     }
 
-    /// Reads one post: L1, else one coalesced L3 load that fills L1.
+    /// Whether L1 may answer a caller holding `token` (or none).
+    fn l1_usable(&self, token: Option<&ConsistencyToken>) -> bool {
+        match token {
+            Some(token) => self.freshness.covers(token),
+            None => self.freshness.trusts_l1(),
+        }
+    }
+
+    /// L2, unless there is none, it failed recently, or the caller's write was not written
+    /// through (a token without a log position).
+    fn l2_usable(&self, token: Option<&ConsistencyToken>) -> Option<&L2> {
+        let shared = self.shared.as_ref()?;
+        let written_through = token.is_none_or(|t| t.position != Position::ZERO);
+        (written_through && !shared.l2.is_down()).then_some(&shared.l2)
+    }
+
+    /// Reads one post for a caller holding `token` (G1, G2) or none (G3): L1 if this pod can
+    /// prove it fresh enough, else one coalesced load from L2 or L3.
     ///
     /// # Errors
     /// When L3 is needed and fails.
-    pub async fn get(&self, id: PostId) -> Result<Read, PostsError> {
+    pub async fn get(
+        &self,
+        id: PostId,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<Read, PostsError> {
+        if !self.l1_usable(token) {
+            self.stats.l1.miss();
+            let (entry, tier) = self.load(id, token).await?;
+            self.l1.install(Arc::clone(&entry)).await;
+            return Ok(Read { entry, tier });
+        }
         if let Some(entry) = self.l1.posts.get(&id).await {
             self.stats.l1.hit();
             return Ok(Read {
@@ -176,23 +246,23 @@ impl Posts {
             });
         }
         self.stats.l1.miss();
+        let mut tier = Tier::L1; // stays so when this read joined another's load
         let loaded = self
             .l1
             .posts
             .entry(id)
-            .or_try_insert_with(self.load(id))
+            .or_try_insert_with(async {
+                let (entry, from) = self.load(id, token).await?;
+                tier = from;
+                Ok::<_, StoreError>(entry)
+            })
             .await?;
-        let tier = if loaded.is_fresh() {
-            Tier::L3
-        } else {
-            Tier::L1
-        };
         let entry = loaded.into_value();
         // A write may have landed while this fill ran; if so, its version is the floor.
         let floor = self.l1.floor(id).await;
         if entry.version < floor {
             self.l1.evict_older_than(id, floor).await;
-            let fresh = self.load(id).await?;
+            let fresh = self.load_l3(id, ReadAt::Primary).await?;
             self.l1.install(Arc::clone(&fresh)).await;
             return Ok(Read {
                 entry: fresh,
@@ -202,8 +272,65 @@ impl Posts {
         Ok(Read { entry, tier })
     }
 
-    async fn load(&self, id: PostId) -> Result<Arc<CachedPost>, StoreError> {
-        let stored = timed(PRIMARY, self.store.get(id)).await?;
+    /// L2, else L3 under a fill lease (or after waiting for the lease holder's fill).
+    async fn load(
+        &self,
+        id: PostId,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<(Arc<CachedPost>, Tier), StoreError> {
+        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+        let Some(l2) = self.l2_usable(token) else {
+            return Ok((self.load_l3(id, at).await?, Tier::L3));
+        };
+        match l2.get(id).await {
+            Ok(Some(entry)) => {
+                self.stats.l2.hit();
+                return Ok((Arc::new(entry), Tier::L2));
+            }
+            Ok(None) => self.stats.l2.miss(),
+            Err(e) => {
+                tracing::debug!(error = %e, "L2 unavailable; reading L3");
+                return Ok((self.load_l3(id, at).await?, Tier::L3));
+            }
+        }
+        match l2.lease(id).await {
+            Ok(Some(lease)) => {
+                let entry = self.load_l3(id, at).await?;
+                if let Ok(false) = l2.fill(&entry, &lease).await {
+                    // A write voided the lease or a newer version is known: prefer that one.
+                    if let Ok(Some(newer)) = l2.get(id).await
+                        && newer.version > entry.version
+                    {
+                        return Ok((Arc::new(newer), Tier::L2));
+                    }
+                }
+                Ok((entry, Tier::L3))
+            }
+            Ok(None) => {
+                let deadline = Instant::now() + l2.lease_window();
+                while Instant::now() < deadline {
+                    tokio::time::sleep(LEASE_POLL).await;
+                    match l2.get(id).await {
+                        Ok(Some(entry)) => return Ok((Arc::new(entry), Tier::L2)),
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+                Ok((self.load_l3(id, at).await?, Tier::L3))
+            }
+            Err(_) => Ok((self.load_l3(id, at).await?, Tier::L3)),
+        }
+    }
+
+    /// One post from L3; a replica's answer older than a version this pod knows is replaced by
+    /// the primary's.
+    async fn load_l3(&self, id: PostId, at: ReadAt) -> Result<Arc<CachedPost>, StoreError> {
+        let mut stored = self.store.get_at(id, at).await?;
+        if at != ReadAt::Primary
+            && stored.as_ref().map_or(0, |p| p.version) < self.l1.floor(id).await
+        {
+            stored = self.store.get_at(id, ReadAt::Primary).await?;
+        }
         if stored.is_some() {
             self.stats.l3.hit()
         } else {
@@ -212,30 +339,37 @@ impl Posts {
         Ok(Arc::new(CachedPost::from_store(id, stored.as_ref())))
     }
 
-    /// Reads one feed page, newest first.
+    /// Reads one feed page, newest first, for a caller holding `token` or none.
     ///
     /// # Errors
     /// When L3 is needed and fails.
-    pub async fn feed(&self, query: FeedQuery) -> Result<FeedPage, PostsError> {
-        let key = self.l1.feed_key(&query).await;
-        let store = Arc::clone(&self.store);
-        let q = query.clone();
-        let list = self
-            .l1
-            .feeds
-            .entry(key)
-            .or_try_insert_with(async move {
-                timed(PRIMARY, store.feed(&q))
-                    .await
-                    .map(Arc::<[PostId]>::from)
-            })
-            .await?;
-        let tier = if list.is_fresh() { Tier::L3 } else { Tier::L1 };
-        let ids = list.into_value();
+    pub async fn feed(
+        &self,
+        query: FeedQuery,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<FeedPage, PostsError> {
+        let l1_usable = self.l1_usable(token);
+        let (ids, tier) = if l1_usable {
+            let key = self.l1.feed_key(&query).await;
+            let mut tier = Tier::L1;
+            let list = self
+                .l1
+                .feeds
+                .entry(key)
+                .or_try_insert_with(async {
+                    let (ids, from) = self.load_feed(&query, token).await?;
+                    tier = from;
+                    Ok::<_, StoreError>(ids)
+                })
+                .await?;
+            (list.into_value(), tier)
+        } else {
+            self.load_feed(&query, token).await?
+        };
         let next = (ids.len() == usize::from(query.limit))
             .then(|| ids.last().map(|&id| Cursor(id)))
             .flatten();
-        let posts = self.get_many(&ids).await?;
+        let posts = self.get_many(&ids, token, l1_usable).await?;
         Ok(FeedPage {
             posts: posts.into_iter().filter(|p| p.post.is_some()).collect(),
             next,
@@ -243,12 +377,43 @@ impl Posts {
         })
     }
 
-    /// Posts by id in the given order: L1 hits, the misses in one L3 query.
-    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<Arc<CachedPost>>, PostsError> {
+    /// A feed page's ids from L2 (keyed by its generations there) or L3.
+    async fn load_feed(
+        &self,
+        query: &FeedQuery,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<(Arc<[PostId]>, Tier), StoreError> {
+        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+        let l2 = self.l2_usable(token);
+        let key = match l2 {
+            Some(l2) => l2.feed_key(query).await.ok(),
+            None => None,
+        };
+        if let (Some(l2), Some(key)) = (l2, &key) {
+            if let Ok(Some(ids)) = l2.feed(key).await {
+                self.stats.l2.hit();
+                return Ok((ids.into(), Tier::L2));
+            }
+            self.stats.l2.miss();
+        }
+        let ids = self.store.feed_at(query, at).await?;
+        if let (Some(l2), Some(key)) = (l2, &key) {
+            let _ = l2.set_feed(key, &ids).await;
+        }
+        Ok((ids.into(), Tier::L3))
+    }
+
+    /// Posts by id in the given order: L1 hits (when usable), then L2, the rest in one L3 query.
+    async fn get_many(
+        &self,
+        ids: &[PostId],
+        token: Option<&ConsistencyToken>,
+        l1_usable: bool,
+    ) -> Result<Vec<Arc<CachedPost>>, PostsError> {
         let mut found: HashMap<PostId, Arc<CachedPost>> = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
         for &id in ids {
-            match self.l1.posts.get(&id).await {
+            match self.l1.posts.get(&id).await.filter(|_| l1_usable) {
                 Some(entry) => {
                     self.stats.l1.hit();
                     found.insert(id, entry);
@@ -259,13 +424,33 @@ impl Posts {
                 }
             }
         }
+        if let Some(l2) = self.l2_usable(token) {
+            let mut still = Vec::new();
+            for id in missing {
+                match l2.get(id).await {
+                    Ok(Some(entry)) => {
+                        self.stats.l2.hit();
+                        let entry = Arc::new(entry);
+                        self.l1.install(Arc::clone(&entry)).await;
+                        found.insert(id, entry);
+                    }
+                    _ => {
+                        self.stats.l2.miss();
+                        still.push(id);
+                    }
+                }
+            }
+            missing = still;
+        }
         if !missing.is_empty() {
-            for stored in timed(PRIMARY, self.store.get_many(&missing)).await? {
+            let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+            for stored in self.store.get_many_at(&missing, at).await? {
                 self.stats.l3.hit();
                 let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));
-                // Older than what a concurrent write installed? Then take the newer one from L1.
+                // Older than a version this pod knows? Then read that post on its own.
                 if entry.version < self.l1.floor(stored.id).await {
-                    found.insert(stored.id, self.get(stored.id).await?.entry);
+                    let fresh = Box::pin(self.get(stored.id, token)).await?;
+                    found.insert(stored.id, fresh.entry);
                 } else {
                     self.l1.install(Arc::clone(&entry)).await;
                     found.insert(stored.id, entry);
@@ -316,7 +501,9 @@ impl Posts {
         Ok(self.apply(committed).await)
     }
 
-    /// After commit: L1 (guarded by version), then the tag generations the change affects.
+    /// After commit: L1 (guarded by version) and its generations; with several pods, L2
+    /// write-through and generations, then the event appended to the shared log. The token
+    /// carries the log position only when both succeeded (else the caller's reads go to L3).
     async fn apply(&self, committed: Committed) -> Written {
         let Committed {
             post,
@@ -332,13 +519,49 @@ impl Posts {
             EventType::PostDeleted => TagKey::for_membership(&post.author_id, &previous_tags),
             _ => TagKey::for_membership(&post.author_id, &post.tags),
         };
-        for tag in tags {
-            self.l1.bump(tag).await;
+        for tag in &tags {
+            self.l1.bump(tag.clone()).await;
+        }
+        // Alone, this process applied the write already; the outbox position tells writes apart.
+        let mut appended = Position {
+            epoch: 0,
+            seq: u64::try_from(position).unwrap_or_default(),
+        };
+        if let Some(shared) = &self.shared {
+            appended = Position::ZERO;
+            let written =
+                shared.l2.write(&entry).await.is_ok() && shared.l2.bump(&tags).await.is_ok();
+            let row = OutboxEvent {
+                position,
+                post_id: post.id,
+                author_id: post.author_id.clone(),
+                kind: kind_name(kind).to_owned(),
+                version: post.version,
+                payload: event_payload(&post),
+                created_at: post.updated_at,
+            };
+            match shared.log.publish(&row).await {
+                Ok((at, _)) => {
+                    self.to_mark
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(position);
+                    if written {
+                        appended = at;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "appending an event failed; the outbox relay will")
+                }
+            }
         }
         self.relay.notify_one();
         Written {
             entry,
-            token: ConsistencyToken { position, lsn },
+            token: ConsistencyToken {
+                position: appended,
+                lsn,
+            },
         }
     }
 
@@ -347,8 +570,13 @@ impl Posts {
     /// # Errors
     /// `NotFound` for a deleted or unknown post; L3 failure when it must be looked up.
     pub async fn count_view(&self, id: PostId) -> Result<(), PostsError> {
-        if self.get(id).await?.entry.post.is_none() {
+        if self.get(id, None).await?.entry.post.is_none() {
             return Err(StoreError::NotFound(id).into());
+        }
+        if let Some(shared) = &self.shared
+            && shared.views.count(id).await.is_ok()
+        {
+            return Ok(());
         }
         self.views.count(id);
         Ok(())
@@ -382,163 +610,27 @@ impl Posts {
         self.views.pending()
     }
 
-    /// Waits until a write was committed since the last call (or returns at once if one was).
-    pub async fn committed(&self) {
-        self.relay.notified().await;
-    }
-
-    /// The outbox relay, one round: publishes unpublished outbox rows to the event log in outbox
-    /// order, then marks them published and prunes old ones. Rows left by a process that died
-    /// between commit and publish are published by the next round of any process. Returns how
-    /// many rows it published.
-    ///
-    /// # Errors
-    /// When L3 fails; the rows stay unpublished for the next round. If only the marking fails, the
-    /// next round publishes them again (at least once).
-    pub async fn relay(&self) -> Result<usize, PostsError> {
-        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH)).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        for row in &rows {
-            self.publish(row);
-        }
-        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-        let now = OffsetDateTime::now_utc();
-        timed(
-            PRIMARY,
-            self.store.mark_published(&positions, OUTBOX_RETENTION, now),
-        )
-        .await?;
-        Ok(rows.len())
-    }
-
-    fn publish(&self, row: &OutboxEvent) {
-        match row.change() {
-            Some(change) => {
-                self.log.append(change);
-            }
-            None => {
-                tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind")
-            }
-        }
-    }
-
-    /// The outbox relay for several pods, one round: publishes unpublished outbox rows to the
-    /// shared stream, then marks them published. Call it only while holding the relay lease
-    /// ([`RedisLog::hold_lease`]); every pod, this one included, sees the events by
-    /// [`Posts::follow`].
-    ///
-    /// # Errors
-    /// When L3 or Redis fails; unpublished rows stay for the next round (at least once).
-    pub async fn relay_shared(&self, shared: &RedisLog) -> Result<usize, RelayError> {
-        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
-            .await
-            .map_err(RelayError::Store)?;
-        for row in &rows {
-            shared.publish(row).await.map_err(RelayError::Redis)?;
-        }
-        if !rows.is_empty() {
-            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-            let now = OffsetDateTime::now_utc();
-            timed(
-                PRIMARY,
-                self.store.mark_published(&positions, OUTBOX_RETENTION, now),
-            )
-            .await
-            .map_err(RelayError::Store)?;
-        }
-        Ok(rows.len())
-    }
-
-    /// Follows the shared stream until `stop` resolves: loads its tail, then appends each new entry
-    /// to this pod's event log (at the entry's id) and applies it to L1. A failed read is retried
-    /// after a pause; the position it resumes from is the last applied one.
-    pub async fn follow(&self, shared: &RedisLog, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut last = loop {
-            match shared.tail().await {
-                Ok((floor, entries)) => {
-                    self.log.start_at(floor);
-                    let mut last = floor;
-                    for (position, change) in entries {
-                        last = position;
-                        self.log.append_at(position, change);
-                    }
-                    break last;
-                }
-                Err(e) => {
-                    set_degraded(EVENTLOG, true);
-                    tracing::warn!(error = %e, "reading the shared event log failed; retrying");
-                    tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
-                }
-            }
-        };
-        loop {
-            let read = tokio::select! {
-                read = shared.read_after(last) => read,
-                () = &mut stop => return,
-            };
-            match read {
-                Ok(entries) => {
-                    set_degraded(EVENTLOG, false);
-                    for (position, change) in entries {
-                        last = position;
-                        self.apply_remote(&change).await;
-                        self.log.append_at(position, change);
-                    }
-                }
-                Err(e) => {
-                    set_degraded(EVENTLOG, true);
-                    tracing::warn!(error = %e, "following the shared event log failed; retrying");
-                    tokio::select! { () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}, () = &mut stop => return }
-                }
-            }
-        }
-    }
-
-    /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
-    /// goes in unless a newer one is there, and the feeds it joins or leaves are invalidated.
-    async fn apply_remote(&self, change: &Change) {
-        let Ok(id) = change.post_id.parse::<PostId>() else {
-            return;
-        };
-        let entry = match &change.post {
-            Some(post) => CachedPost::live(post.clone()),
-            None => CachedPost {
-                id,
-                version: change.version,
-                post: None,
-                json: bytes::Bytes::new(),
-            },
-        };
-        self.l1.install(Arc::new(entry)).await;
-        let tags: Vec<String> = change
-            .post
-            .as_ref()
-            .map(|p| p.tags.clone())
-            .unwrap_or_default();
-        let affected = match change.kind {
-            // Tags it left are not in the event: those lists age out with the L1 TTL, and list
-            // reads skip posts that are gone.
-            EventType::PostUpdated => tags.into_iter().map(TagKey::Tag).collect(),
-            _ => TagKey::for_membership(&change.author_id, &tags),
-        };
-        for tag in affected {
-            self.l1.bump(tag).await;
-        }
-    }
-
     /// Admin invalidation by tag: every feed list built on these tags becomes unreachable.
     pub async fn invalidate_tags(&self, tags: Vec<TagKey>) {
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.l2.bump(&tags).await
+        {
+            tracing::warn!(error = %e, "invalidating feeds in L2 failed");
+        }
         for tag in tags {
             self.l1.bump(tag).await;
         }
     }
 
-    /// Admin invalidation by id: the next read goes to L3.
+    /// Admin invalidation by id: the next read goes to L3 (this pod's L1 and L2; other pods'
+    /// L1 keep the entry until their TTL).
     pub async fn invalidate_ids(&self, ids: &[PostId]) {
         for &id in ids {
+            if let Some(shared) = &self.shared
+                && let Err(e) = shared.l2.invalidate(id).await
+            {
+                tracing::warn!(error = %e, "invalidating a post in L2 failed");
+            }
             self.l1.invalidate(id).await;
         }
     }

@@ -5,64 +5,89 @@
 //! outbox ──relay (one pod: the lease holder)──▶ XADD {postcache}:events (MAXLEN ~ retention)
 //!   every pod: XREAD BLOCK ──▶ local EventLog::append_at(entry id) ──▶ its subscribers
 //!                          └─▶ its L1 (version-guarded)
+//!   relay leader, after each round that left the outbox empty: XADD a heartbeat entry
 //! ```
-//! The stream key carries a hash tag so that it lives on one shard of a Redis Cluster.
+//! Its keys carry the hash tag `{postcache}` so that they live on one shard of a Redis Cluster.
+//! An outbox row is appended once: the writer appends it right after its commit, the relay appends
+//! what writers could not, and the PUBLISH script skips a row whose outbox position it already
+//! appended (an index beside the stream, trimmed with it).
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use time::OffsetDateTime;
 
 use crate::eventlog::{Change, Position};
+use crate::redisconn::{RedisCallError, RedisConfig, RedisConn, failed};
 use crate::store::OutboxEvent;
 
 /// The stream every pod reads.
 pub const STREAM_KEY: &str = "{postcache}:events";
 /// The relay's leader lease.
 pub const RELAY_LEASE_KEY: &str = "{postcache}:relay-lease";
+/// Outbox position → stream id of every row appended (the PUBLISH script's memory).
+const PUBLISHED_KEY: &str = "{postcache}:published";
+/// The same positions in order, for trimming the index with the stream.
+const PUBLISHED_ORDER_KEY: &str = "{postcache}:published-order";
 /// How long one read waits for new entries.
-const READ_BLOCK: Duration = Duration::from_secs(2);
+const READ_BLOCK: Duration = Duration::from_millis(500);
 
-/// Why a Redis call failed.
-#[derive(Debug, thiserror::Error)]
-#[error("redis: {step} failed")]
-pub struct RedisLogError {
-    step: &'static str,
-    #[source]
-    source: redis::RedisError,
-}
+/// The kind field of a heartbeat entry.
+const HEARTBEAT: &str = "heartbeat";
 
-fn failed(step: &'static str) -> impl FnOnce(redis::RedisError) -> RedisLogError {
-    move |source| RedisLogError { step, source }
+/// Appends an outbox row unless its position was appended before; returns the entry id and
+/// whether this call appended it.
+/// KEYS: stream, index, index order. ARGV: position, retention, then field/value pairs.
+const PUBLISH: &str = r"
+local known = redis.call('HGET', KEYS[2], ARGV[1])
+if known then return {known, 0} end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+redis.call('HSET', KEYS[2], ARGV[1], id)
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1])
+local excess = redis.call('ZCARD', KEYS[3]) - 2 * tonumber(ARGV[2])
+if excess > 0 then
+  local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
+  redis.call('HDEL', KEYS[2], unpack(old))
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+end
+return {id, 1}
+";
+
+/// What the shared stream holds at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A committed change.
+    Change(Box<Change>),
+    /// The relay leader found every outbox row published (and appended) when it wrote this.
+    Heartbeat,
 }
 
 /// A handle on the shared stream (cheap to clone; reconnects by itself).
 #[derive(Clone)]
 pub struct RedisLog {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// A connection of its own for blocking reads, which would hold up every other command.
-    reader: ConnectionManager,
+    reader: RedisConn,
+    publish: std::sync::Arc<redis::Script>,
     retention: usize,
     owner: String,
 }
 
 impl RedisLog {
-    /// Connects to a standalone Redis at `url`; the stream keeps about `retention` entries.
+    /// The log on `conn`'s Redis (`config` opens the blocking reader's own connection); the
+    /// stream keeps about `retention` entries.
     ///
     /// # Errors
-    /// A bad URL or an unreachable server.
-    pub async fn connect(url: &str, retention: usize) -> Result<RedisLog, RedisLogError> {
-        let client = redis::Client::open(url).map_err(failed("parse the Redis URL"))?;
-        let conn = ConnectionManager::new(client.clone())
-            .await
-            .map_err(failed("connect"))?;
-        let blocking = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
-        let reader = ConnectionManager::new_with_config(client, blocking)
-            .await
-            .map_err(failed("connect"))?;
+    /// A malformed URL.
+    pub fn new(
+        conn: RedisConn,
+        config: &RedisConfig,
+        retention: usize,
+    ) -> Result<RedisLog, RedisCallError> {
+        let reader = conn.blocking(config, READ_BLOCK)?;
         let owner = format!(
             "{}-{}",
             std::process::id(),
@@ -71,16 +96,22 @@ impl RedisLog {
         Ok(RedisLog {
             conn,
             reader,
+            publish: std::sync::Arc::new(redis::Script::new(PUBLISH)),
             retention: retention.max(1),
             owner,
         })
+    }
+
+    /// The connection (shared with L2 and the view counters).
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
     }
 
     /// Takes or renews the relay lease for `ttl`; `true` while this process holds it.
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn hold_lease(&self, ttl: Duration) -> Result<bool, RedisLogError> {
+    pub async fn hold_lease(&self, ttl: Duration) -> Result<bool, RedisCallError> {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
              elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 else return 0 end",
@@ -95,11 +126,12 @@ impl RedisLog {
         Ok(held == 1)
     }
 
-    /// Appends one outbox row to the stream; returns its entry id.
+    /// Appends one outbox row to the stream (once, whoever calls); returns its entry id and
+    /// whether this call appended it (`false`: appended before).
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn publish(&self, row: &OutboxEvent) -> Result<String, RedisLogError> {
+    pub async fn publish(&self, row: &OutboxEvent) -> Result<(Position, bool), RedisCallError> {
         let committed = row.created_at.unix_timestamp_nanos().to_string();
         let fields = [
             ("kind", row.kind.clone()),
@@ -109,26 +141,70 @@ impl RedisLog {
             ("payload", row.payload.clone().unwrap_or_default()),
             ("committed_at", committed),
         ];
-        let maxlen = redis::streams::StreamMaxlen::Approx(self.retention);
-        self.conn
-            .clone()
-            .xadd_maxlen(STREAM_KEY, maxlen, "*", &fields)
+        let mut call = self.publish.prepare_invoke();
+        call.key(STREAM_KEY)
+            .key(PUBLISHED_KEY)
+            .key(PUBLISHED_ORDER_KEY)
+            .arg(row.position)
+            .arg(self.retention);
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let (id, appended): (String, i64) = call
+            .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(failed("XADD"))
+            .map_err(failed("append an event"))?;
+        let position =
+            Position::parse(&id).ok_or_else(|| RedisCallError::malformed("append an event"))?;
+        Ok((position, appended == 1))
+    }
+
+    /// Appends a heartbeat: call only after a relay round that left no outbox row unpublished.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn heartbeat(&self) -> Result<(), RedisCallError> {
+        let maxlen = redis::streams::StreamMaxlen::Approx(self.retention);
+        let _: String = self
+            .conn
+            .clone()
+            .xadd_maxlen(STREAM_KEY, maxlen, "*", &[("kind", HEARTBEAT)])
+            .await
+            .map_err(failed("append a heartbeat"))?;
+        Ok(())
+    }
+
+    /// Whether the stream still holds `position` (a follower that was away checks that the log
+    /// reaches back to where it stopped).
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn reaches_back_to(&self, position: Position) -> Result<bool, RedisCallError> {
+        if position == Position::ZERO {
+            return Ok(true);
+        }
+        let at = position.to_string();
+        let reply: StreamRangeReply = self
+            .conn
+            .clone()
+            .xrange_count(STREAM_KEY, &at, &at, 1)
+            .await
+            .map_err(failed("XRANGE"))?;
+        Ok(!reply.ids.is_empty())
     }
 
     /// The newest `retention` entries, oldest first, and the floor from which they are complete.
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn tail(&self) -> Result<(Position, Vec<(Position, Change)>), RedisLogError> {
+    pub async fn tail(&self) -> Result<(Position, Vec<(Position, Entry)>), RedisCallError> {
         let mut conn = self.conn.clone();
         let length: usize = conn.xlen(STREAM_KEY).await.map_err(failed("XLEN"))?;
         let reply: StreamRangeReply = conn
             .xrevrange_count(STREAM_KEY, "+", "-", self.retention)
             .await
             .map_err(failed("XREVRANGE"))?;
-        let mut entries: Vec<(Position, Change)> = reply.ids.iter().filter_map(decode).collect();
+        let mut entries: Vec<(Position, Entry)> = reply.ids.iter().filter_map(decode).collect();
         entries.reverse();
         // A stream shorter than the retention was never trimmed: everything since its start is
         // known. Otherwise only what was loaded is.
@@ -139,14 +215,14 @@ impl RedisLog {
         Ok((floor, entries))
     }
 
-    /// Entries after `last`, waiting up to two seconds for one.
+    /// Entries after `last`, waiting up to half a second for one.
     ///
     /// # Errors
     /// When Redis does not answer.
     pub async fn read_after(
         &self,
         last: Position,
-    ) -> Result<Vec<(Position, Change)>, RedisLogError> {
+    ) -> Result<Vec<(Position, Entry)>, RedisCallError> {
         let options = redis::streams::StreamReadOptions::default()
             .count(500)
             .block(READ_BLOCK.as_millis() as usize);
@@ -165,7 +241,7 @@ impl RedisLog {
     }
 }
 
-fn decode(entry: &StreamId) -> Option<(Position, Change)> {
+fn decode(entry: &StreamId) -> Option<(Position, Entry)> {
     let position = Position::parse(&entry.id)?;
     let text = |name: &str| -> Option<String> {
         match entry.map.get(name)? {
@@ -174,6 +250,9 @@ fn decode(entry: &StreamId) -> Option<(Position, Change)> {
             _ => None,
         }
     };
+    if text("kind")? == HEARTBEAT {
+        return Some((position, Entry::Heartbeat));
+    }
     let row = OutboxEvent {
         position: 0,
         post_id: text("post_id")?.parse().ok()?,
@@ -184,5 +263,5 @@ fn decode(entry: &StreamId) -> Option<(Position, Change)> {
         created_at: OffsetDateTime::from_unix_timestamp_nanos(text("committed_at")?.parse().ok()?)
             .ok()?,
     };
-    Some((position, row.change()?))
+    Some((position, Entry::Change(Box::new(row.change()?))))
 }

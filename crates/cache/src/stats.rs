@@ -14,6 +14,9 @@ pub fn set_degraded(component: &'static str, degraded: bool) {
     metrics::gauge!(DEGRADED, "component" => component).set(if degraded { 1.0 } else { 0.0 });
 }
 
+/// Metric name: commit → applied in this pod, for changes other pods made.
+pub const INVALIDATION_LAG: &str = "postcache_invalidation_lag_seconds";
+
 /// Metric name: time of each L3 call by `role` (`primary`, `replica`).
 pub const DB_QUERY_DURATION: &str = "postcache_db_query_duration_seconds";
 
@@ -68,6 +71,8 @@ impl TierCounts {
 pub struct TierStats {
     /// In-process cache.
     pub l1: TierCounts,
+    /// Redis (stays at zero without it).
+    pub l2: TierCounts,
     /// The store (a miss here is a lookup of an id that does not exist).
     pub l3: TierCounts,
 }
@@ -78,9 +83,10 @@ impl Default for TierStats {
     fn default() -> Self {
         let stats = TierStats {
             l1: TierCounts::new("l1"),
+            l2: TierCounts::new("l2"),
             l3: TierCounts::new("l3"),
         };
-        for counts in [&stats.l1, &stats.l3] {
+        for counts in [&stats.l1, &stats.l2, &stats.l3] {
             for result in ["hit", "miss"] {
                 metrics::counter!(CACHE_REQUESTS, "tier" => counts.tier, "result" => result)
                     .increment(0);

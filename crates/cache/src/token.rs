@@ -1,24 +1,35 @@
 //! Consistency tokens: what a client sends back so that its reads reflect its writes (G1, G2).
 //!
 //! A token names the event-log position of the write and the commit LSN on the primary
-//! (0 on SQLite). Reads holding a token must be served from a tier that has caught up with both.
+//! (0 on SQLite). A pod whose applied log position is at or past the token's may answer from L1;
+//! otherwise the read goes to L2 (written through before the position was appended) or to an L3
+//! replica that has replayed the LSN. Position `0-0` means the write's event was not appended at
+//! once (Redis failed): such a token is only served from L3.
 
 use std::fmt;
 
-/// `{position}.{lsn in hex}`, e.g. `42.16b3748`.
+use crate::eventlog::Position;
+
+/// `{position}.{lsn in hex}`, e.g. `1732600000000-3.16b3748`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ConsistencyToken {
-    /// Event-log position of the write.
-    pub position: i64,
+    /// Event-log position of the write (`0-0`: not known).
+    pub position: Position,
     /// Commit LSN of the write on the primary (PostgreSQL), 0 on SQLite.
     pub lsn: u64,
+}
+
+impl Default for Position {
+    fn default() -> Position {
+        Position::ZERO
+    }
 }
 
 impl ConsistencyToken {
     /// Parses the string form; `None` for anything else.
     pub fn parse(s: &str) -> Option<ConsistencyToken> {
         let (position, lsn) = s.split_once('.')?;
-        let position = position.parse::<i64>().ok().filter(|p| *p >= 0)?;
+        let position = Position::parse(position)?;
         if lsn.is_empty() || lsn.len() > 16 || !lsn.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -45,23 +56,28 @@ impl fmt::Display for ConsistencyToken {
 mod tests {
     use super::*;
 
+    fn at(epoch: u64, seq: u64) -> Position {
+        Position { epoch, seq }
+    }
+
     #[test]
     fn round_trips_and_rejects_garbage() {
         let t = ConsistencyToken {
-            position: 42,
+            position: at(1732600000000, 3),
             lsn: 0x16b3748,
         };
-        assert_eq!(t.to_string(), "42.16b3748");
-        assert_eq!(ConsistencyToken::parse("42.16b3748"), Some(t));
+        assert_eq!(t.to_string(), "1732600000000-3.16b3748");
+        assert_eq!(ConsistencyToken::parse("1732600000000-3.16b3748"), Some(t));
         for bad in [
             "",
             "42",
-            "42.",
+            "1-2",
+            "1-2.",
             ".1",
-            "-1.0",
-            "x.0",
-            "1.g",
-            "1.00000000000000001",
+            "-1-0.0",
+            "x-1.0",
+            "1-1.g",
+            "1-1.00000000000000001",
         ] {
             assert_eq!(ConsistencyToken::parse(bad), None, "{bad:?}");
         }
@@ -70,17 +86,17 @@ mod tests {
     #[test]
     fn max_keeps_the_newest_of_each_part() {
         let a = ConsistencyToken {
-            position: 5,
+            position: at(1, 5),
             lsn: 1,
         };
         let b = ConsistencyToken {
-            position: 3,
+            position: at(1, 3),
             lsn: 9,
         };
         assert_eq!(
             a.max(b),
             ConsistencyToken {
-                position: 5,
+                position: at(1, 5),
                 lsn: 9
             }
         );

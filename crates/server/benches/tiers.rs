@@ -51,7 +51,7 @@ fn tiers(c: &mut Criterion) {
 
     c.bench_function("l1_hit/posts_get", |b| {
         b.to_async(&rt)
-            .iter(|| async { posts.get(id).await.unwrap() });
+            .iter(|| async { posts.get(id, None).await.unwrap() });
     });
     let path = format!("/v1/posts/{id}");
     c.bench_function("l1_hit/http_get", |b| {

@@ -30,10 +30,57 @@ pub struct ServeArgs {
     )]
     pub database_url: String,
 
-    /// Redis for the shared event log (`redis://…`, standalone): with it, several processes share
-    /// one event stream, so realtime subscribers and caches on every pod see every pod's writes.
-    #[arg(long, env = "POSTCACHE_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// Read replicas of the primary (`postgres://…`, comma-separated). Reads go to one that has
+    /// replayed what the caller needs, else to the primary.
+    #[arg(
+        long,
+        env = "POSTCACHE_REPLICA_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub replica_urls: Vec<String>,
+
+    /// Replicas further behind the primary than this take no reads, in seconds.
+    #[arg(long, env = "POSTCACHE_MAX_REPLICA_LAG_SECONDS", default_value_t = 10)]
+    pub max_replica_lag_seconds: u64,
+
+    /// Redis (`redis://…` standalone, or a comma-separated list of Cluster nodes with
+    /// `--redis-cluster`): L2, the shared event log, leases and view counters. With it, several
+    /// processes serve one consistent set of posts and realtime events.
+    #[arg(
+        long,
+        env = "POSTCACHE_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_url: Vec<String>,
+
+    /// The Redis nodes are a Redis Cluster.
+    #[arg(long, env = "POSTCACHE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Longest wait for one Redis reply, in milliseconds; after a failure Redis is skipped
+    /// briefly instead of waited for.
+    #[arg(long, env = "POSTCACHE_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+
+    /// Lifetime of a post in L2 (Redis), in seconds.
+    #[arg(long, env = "POSTCACHE_L2_TTL_SECONDS", default_value_t = 600)]
+    pub l2_ttl_seconds: u64,
+
+    /// Lifetime of a feed page in L2, in seconds (generations invalidate it earlier).
+    #[arg(long, env = "POSTCACHE_L2_FEED_TTL_SECONDS", default_value_t = 60)]
+    pub l2_feed_ttl_seconds: u64,
+
+    /// How long one pod may load a missing post while the others wait for its fill, in
+    /// milliseconds (bounds database loads per hot key).
+    #[arg(long, env = "POSTCACHE_FILL_LEASE_MS", default_value_t = 500)]
+    pub fill_lease_ms: u64,
+
+    /// With Redis: the staleness bound Δ, in milliseconds. A pod that has not heard from the event
+    /// log for this long stops answering from its memory (serves L2/L3) until it hears again.
+    #[arg(long, env = "POSTCACHE_STALENESS_BOUND_MS", default_value_t = 1000)]
+    pub staleness_bound_ms: u64,
 
     /// Most connections to the database.
     #[arg(long, env = "POSTCACHE_DB_MAX_CONNECTIONS", default_value_t = 16)]

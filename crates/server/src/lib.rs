@@ -8,6 +8,7 @@
 //! background flush and a graceful shutdown.
 
 mod auth;
+mod background;
 mod config;
 mod error;
 mod json;

@@ -84,6 +84,20 @@ fn describe() {
         postcache_cache::DEGRADED,
         "1 while a component is degraded."
     );
+    describe_histogram!(
+        postcache_cache::INVALIDATION_LAG,
+        Unit::Seconds,
+        "Commit to applied in this pod, for changes made by other pods."
+    );
+    describe_gauge!(
+        postcache_cache::REPLICA_LAG,
+        Unit::Seconds,
+        "How far each read replica's replay is behind the primary."
+    );
+    describe_gauge!(
+        postcache_cache::L1_DISTRUSTED,
+        "1 while this pod serves without trusting its in-process cache (cut off from the event log)."
+    );
     describe_gauge!(
         REALTIME_CONNECTIONS,
         "Open realtime connections by transport."

@@ -9,10 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postcache_cache::{EventLog, L1, L1Config, Posts, RedisLog, RedisLogError, StoreError};
+use postcache_cache::{
+    EventLog, L1, L1Config, L2, L2Config, Posts, RedisCallError, RedisConfig, RedisConn, RedisLog,
+    Shared, SharedViews, StoreError,
+};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::background;
 use crate::config::ServeArgs;
 use crate::limit::RateLimit;
 use crate::metrics;
@@ -40,9 +44,9 @@ pub enum ServeError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database")]
     Store(#[source] StoreError),
-    /// Redis could not be reached at start-up.
-    #[error("cannot connect to Redis")]
-    Redis(#[source] RedisLogError),
+    /// The Redis configuration is malformed.
+    #[error("invalid Redis configuration")]
+    Redis(#[source] RedisCallError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -68,27 +72,26 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     // The recorder first: the tiers register their series at zero as they are built.
     let _ = metrics::handle();
-    let store = postcache_cache::connect(
+    let store = postcache_cache::connect_with_replicas(
         &args.database_url,
+        &args.replica_urls,
         args.db_max_connections,
         Duration::from_millis(args.db_acquire_timeout_ms),
+        Duration::from_secs(args.max_replica_lag_seconds),
     )
     .await
     .map_err(ServeError::Store)?;
-    let shared = match &args.redis_url {
-        Some(url) => Some(
-            RedisLog::connect(url, args.eventlog_retention)
-                .await
-                .map_err(ServeError::Redis)?,
-        ),
-        None => None,
-    };
     let l1 = L1::new(L1Config {
         max_entries: args.l1_max_entries,
         ttl: Duration::from_secs(args.l1_ttl_seconds),
     });
     let log = Arc::new(EventLog::new(args.eventlog_retention, args.realtime_queue));
-    let posts = Arc::new(Posts::new(store, l1, log));
+    let mut posts = Posts::new(store, l1, log);
+    let shared = shared_tiers(&args)?;
+    if let Some(shared) = shared.clone() {
+        posts = posts.with_shared(shared, staleness_trust(&args));
+    }
+    let posts = Arc::new(posts);
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
@@ -110,22 +113,36 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
 
+    let heartbeat =
+        Duration::from_millis(args.staleness_bound_ms / 4).max(Duration::from_millis(10));
     let relay = match shared.clone() {
-        Some(shared) => tokio::spawn(relay_to_shared_log(
+        Some(shared) => tokio::spawn(background::relay_to_shared_log(
             Arc::clone(&posts),
             shared,
+            heartbeat,
             stop_rx.clone(),
         )),
-        None => tokio::spawn(relay_outbox(Arc::clone(&posts), stop_rx.clone())),
+        None => tokio::spawn(background::relay_outbox(
+            Arc::clone(&posts),
+            stop_rx.clone(),
+        )),
     };
     let follower = shared.map(|shared| {
         let (posts, stop) = (Arc::clone(&posts), stop_rx.clone());
-        tokio::spawn(async move { posts.follow(&shared, crate::realtime::stopped(stop)).await })
+        tokio::spawn(async move {
+            posts
+                .follow(&shared.log, crate::realtime::stopped(stop))
+                .await
+        })
     });
-    let maintenance = tokio::spawn(maintain(
+    let maintenance = tokio::spawn(background::maintain(
         Arc::clone(&posts),
         limit,
         Duration::from_millis(args.views_flush_ms),
+        stop_rx.clone(),
+    ));
+    let replicas = tokio::spawn(background::watch_replicas(
+        Arc::clone(&posts),
         stop_rx.clone(),
     ));
     let server = axum::serve(
@@ -144,12 +161,51 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let _ = stop_tx.send(true);
     let _ = maintenance.await;
+    let _ = replicas.await;
     let _ = relay.await;
     if let Some(follower) = follower {
         let _ = follower.await;
     }
     final_flush(&posts).await;
     outcome
+}
+
+/// L2, the shared event log and the view counters on the configured Redis (`None` without one).
+/// Nothing is contacted here: a pod starts while Redis is down and serves from L3 until it answers.
+fn shared_tiers(args: &ServeArgs) -> Result<Option<Shared>, ServeError> {
+    if args.redis_url.is_empty() {
+        return Ok(None);
+    }
+    let config = RedisConfig {
+        nodes: args.redis_url.clone(),
+        cluster: args.redis_cluster,
+        timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+    };
+    let conn = RedisConn::open(&config).map_err(ServeError::Redis)?;
+    let log =
+        RedisLog::new(conn.clone(), &config, args.eventlog_retention).map_err(ServeError::Redis)?;
+    let l2 = L2::new(
+        conn.clone(),
+        L2Config {
+            post_ttl: Duration::from_secs(args.l2_ttl_seconds),
+            feed_ttl: Duration::from_secs(args.l2_feed_ttl_seconds),
+            lease: Duration::from_millis(args.fill_lease_ms),
+            // A fill from a replica within the lag limit can never be older than a floor this old.
+            floor_ttl: Duration::from_secs(args.max_replica_lag_seconds * 2 + 60),
+        },
+    );
+    Ok(Some(Shared {
+        l2,
+        log,
+        views: SharedViews::new(conn),
+    }))
+}
+
+/// How long after a heartbeat L1 stays trusted: the bound Δ minus one heartbeat interval, so a
+/// change acknowledged just after a heartbeat is still covered.
+fn staleness_trust(args: &ServeArgs) -> Duration {
+    let bound = Duration::from_millis(args.staleness_bound_ms);
+    bound - bound / 4
 }
 
 fn tokens(args: &ServeArgs) -> Result<Vec<String>, ServeError> {
@@ -194,84 +250,6 @@ async fn shutdown_signal(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-/// The outbox relay: after each commit (and every second, for rows another process left), publish
-/// unpublished outbox rows to the event log.
-async fn relay_outbox(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = posts.committed() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        loop {
-            match posts.relay().await {
-                Ok(n) if n > 0 => continue, // a full batch may have more behind it
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the outbox relay failed; retrying");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// The outbox relay when several pods share a Redis event log: whoever holds the lease publishes
-/// unpublished outbox rows to the stream, after each local commit and twice a second.
-async fn relay_to_shared_log(posts: Arc<Posts>, shared: RedisLog, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = posts.committed() => {}
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        let lease = shared.hold_lease(Duration::from_secs(5)).await;
-        postcache_cache::set_degraded("redis", lease.is_err());
-        match lease {
-            Ok(true) => loop {
-                match posts.relay_shared(&shared).await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the outbox relay failed; retrying");
-                        break;
-                    }
-                }
-            },
-            Ok(false) => {} // another pod relays
-            Err(e) => {
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "Redis unavailable; events wait in the outbox")
-            }
-        }
-    }
-}
-
-/// Every `interval`: flush views, publish pool gauges, trim the rate limiter.
-async fn maintain(
-    posts: Arc<Posts>,
-    limit: Option<RateLimit>,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        if let Err(e) = posts.flush_views().await {
-            tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
-        }
-        let healthy = posts.store().ping().await.is_ok();
-        postcache_cache::set_degraded("primary", !healthy);
-        metrics::record_pool("primary", posts.store().pool_usage());
-        if let Some(limit) = &limit {
-            limit.shrink();
-        }
-    }
-}
-
 async fn final_flush(posts: &Posts) {
     match posts.flush_views().await {
         Ok(n) => tracing::info!(posts = n, "flushed buffered views"),
@@ -279,7 +257,12 @@ async fn final_flush(posts: &Posts) {
             tracing::error!(error = %e, pending = posts.pending_views(), "the last flush of views failed")
         }
     }
-    if let Err(e) = posts.relay().await {
-        tracing::warn!(error = %e, "publishing the last events failed; the next start publishes them");
+    // With a shared log the lease holder publishes what is left; alone, this process does.
+    let published = match posts.shared() {
+        Some(_) => posts.mark_appended().await,
+        None => posts.relay().await.map(|_| ()),
+    };
+    if let Err(e) = published {
+        tracing::warn!(error = %e, "publishing the last events failed; the outbox keeps them for the next relay");
     }
 }

@@ -5,6 +5,7 @@
 //! WAL position after the commit (the LSN a replica must have replayed to reflect the write).
 
 mod postgres;
+mod replicas;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use postcache_api::EventType;
 use time::OffsetDateTime;
 
 pub use postgres::{PostgresStore, sql as postgres_sql};
+pub use replicas::{REPLICA_LAG, ReplicaState, Replicas, eligible};
 pub use sqlite::SqliteStore;
 
 use crate::eventlog::Change;
@@ -140,6 +142,16 @@ impl StoreError {
     }
 }
 
+/// Where an L3 read may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAt {
+    /// Any replica within the lag limit that has replayed at least this LSN (0: any), else the
+    /// primary.
+    Replica(u64),
+    /// Only the primary (a replica answered with a version older than one already known).
+    Primary,
+}
+
 /// L3. Implementations are cheap to share (`Arc<dyn Store>`); every method is one round of
 /// statements on one connection.
 #[async_trait]
@@ -201,6 +213,41 @@ pub trait Store: Send + Sync + 'static {
     /// Adds buffered view counts in one transaction; returns each live post's new total.
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError>;
 
+    /// Adds the view batch `batch_id` unless a batch of that id was already added (a flusher that
+    /// died after its commit leaves its batch behind; the next one must not count it twice).
+    /// Returns the new totals, or `None` when the batch had been applied before.
+    async fn add_views_once(
+        &self,
+        batch_id: &str,
+        batch: &[(PostId, i64)],
+    ) -> Result<Option<Vec<(PostId, i64)>>, StoreError>;
+
+    /// [`Store::get`] where `at` allows (a read replica, on PostgreSQL).
+    async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
+        let _ = at;
+        self.get(id).await
+    }
+
+    /// [`Store::get_many`] where `at` allows.
+    async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
+        let _ = at;
+        self.get_many(ids).await
+    }
+
+    /// [`Store::feed`] where `at` allows.
+    async fn feed_at(&self, query: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
+        let _ = at;
+        self.feed(query).await
+    }
+
+    /// Polls the read replicas' replay positions (no-op without replicas).
+    async fn refresh_replicas(&self) {}
+
+    /// Connections (in use, idle, max) of the replica pools, if there are replicas.
+    fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
+        None
+    }
+
     /// Outbox rows not yet published, oldest position first (at most `limit`).
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError>;
 
@@ -240,6 +287,29 @@ pub async fn connect(
     } else {
         Err(StoreError::UnsupportedUrl)
     }
+}
+
+/// [`connect`], with reads also going to the PostgreSQL read replicas at `replica_urls` (connected
+/// lazily: a replica that is down only takes no reads).
+///
+/// # Errors
+/// As [`connect`]; replicas of a SQLite file are [`StoreError::UnsupportedUrl`].
+pub async fn connect_with_replicas(
+    url: &str,
+    replica_urls: &[String],
+    max_connections: u32,
+    acquire_timeout: Duration,
+    max_lag: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if replica_urls.is_empty() {
+        return connect(url, max_connections, acquire_timeout).await;
+    }
+    if url.starts_with("sqlite:") {
+        return Err(StoreError::UnsupportedUrl);
+    }
+    let replicas = Replicas::new(replica_urls, max_connections, acquire_timeout, max_lag)?;
+    let store = PostgresStore::connect(url, max_connections, acquire_timeout).await?;
+    Ok(Arc::new(store.with_replicas(replicas)))
 }
 
 /// A `posts` row as both databases return it (every post query selects these columns by name);

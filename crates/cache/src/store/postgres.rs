@@ -1,5 +1,7 @@
-//! L3 on PostgreSQL (the primary). Replica routing arrives with the distributed tiers.
+//! L3 on PostgreSQL: writes on the primary; reads on a read replica that has replayed what the
+//! caller needs (see [`Replicas`]), else on the primary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,9 +12,11 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, Edit, OutboxEvent, PostRow, Store, StoreError, event_payload, kind_name, tags_json,
+    Committed, Edit, OutboxEvent, PostRow, ReadAt, Replicas, Store, StoreError, event_payload,
+    kind_name, tags_json,
 };
 use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
+use crate::stats::timed;
 
 /// The statements the API issues, public so that a test can `EXPLAIN` each of them.
 pub mod sql {
@@ -45,6 +49,7 @@ pub mod sql {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl PostgresStore {
@@ -70,7 +75,48 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(StoreError::Migrate)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            replicas: None,
+        })
+    }
+
+    /// Reads may also go to `replicas`.
+    pub fn with_replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = (!replicas.is_empty()).then(|| Arc::new(replicas));
+        self
+    }
+
+    /// The pool a read at `at` runs on, and its `role` label.
+    async fn reader(&self, at: ReadAt) -> (&PgPool, &'static str) {
+        if let (Some(replicas), ReadAt::Replica(lsn)) = (&self.replicas, at)
+            && let Some(pool) = replicas.choose(lsn).await
+        {
+            return (pool, "replica");
+        }
+        (&self.pool, "primary")
+    }
+
+    async fn read_post(&self, pool: &PgPool, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+        let row: Option<PostRow> = sqlx::query_as(sql::GET)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::query("read a post"))?;
+        Ok(row.map(StoredPost::from))
+    }
+
+    async fn read_posts(
+        &self,
+        pool: &PgPool,
+        ids: &[PostId],
+    ) -> Result<Vec<StoredPost>, StoreError> {
+        let rows: Vec<PostRow> = sqlx::query_as(sql::GET_MANY)
+            .bind(ids)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query("read posts"))?;
+        Ok(rows.into_iter().map(StoredPost::from).collect())
     }
 
     /// The pool, for tests and diagnostics.
@@ -199,6 +245,24 @@ impl PostgresStore {
             previous_tags,
         })
     }
+
+    /// Adds each post's views inside `tx`; returns the live posts' new totals.
+    async fn apply_views(
+        tx: &mut Transaction<'static, Postgres>,
+        batch: &[(PostId, i64)],
+    ) -> Result<Vec<(PostId, i64)>, StoreError> {
+        let mut totals = Vec::with_capacity(batch.len());
+        for &(id, n) in batch {
+            let total: Option<i64> = sqlx::query_scalar(sql::ADD_VIEWS)
+                .bind(id)
+                .bind(n)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StoreError::query("add views"))?;
+            totals.extend(total.map(|t| (id, t)));
+        }
+        Ok(totals)
+    }
 }
 
 #[async_trait]
@@ -243,24 +307,39 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
-        let row: Option<PostRow> = sqlx::query_as(sql::GET)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::query("read a post"))?;
-        Ok(row.map(StoredPost::from))
+        self.get_at(id, ReadAt::Primary).await
+    }
+
+    async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
+        let (pool, role) = self.reader(at).await;
+        timed(role, self.read_post(pool, id)).await
     }
 
     async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
-        let rows: Vec<PostRow> = sqlx::query_as(sql::GET_MANY)
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::query("read posts"))?;
-        Ok(rows.into_iter().map(StoredPost::from).collect())
+        self.get_many_at(ids, ReadAt::Primary).await
+    }
+
+    async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
+        let (pool, role) = self.reader(at).await;
+        timed(role, self.read_posts(pool, ids)).await
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+        self.feed_at(q, ReadAt::Primary).await
+    }
+
+    async fn refresh_replicas(&self) {
+        if let Some(replicas) = &self.replicas {
+            replicas.refresh(&self.pool).await;
+        }
+    }
+
+    fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
+        self.replicas.as_ref().map(|r| r.pool_usage())
+    }
+
+    async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
+        let (pool, role) = self.reader(at).await;
         let before = q.cursor.map_or(i64::MAX, |c| c.0);
         let limit = i64::from(q.limit);
         let query = match (&q.tag, &q.author_id) {
@@ -274,9 +353,7 @@ impl Store for PostgresStore {
                 .bind(author)
                 .bind(before),
         };
-        query
-            .bind(limit)
-            .fetch_all(&self.pool)
+        timed(role, query.bind(limit).fetch_all(pool))
             .await
             .map_err(StoreError::query("read a feed page"))
     }
@@ -287,20 +364,39 @@ impl Store for PostgresStore {
             .begin()
             .await
             .map_err(StoreError::query("begin"))?;
-        let mut totals = Vec::with_capacity(batch.len());
-        for &(id, n) in batch {
-            let total: Option<i64> = sqlx::query_scalar(sql::ADD_VIEWS)
-                .bind(id)
-                .bind(n)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::query("add views"))?;
-            totals.extend(total.map(|t| (id, t)));
-        }
+        let totals = Self::apply_views(&mut tx, batch).await?;
         tx.commit()
             .await
             .map_err(StoreError::query("commit views"))?;
         Ok(totals)
+    }
+
+    async fn add_views_once(
+        &self,
+        batch_id: &str,
+        batch: &[(PostId, i64)],
+    ) -> Result<Option<Vec<(PostId, i64)>>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let claimed = sqlx::query(
+            "INSERT INTO view_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(OffsetDateTime::now_utc())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("claim a view batch"))?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let totals = Self::apply_views(&mut tx, batch).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit views"))?;
+        Ok(Some(totals))
     }
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {

@@ -153,6 +153,26 @@ impl SqliteStore {
             previous_tags,
         })
     }
+
+    /// Adds each post's views inside `tx`; returns the live posts' new totals.
+    async fn apply_views(
+        tx: &mut Transaction<'static, Sqlite>,
+        batch: &[(PostId, i64)],
+    ) -> Result<Vec<(PostId, i64)>, StoreError> {
+        let mut totals = Vec::with_capacity(batch.len());
+        for &(id, n) in batch {
+            let total: Option<i64> = sqlx::query_scalar(
+                "UPDATE posts SET views = views + ?2 WHERE id = ?1 AND deleted = 0 RETURNING views",
+            )
+            .bind(id)
+            .bind(n)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("add views"))?;
+            totals.extend(total.map(|t| (id, t)));
+        }
+        Ok(totals)
+    }
 }
 
 #[async_trait]
@@ -260,22 +280,39 @@ impl Store for SqliteStore {
             .begin()
             .await
             .map_err(StoreError::query("begin"))?;
-        let mut totals = Vec::with_capacity(batch.len());
-        for &(id, n) in batch {
-            let total: Option<i64> = sqlx::query_scalar(
-                "UPDATE posts SET views = views + ?2 WHERE id = ?1 AND deleted = 0 RETURNING views",
-            )
-            .bind(id)
-            .bind(n)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::query("add views"))?;
-            totals.extend(total.map(|t| (id, t)));
-        }
+        let totals = Self::apply_views(&mut tx, batch).await?;
         tx.commit()
             .await
             .map_err(StoreError::query("commit views"))?;
         Ok(totals)
+    }
+
+    async fn add_views_once(
+        &self,
+        batch_id: &str,
+        batch: &[(PostId, i64)],
+    ) -> Result<Option<Vec<(PostId, i64)>>, StoreError> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let claimed = sqlx::query(
+            "INSERT INTO view_batches (id, applied_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(OffsetDateTime::now_utc())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("claim a view batch"))?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let totals = Self::apply_views(&mut tx, batch).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit views"))?;
+        Ok(Some(totals))
     }
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {

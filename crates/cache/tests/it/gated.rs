@@ -69,6 +69,13 @@ impl Store for Gated {
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
         self.inner.add_views(batch).await
     }
+    async fn add_views_once(
+        &self,
+        batch_id: &str,
+        batch: &[(PostId, i64)],
+    ) -> Result<Option<Vec<(PostId, i64)>>, StoreError> {
+        self.inner.add_views_once(batch_id, batch).await
+    }
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         self.inner.unpublished(limit).await
     }

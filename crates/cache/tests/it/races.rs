@@ -40,7 +40,7 @@ async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
     let held = gated.held.notified();
     let reader = tokio::spawn({
         let posts = Arc::clone(&posts);
-        async move { posts.get(id).await.unwrap() }
+        async move { posts.get(id, None).await.unwrap() }
     });
     held.await; // the reader has read version 1 from L3 and is stalled before filling L1
 
@@ -60,7 +60,7 @@ async fn a_slow_fill_never_installs_a_version_older_than_a_concurrent_write() {
         read.entry.version, 2,
         "the racing reader gets the newer version, not its stale fill"
     );
-    let again = posts.get(id).await.unwrap();
+    let again = posts.get(id, None).await.unwrap();
     assert_eq!(
         (again.entry.version, again.tier),
         (2, Tier::L1),
@@ -79,7 +79,7 @@ async fn concurrent_misses_for_one_key_make_one_l3_read() {
     let readers: Vec<_> = (0..64)
         .map(|_| {
             let posts = Arc::clone(&posts);
-            tokio::spawn(async move { posts.get(id).await.unwrap().entry.version })
+            tokio::spawn(async move { posts.get(id, None).await.unwrap().entry.version })
         })
         .collect();
     held.await;
@@ -118,10 +118,10 @@ async fn a_delete_is_served_as_gone_from_l1_and_feeds_drop_it_at_once() {
     };
     let ids = |page: postcache_cache::FeedPage| page.posts.iter().map(|p| p.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(posts.feed(query.clone()).await.unwrap()),
+        ids(posts.feed(query.clone(), None).await.unwrap()),
         vec![gone, keep]
     );
-    let cached = posts.feed(query.clone()).await.unwrap();
+    let cached = posts.feed(query.clone(), None).await.unwrap();
     assert_eq!(
         cached.tier,
         Tier::L1,
@@ -129,10 +129,10 @@ async fn a_delete_is_served_as_gone_from_l1_and_feeds_drop_it_at_once() {
     );
 
     posts.delete(gone, None).await.unwrap();
-    let read = posts.get(gone).await.unwrap();
+    let read = posts.get(gone, None).await.unwrap();
     assert!(read.entry.post.is_none() && read.tier == Tier::L1);
     assert_eq!(
-        ids(posts.feed(query).await.unwrap()),
+        ids(posts.feed(query, None).await.unwrap()),
         vec![keep],
         "the tag generation moved on"
     );

@@ -92,6 +92,7 @@ pub(crate) struct TierStats {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Stats {
     l1: TierStats,
+    l2: TierStats,
     l3: TierStats,
     /// Posts with views not yet flushed.
     writeback_pending: usize,
@@ -102,12 +103,18 @@ pub(crate) struct Stats {
 pub(crate) async fn stats(State(posts): State<Arc<Posts>>) -> Json<Stats> {
     let (posts_held, feeds_held) = posts.l1().entry_counts().await;
     let (l1_hits, l1_misses) = posts.stats().l1.get();
+    let (l2_hits, l2_misses) = posts.stats().l2.get();
     let (l3_hits, l3_misses) = posts.stats().l3.get();
     Json(Stats {
         l1: TierStats {
             hits: l1_hits,
             misses: l1_misses,
             entries: Some(posts_held + feeds_held),
+        },
+        l2: TierStats {
+            hits: l2_hits,
+            misses: l2_misses,
+            entries: None,
         },
         l3: TierStats {
             hits: l3_hits,

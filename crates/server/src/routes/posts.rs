@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use postcache_api::{ErrorBody, FeedPage, Post};
 use postcache_cache::{Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
 
-use super::response::{TIER_HEADER, add_token, etag_versions, post_headers};
+use super::response::{TIER_HEADER, add_token, etag_versions, post_headers, read_token};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::json::ApiJson;
@@ -51,7 +51,8 @@ pub(crate) async fn get(
     Path(id): Path<String>,
     request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let read = posts.get(id_param(&id)?).await?;
+    let token = read_token(&request_headers)?;
+    let read = posts.get(id_param(&id)?, token.as_ref()).await?;
     if read.entry.post.is_none() {
         return Err(ApiError::not_found(format!("post {id} does not exist")));
     }
@@ -117,10 +118,12 @@ pub(crate) async fn delete(
     responses((status = 200, body = FeedPage), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list(
     State(posts): State<Arc<Posts>>,
+    request_headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let page = posts.feed(feed_query(pairs)?).await?;
+    let token = read_token(&request_headers)?;
+    let page = posts.feed(feed_query(pairs)?, token.as_ref()).await?;
     let mut body =
         Vec::with_capacity(page.posts.iter().map(|p| p.json.len() + 1).sum::<usize>() + 64);
     body.extend_from_slice(b"{\"items\":[");

@@ -3,6 +3,8 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use postcache_cache::{CachedPost, ConsistencyToken, Tier};
 
+use crate::error::ApiError;
+
 /// Header carrying the tier that served a read.
 pub(crate) const TIER_HEADER: &str = "x-postcache-tier";
 /// Header carrying the consistency token of a write (and accepted on reads).
@@ -62,6 +64,37 @@ pub(crate) fn add_token(headers: &mut HeaderMap, token: ConsistencyToken) {
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         headers.insert(header::SET_COOKIE, value);
     }
+}
+
+/// The consistency token a read carries: the `X-PostCache-Token` header, else the `pc_token`
+/// cookie. A malformed header is a 400; a malformed cookie (e.g. left by an older version) is
+/// ignored.
+///
+/// # Errors
+/// A header that is not a token.
+pub(crate) fn read_token(headers: &HeaderMap) -> Result<Option<ConsistencyToken>, ApiError> {
+    if let Some(value) = headers.get(TOKEN_HEADER) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(ConsistencyToken::parse)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    TOKEN_HEADER,
+                    "not a consistency token: send back the X-PostCache-Token of a write unchanged",
+                )
+            });
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .and_then(|(_, value)| ConsistencyToken::parse(value));
+    Ok(cookie)
 }
 
 #[cfg(test)]

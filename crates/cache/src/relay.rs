@@ -1,0 +1,294 @@
+//! The background side of [`Posts`]: the outbox relay, heartbeats, the view flush, and following
+//! the shared log into this pod's L1 and event log.
+//!
+//! ```text
+//! every pod:   mark its own appended outbox rows published (batched)
+//! lease holder: unpublished outbox rows ─▶ L2 + append (once) ─▶ mark ─▶ heartbeat if none left
+//!               Redis view counters ─▶ L3, one batch at a time, exactly once
+//! every pod:   XREAD ─▶ change: L1 (by version), generations, local log, applied position
+//!                    └▶ heartbeat: proof of freshness
+//!              cut off: distrust L1; back: replay from the applied position, or flush L1 if the
+//!              log no longer reaches back that far
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postcache_api::EventType;
+use time::OffsetDateTime;
+
+use crate::eventlog::{Change, Position};
+use crate::l1::CachedPost;
+use crate::model::PostId;
+use crate::posts::{PRIMARY, Posts, PostsError, RelayError, Shared};
+use crate::redislog::{Entry, RedisLog};
+use crate::stats::{INVALIDATION_LAG, set_degraded, timed};
+use crate::store::OutboxEvent;
+use crate::tags::TagKey;
+
+/// The `component` label of the shared event log's degraded flag.
+const EVENTLOG: &str = "eventlog";
+
+/// Outbox rows the relay publishes per round.
+const RELAY_BATCH: i64 = 500;
+
+/// Published outbox rows beyond this many newest are pruned.
+const OUTBOX_RETENTION: i64 = 10_000;
+
+/// Pause before the follower retries a failed read.
+const RETRY: Duration = Duration::from_millis(200);
+
+impl Posts {
+    /// Waits until a write was committed since the last call (or returns at once if one was).
+    pub async fn committed(&self) {
+        self.relay.notified().await;
+    }
+
+    /// The outbox relay, one round: publishes unpublished outbox rows to the event log in outbox
+    /// order, then marks them published and prunes old ones. Rows left by a process that died
+    /// between commit and publish are published by the next round of any process. Returns how
+    /// many rows it published.
+    ///
+    /// # Errors
+    /// When L3 fails; the rows stay unpublished for the next round. If only the marking fails, the
+    /// next round publishes them again (at least once).
+    pub async fn relay(&self) -> Result<usize, PostsError> {
+        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH)).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        for row in &rows {
+            self.publish(row);
+        }
+        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+        let now = OffsetDateTime::now_utc();
+        timed(
+            PRIMARY,
+            self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+        )
+        .await?;
+        Ok(rows.len())
+    }
+
+    fn publish(&self, row: &OutboxEvent) {
+        match row.change() {
+            Some(change) => {
+                self.log.append(change);
+            }
+            None => {
+                tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind")
+            }
+        }
+    }
+
+    /// Marks the outbox rows this pod appended itself as published (one statement).
+    ///
+    /// # Errors
+    /// When L3 fails; the positions are kept for the next call.
+    pub async fn mark_appended(&self) -> Result<(), PostsError> {
+        let positions = std::mem::take(&mut *self.lock_marks());
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let marked = timed(
+            PRIMARY,
+            self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+        )
+        .await;
+        if let Err(e) = marked {
+            self.lock_marks().extend(positions);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn lock_marks(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.to_mark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The outbox relay for several pods, one round: appends unpublished outbox rows (ones their
+    /// writer could not append) with their L2 write-through, marks them published, and, once
+    /// none is left, appends a heartbeat: every change acknowledged before this round is in the
+    /// log before it. Call it only while holding the relay lease ([`RedisLog::hold_lease`]).
+    ///
+    /// # Errors
+    /// When L3 or Redis fails; unpublished rows stay for the next round, and no heartbeat is
+    /// written, so followers stop trusting their L1 after the staleness bound.
+    pub async fn relay_shared(&self, shared: &Shared) -> Result<usize, RelayError> {
+        let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
+            .await
+            .map_err(RelayError::Store)?;
+        for row in &rows {
+            self.relay_row(shared, row).await?;
+        }
+        if !rows.is_empty() {
+            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+            let now = OffsetDateTime::now_utc();
+            timed(
+                PRIMARY,
+                self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+            )
+            .await
+            .map_err(RelayError::Store)?;
+        }
+        if rows.len() < RELAY_BATCH as usize {
+            shared.log.heartbeat().await.map_err(RelayError::Redis)?;
+        }
+        Ok(rows.len())
+    }
+
+    /// One row its writer may not have finished: L2 and generations first (what the writer does
+    /// before appending), then the append; both are idempotent.
+    async fn relay_row(&self, shared: &Shared, row: &OutboxEvent) -> Result<(), RelayError> {
+        let Some(change) = row.change() else {
+            tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind");
+            return Ok(());
+        };
+        let entry = entry_of(row.post_id, &change);
+        shared.l2.write(&entry).await.map_err(RelayError::Redis)?;
+        let tags = change
+            .post
+            .as_ref()
+            .map(|p| p.tags.clone())
+            .unwrap_or_default();
+        if change.kind != EventType::PostUpdated {
+            let affected = TagKey::for_membership(&change.author_id, &tags);
+            shared.l2.bump(&affected).await.map_err(RelayError::Redis)?;
+        }
+        shared.log.publish(row).await.map_err(RelayError::Redis)?;
+        Ok(())
+    }
+
+    /// The view flush for several pods (lease holder only): one batch of Redis counters into L3,
+    /// exactly once; returns how many posts it counted.
+    ///
+    /// # Errors
+    /// When Redis or L3 fails; the batch stays in Redis for the next flush.
+    pub async fn flush_shared_views(&self, shared: &Shared) -> Result<usize, RelayError> {
+        let Some(batch) = shared.views.begin().await.map_err(RelayError::Redis)? else {
+            return Ok(0);
+        };
+        let applied = timed(PRIMARY, self.store.add_views_once(&batch.id, &batch.counts))
+            .await
+            .map_err(RelayError::Store)?;
+        shared.views.end(&batch).await.map_err(RelayError::Redis)?;
+        for &(id, views) in applied.iter().flatten() {
+            self.l1.set_views(id, views).await;
+        }
+        Ok(applied.map_or(0, |totals| totals.len()))
+    }
+
+    /// Follows the shared stream until `stop` resolves: loads its tail into the local log, then
+    /// applies each new entry to L1 and the local log, in order, recording the applied position
+    /// and heartbeats. On a failed read it stops trusting L1, and on reconnecting it replays
+    /// from where it stopped, or flushes L1 when the log no longer reaches back that far.
+    pub async fn follow(&self, shared: &RedisLog, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut last = loop {
+            match shared.tail().await {
+                Ok((floor, entries)) => {
+                    self.log.start_at(floor);
+                    let mut last = floor;
+                    for (position, entry) in entries {
+                        last = position;
+                        if let Entry::Change(change) = entry {
+                            self.log.append_at(position, *change);
+                        }
+                    }
+                    self.freshness.advance(last);
+                    break last;
+                }
+                Err(e) => {
+                    set_degraded(EVENTLOG, true);
+                    tracing::warn!(error = %e, "reading the shared event log failed; retrying");
+                    tokio::select! { () = tokio::time::sleep(RETRY) => {}, () = &mut stop => return }
+                }
+            }
+        };
+        let mut cut = false;
+        loop {
+            if cut {
+                match shared.reaches_back_to(last).await {
+                    Ok(true) => cut = false,
+                    Ok(false) => {
+                        tracing::warn!(%last, "the event log no longer reaches back to this pod's position; flushing L1");
+                        self.l1.posts.invalidate_all();
+                        self.l1.feeds.invalidate_all();
+                        last = Position::ZERO;
+                        cut = false;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let read = tokio::select! {
+                read = shared.read_after(last), if !cut => read,
+                () = tokio::time::sleep(RETRY), if cut => continue,
+                () = &mut stop => return,
+            };
+            match read {
+                Ok(entries) => {
+                    set_degraded(EVENTLOG, false);
+                    for (position, entry) in entries {
+                        last = position;
+                        match entry {
+                            Entry::Change(change) => {
+                                self.apply_remote(&change).await;
+                                self.log.append_at(position, *change);
+                            }
+                            Entry::Heartbeat => self.freshness.prove(),
+                        }
+                        self.freshness.advance(position);
+                    }
+                }
+                Err(e) => {
+                    set_degraded(EVENTLOG, true);
+                    self.freshness.doubt();
+                    cut = true;
+                    tracing::warn!(error = %e, "following the shared event log failed; L1 is not trusted until it is back");
+                    tokio::select! { () = tokio::time::sleep(RETRY) => {}, () = &mut stop => return }
+                }
+            }
+        }
+    }
+
+    /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
+    /// goes in unless a newer one is there, and the feeds it joins or leaves are invalidated.
+    async fn apply_remote(&self, change: &Change) {
+        let Ok(id) = change.post_id.parse::<PostId>() else {
+            return;
+        };
+        self.l1.install(Arc::new(entry_of(id, change))).await;
+        let tags: Vec<String> = change
+            .post
+            .as_ref()
+            .map(|p| p.tags.clone())
+            .unwrap_or_default();
+        let affected = match change.kind {
+            // Tags it left are not in the event: those lists age out with the L1 TTL, and list
+            // reads skip posts that are gone.
+            EventType::PostUpdated => tags.into_iter().map(TagKey::Tag).collect(),
+            _ => TagKey::for_membership(&change.author_id, &tags),
+        };
+        for tag in affected {
+            self.l1.bump(tag).await;
+        }
+        let lag = OffsetDateTime::now_utc() - change.committed_at;
+        metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
+    }
+}
+
+/// The cache entry a change leaves: the post, or a tombstone at its version.
+fn entry_of(id: PostId, change: &Change) -> CachedPost {
+    match &change.post {
+        Some(post) => CachedPost::live(post.clone()),
+        None => CachedPost {
+            id,
+            version: change.version,
+            post: None,
+            json: bytes::Bytes::new(),
+        },
+    }
+}

@@ -1,0 +1,236 @@
+//! [`Replicas`]: PostgreSQL read replicas, their replay position and lag, and which one a read uses.
+//!
+//! ```text
+//! every 200 ms: each replica ─▶ replay LSN, lag (0 when caught up with the primary) ─▶ gauges
+//! a read needing LSN n ─▶ a healthy replica within the lag limit whose replay LSN ≥ n
+//!                         (its LSN re-checked once if the cached one is behind) ─▶ else the primary
+//! ```
+//! Pools connect lazily, so a replica that is down at start-up only makes reads go elsewhere.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::stats::set_degraded;
+use crate::store::StoreError;
+
+/// Metric name: how far each replica's replay is behind the primary.
+pub const REPLICA_LAG: &str = "postcache_db_replica_lag_seconds";
+
+/// What the last poll learnt of one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaState {
+    /// It answered the last poll.
+    pub healthy: bool,
+    /// WAL replayed so far.
+    pub replay_lsn: u64,
+    /// How far behind the primary, in milliseconds (0 when caught up).
+    pub lag_ms: u64,
+}
+
+/// Which replicas may serve a read that needs `lsn` replayed: healthy, within `max_lag_ms`, and
+/// (by what is known) caught up to `lsn`; and which ones could be, after a fresh look at their LSN.
+/// Pure, so the rule is tested without databases.
+pub fn eligible(states: &[ReplicaState], lsn: u64, max_lag_ms: u64) -> (Vec<usize>, Vec<usize>) {
+    let usable = |s: &ReplicaState| s.healthy && s.lag_ms <= max_lag_ms;
+    let caught_up = states
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| usable(s) && s.replay_lsn >= lsn)
+        .map(|(i, _)| i)
+        .collect();
+    let behind = states
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| usable(s) && s.replay_lsn < lsn)
+        .map(|(i, _)| i)
+        .collect();
+    (caught_up, behind)
+}
+
+#[derive(Debug)]
+struct Member {
+    /// `host:port/db`, without credentials (a metric label).
+    name: String,
+    pool: PgPool,
+    healthy: AtomicBool,
+    replay_lsn: AtomicU64,
+    lag_ms: AtomicU64,
+}
+
+impl Member {
+    fn state(&self) -> ReplicaState {
+        ReplicaState {
+            healthy: self.healthy.load(Ordering::Relaxed),
+            replay_lsn: self.replay_lsn.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The read replicas of one primary.
+#[derive(Debug)]
+pub struct Replicas {
+    members: Vec<Member>,
+    max_lag: Duration,
+    next: AtomicUsize,
+}
+
+const REPLAY: &str = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
+     COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, 0)::bigint";
+
+impl Replicas {
+    /// Pools for `urls` (connected on first use); reads skip replicas more than `max_lag` behind.
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn new(
+        urls: &[String],
+        max_connections: u32,
+        acquire_timeout: Duration,
+        max_lag: Duration,
+    ) -> Result<Replicas, StoreError> {
+        let members = urls
+            .iter()
+            .map(|url| {
+                let options: PgConnectOptions = url
+                    .parse()
+                    .map_err(StoreError::query("parse a replica URL"))?;
+                let name = format!(
+                    "{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or_default()
+                );
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_lazy_with(options.application_name("postcache-replica"));
+                Ok(Member {
+                    name,
+                    pool,
+                    healthy: AtomicBool::new(false),
+                    replay_lsn: AtomicU64::new(0),
+                    lag_ms: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Replicas {
+            members,
+            max_lag,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether there are any.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Polls every replica (and the primary's WAL position) once; sets the lag gauges and the
+    /// `replica` degraded flag (any replica down or past the lag limit).
+    pub async fn refresh(&self, primary: &PgPool) {
+        let primary_lsn: Option<i64> =
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+                .fetch_one(primary)
+                .await
+                .ok();
+        let mut degraded = false;
+        for member in &self.members {
+            let polled: Result<(i64, i64), _> =
+                sqlx::query_as(REPLAY).fetch_one(&member.pool).await;
+            match polled {
+                Ok((replay, since_last_replay_ms)) => {
+                    // With the primary unreachable nothing new can be replayed: the replica is as
+                    // fresh as it can be, so its lag stays what it was.
+                    let lag = match primary_lsn {
+                        Some(p) if replay >= p => 0,
+                        Some(_) => since_last_replay_ms.max(0) as u64,
+                        None => member.lag_ms.load(Ordering::Relaxed),
+                    };
+                    member
+                        .replay_lsn
+                        .fetch_max(replay as u64, Ordering::Relaxed);
+                    member.lag_ms.store(lag, Ordering::Relaxed);
+                    member.healthy.store(true, Ordering::Relaxed);
+                    metrics::gauge!(REPLICA_LAG, "replica" => member.name.clone())
+                        .set(lag as f64 / 1000.0);
+                    degraded |= Duration::from_millis(lag) > self.max_lag;
+                }
+                Err(e) => {
+                    if member.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(replica = %member.name, error = %e, "a read replica stopped answering; reads go elsewhere");
+                    }
+                    degraded = true;
+                }
+            }
+        }
+        set_degraded("replica", degraded);
+    }
+
+    /// A replica pool for a read that needs `lsn` replayed, or `None` (use the primary).
+    pub async fn choose(&self, lsn: u64) -> Option<&PgPool> {
+        let states: Vec<ReplicaState> = self.members.iter().map(Member::state).collect();
+        let (caught_up, behind) = eligible(&states, lsn, self.max_lag.as_millis() as u64);
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        if !caught_up.is_empty() {
+            return Some(&self.members[caught_up[turn % caught_up.len()]].pool);
+        }
+        // The cached LSN is a poll old; a replica a few milliseconds behind may have caught up.
+        for i in behind {
+            let member = &self.members[i];
+            let replay: Result<(i64, i64), _> =
+                sqlx::query_as(REPLAY).fetch_one(&member.pool).await;
+            if let Ok((replay, _)) = replay {
+                member
+                    .replay_lsn
+                    .fetch_max(replay as u64, Ordering::Relaxed);
+                if replay as u64 >= lsn {
+                    return Some(&member.pool);
+                }
+            }
+        }
+        None
+    }
+
+    /// Connections (in use, idle, max) over all replica pools.
+    pub fn pool_usage(&self) -> (u32, u32, u32) {
+        self.members.iter().fold((0, 0, 0), |(u, i, m), member| {
+            let idle = member.pool.num_idle() as u32;
+            (
+                u + member.pool.size().saturating_sub(idle),
+                i + idle,
+                m + member.pool.options().get_max_connections(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(healthy: bool, replay_lsn: u64, lag_ms: u64) -> ReplicaState {
+        ReplicaState {
+            healthy,
+            replay_lsn,
+            lag_ms,
+        }
+    }
+
+    #[test]
+    fn a_read_goes_only_to_replicas_that_cover_its_lsn_and_lag_limit() {
+        let states = [
+            state(true, 100, 0),      // caught up
+            state(true, 50, 0),       // behind this token
+            state(false, 200, 0),     // down
+            state(true, 300, 20_000), // too far behind the primary
+        ];
+        assert_eq!(eligible(&states, 80, 10_000), (vec![0], vec![1]));
+        assert_eq!(eligible(&states, 0, 10_000), (vec![0, 1], vec![]));
+        assert_eq!(eligible(&states, 500, 10_000), (vec![], vec![0, 1]));
+        assert_eq!(eligible(&[], 0, 10_000), (vec![], vec![]));
+    }
+}

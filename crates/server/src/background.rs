@@ -1,0 +1,142 @@
+//! The service's background loops: the outbox relay (in-process or shared), the maintenance tick
+//! (views, pool gauges, health flags) and the replica watcher. Each ends when the stop signal
+//! turns true.
+//!
+//! ```text
+//! relay_outbox         (one process)  commit/1 s ─▶ outbox ─▶ in-process event log
+//! relay_to_shared_log  (several pods) commit/heartbeat tick ─▶ mark own rows; lease holder:
+//!                                     outbox ─▶ shared log, heartbeat, Redis views ─▶ L3
+//! maintain                            views buffer ─▶ L3, pool gauges, primary flag, L1 trust
+//! watch_replicas                      replay LSN and lag of each replica, every 200 ms
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postcache_cache::{L1_DISTRUSTED, Posts, Shared};
+use tokio::sync::watch;
+
+use crate::limit::RateLimit;
+use crate::metrics;
+
+/// How long the relay lease lasts without renewal (a dead leader's successor waits this long).
+const RELAY_LEASE: Duration = Duration::from_secs(2);
+
+/// How often replica positions are polled.
+const REPLICA_POLL: Duration = Duration::from_millis(200);
+
+/// The outbox relay of a single process: after each commit (and every second, for rows another
+/// process left), publish unpublished outbox rows to the in-process event log.
+pub(crate) async fn relay_outbox(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = posts.committed() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        loop {
+            match posts.relay().await {
+                Ok(n) if n > 0 => continue, // a full batch may have more behind it
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox relay failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The relay when several pods share Redis: each pod marks the rows it appended itself; the
+/// lease holder appends what writers could not, writes the heartbeat every `heartbeat`, and
+/// flushes the shared view counters.
+pub(crate) async fn relay_to_shared_log(
+    posts: Arc<Posts>,
+    shared: Shared,
+    heartbeat: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = posts.committed() => {}
+            () = tokio::time::sleep(heartbeat) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = posts.mark_appended().await {
+            tracing::warn!(error = %e, "marking appended events failed; retrying");
+        }
+        match shared.log.hold_lease(RELAY_LEASE).await {
+            Ok(true) => lead_round(&posts, &shared).await,
+            Ok(false) => {} // another pod relays
+            Err(e) => {
+                tracing::debug!(error = %e, "Redis unavailable; events wait in the outbox")
+            }
+        }
+    }
+}
+
+async fn lead_round(posts: &Posts, shared: &Shared) {
+    loop {
+        match posts.relay_shared(shared).await {
+            Ok(500..) => continue, // a full batch may have more behind it
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "the outbox relay failed; retrying");
+                break;
+            }
+        }
+    }
+    if let Err(e) = posts.flush_shared_views(shared).await {
+        tracing::warn!(error = %e, "flushing shared view counters failed; they stay in Redis");
+    }
+}
+
+/// Every `interval`: flush this pod's buffered views, publish pool gauges and health flags, trim
+/// the rate limiter.
+pub(crate) async fn maintain(
+    posts: Arc<Posts>,
+    limit: Option<RateLimit>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = posts.flush_views().await {
+            tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
+        }
+        let healthy = posts.store().ping().await.is_ok();
+        postcache_cache::set_degraded("primary", !healthy);
+        metrics::record_pool("primary", posts.store().pool_usage());
+        if let Some(usage) = posts.store().replica_pool_usage() {
+            metrics::record_pool("replica", usage);
+        }
+        let distrusted = if posts.freshness().trusts_l1() {
+            0.0
+        } else {
+            1.0
+        };
+        ::metrics::gauge!(L1_DISTRUSTED).set(distrusted);
+        if let Some(limit) = &limit {
+            limit.shrink();
+        }
+    }
+}
+
+/// Polls the read replicas' replay positions and lag (a no-op loop without replicas).
+pub(crate) async fn watch_replicas(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
+    if posts.store().replica_pool_usage().is_none() {
+        return;
+    }
+    loop {
+        posts.store().refresh_replicas().await;
+        tokio::select! {
+            () = tokio::time::sleep(REPLICA_POLL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
