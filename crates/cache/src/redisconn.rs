@@ -70,9 +70,20 @@ struct Health {
     /// Milliseconds since `epoch` until which calls fail fast (0: closed).
     open_until: AtomicU64,
     degraded: AtomicBool,
+    /// Whether this connection's failures set the `redis` degraded flag.
+    reports: bool,
 }
 
 impl Health {
+    fn new(reports: bool) -> Arc<Health> {
+        Arc::new(Health {
+            epoch: Instant::now(),
+            open_until: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            reports,
+        })
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -88,7 +99,7 @@ impl Health {
             let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
             self.open_until.store(until, Ordering::Relaxed);
         }
-        if self.degraded.swap(!ok, Ordering::Relaxed) == ok {
+        if self.degraded.swap(!ok, Ordering::Relaxed) == ok && self.reports {
             set_degraded(REDIS, !ok);
             if ok {
                 tracing::info!("Redis answers again");
@@ -123,19 +134,17 @@ impl RedisConn {
     /// # Errors
     /// A malformed URL.
     pub fn open(config: &RedisConfig) -> Result<RedisConn, RedisCallError> {
-        let health = Arc::new(Health {
-            epoch: Instant::now(),
-            open_until: AtomicU64::new(0),
-            degraded: AtomicBool::new(false),
-        });
         set_degraded(REDIS, false);
         let link = Self::link(config, config.timeout)?;
-        Ok(RedisConn { link, health })
+        Ok(RedisConn {
+            link,
+            health: Health::new(true),
+        })
     }
 
     /// Another connection to the same Redis for blocking reads (which would hold up every other
-    /// command on a shared connection), waiting up to `block` longer for a reply. It shares the
-    /// breaker.
+    /// command on a shared connection), waiting up to `block` longer for a reply. Its breaker is
+    /// its own: a slow blocking read must not make the other calls skip Redis.
     ///
     /// # Errors
     /// A malformed URL.
@@ -144,9 +153,10 @@ impl RedisConn {
         config: &RedisConfig,
         block: Duration,
     ) -> Result<RedisConn, RedisCallError> {
+        let _ = self;
         Ok(RedisConn {
-            link: Self::link(config, config.timeout + block)?,
-            health: Arc::clone(&self.health),
+            link: Self::link(config, config.timeout + block + Duration::from_secs(1))?,
+            health: Health::new(false),
         })
     }
 

@@ -11,6 +11,7 @@ mod monitoring;
 mod pods;
 mod serve;
 mod telemetry;
+mod tiers;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

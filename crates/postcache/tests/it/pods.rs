@@ -113,6 +113,19 @@ async fn writes_through_one_pod_reach_subscribers_and_caches_of_another() {
             )
         }
     };
+    // L1 is trusted once the log has proven this pod fresh (a heartbeat from the relay leader).
+    postcache_testkit::poll(Duration::from_secs(10), || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{b}/metrics")])
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == "postcache_l1_distrusted 0")
+            .then_some(())
+            .ok_or_else(|| "pod b does not trust its L1 yet".to_owned())
+    })
+    .unwrap();
     read(b.clone()).await;
     assert_eq!(
         read(b.clone()).await,
