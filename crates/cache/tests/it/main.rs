@@ -7,6 +7,7 @@
 mod gated;
 mod plans;
 mod races;
+mod shared;
 mod store;
 
 use std::sync::Arc;
