@@ -6,6 +6,7 @@
 
 mod bench;
 mod browser;
+mod degraded;
 mod footprint;
 mod monitoring;
 mod pods;

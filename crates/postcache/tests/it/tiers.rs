@@ -10,13 +10,13 @@ use serde_json::Value;
 use crate::{Served, serve, wait_healthy};
 
 /// Three pods (or `n`) on one database and one Redis.
-struct Pods {
+pub(crate) struct Pods {
     pods: Vec<(Served, String, tempfile::TempDir)>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Pods {
-    fn start(n: usize, env: &[(&str, &str)]) -> Pods {
+    pub(crate) fn start(n: usize, env: &[(&str, &str)]) -> Pods {
         let pods = (0..n)
             .map(|_| {
                 let dir = tempfile::tempdir().unwrap();
@@ -36,16 +36,16 @@ impl Pods {
         Pods { pods, http }
     }
 
-    fn base(&self, i: usize) -> &str {
+    pub(crate) fn base(&self, i: usize) -> &str {
         &self.pods[i % self.pods.len()].1
     }
 
-    fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         crate::stderr_of(self.pods[i].2.path())
     }
 
     /// Creates a post through pod `i`: (id, token).
-    async fn create(&self, i: usize, author: &str, title: &str) -> (String, String) {
+    pub(crate) async fn create(&self, i: usize, author: &str, title: &str) -> (String, String) {
         let reply = self
             .http
             .post(format!("{}/v1/posts", self.base(i)))
@@ -60,7 +60,7 @@ impl Pods {
     }
 
     /// Retitles `id` through pod `i`: (new version, token).
-    async fn update(&self, i: usize, id: &str, title: &str) -> (i64, String) {
+    pub(crate) async fn update(&self, i: usize, id: &str, title: &str) -> (i64, String) {
         let reply = self
             .http
             .patch(format!("{}/v1/posts/{id}", self.base(i)))
@@ -75,7 +75,7 @@ impl Pods {
     }
 
     /// Reads `id` through pod `i` (with `token` if given): (version, tier).
-    async fn read(&self, i: usize, id: &str, token: Option<&str>) -> (i64, String) {
+    pub(crate) async fn read(&self, i: usize, id: &str, token: Option<&str>) -> (i64, String) {
         let mut request = self.http.get(format!("{}/v1/posts/{id}", self.base(i)));
         if let Some(token) = token {
             request = request.header("x-postcache-token", token);
@@ -88,7 +88,7 @@ impl Pods {
     }
 
     /// The value of `name{labels}` in pod `i`'s /metrics.
-    async fn metric(&self, i: usize, series: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, i: usize, series: &str) -> Option<f64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base(i)))
@@ -103,7 +103,7 @@ impl Pods {
     }
 
     /// Waits until `series` is `value` on pod `i`.
-    async fn wait_metric(&self, i: usize, series: &str, value: f64) {
+    pub(crate) async fn wait_metric(&self, i: usize, series: &str, value: f64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.metric(i, series).await == Some(value) {

@@ -1,0 +1,221 @@
+//! DESIGN §7's degraded modes against real faults, each with its `postcache_degraded` flag: a
+//! lagging and a dead read replica, a dead primary, an exhausted pool, and Redis down (reads with
+//! a token still see their write, through L3).
+
+use std::time::{Duration, Instant};
+
+use postcache_testkit::{Postgres, Redis};
+
+use crate::tiers::Pods;
+
+/// `token` with its log position dropped: the form a write gets when Redis failed, which only L3
+/// (a replica that replayed the LSN, else the primary) may answer.
+fn without_position(token: &str) -> String {
+    let (_, lsn) = token.rsplit_once('.').unwrap();
+    format!("0-0.{lsn}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_faults_move_reads_and_a_dead_primary_fails_writes_fast() {
+    let pg = Postgres::start(1);
+    let db = pg.create_database();
+    let (primary, replica) = (pg.primary_url(&db), pg.replica_urls(&db).join(","));
+    let redis = Redis::start();
+    let url = redis.url();
+    let pods = Pods::start(
+        1,
+        &[
+            ("POSTCACHE_DATABASE_URL", primary.as_str()),
+            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+            ("POSTCACHE_MAX_REPLICA_LAG_SECONDS", "1"),
+            ("POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", "1000"),
+            ("POSTCACHE_VIEWS_FLUSH_MS", "200"),
+        ],
+    );
+    let replica_flag = "postcache_degraded{component=\"replica\"}";
+    pods.wait_metric(0, replica_flag, 0.0).await;
+    let (id, _) = pods.create(0, "ann", "v1").await;
+
+    // Lagging: replay paused while writes go on; past the lag limit the flag rises, and a read
+    // that needs the newest LSN is answered by the primary.
+    pg.psql_replica(0, &db, "SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        pods.update(0, &id, "while replay is paused").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pods.wait_metric(0, replica_flag, 1.0).await;
+    let (written, token) = pods.update(0, &id, "newest").await;
+    let (seen, tier) = pods.read(0, &id, Some(&without_position(&token))).await;
+    assert_eq!((seen, tier.as_str()), (written, "l3"));
+    pg.psql_replica(0, &db, "SELECT pg_wal_replay_resume()")
+        .unwrap();
+    pods.wait_metric(0, replica_flag, 0.0).await;
+
+    // Dead replica: flagged, reads go to the primary.
+    pg.replica(0).kill();
+    pods.wait_metric(0, replica_flag, 1.0).await;
+    let (seen, _) = pods.read(0, &id, Some(&without_position(&token))).await;
+    assert_eq!(seen, written);
+    pg.replica(0).restart();
+    pods.wait_metric(0, replica_flag, 0.0).await;
+
+    // Dead primary: writes answer 503 with Retry-After (never hang), cached reads go on, and a
+    // post the pod has not seen is read from the replica.
+    let unseen = pg
+        .psql_primary(
+            &db,
+            "INSERT INTO posts (author_id, title, body, tags, version, views, deleted, created_at, updated_at) \
+             VALUES ('bob', 'direct', 'b', '[]', 1, 0, false, now(), now()) RETURNING id",
+        )
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let lsn = pg
+        .psql_primary(&db, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    let catch_up = format!("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= {lsn}");
+    postcache_testkit::poll(Duration::from_secs(10), || {
+        let caught_up = pg.psql_replica(0, &db, &catch_up)?;
+        (caught_up.trim() == "t").then_some(()).ok_or(caught_up)
+    })
+    .unwrap();
+    pg.primary().kill();
+    let reply = pods
+        .http
+        .post(format!("{}/v1/posts", pods.base(0)))
+        .json(&serde_json::json!({"author_id": "ann", "title": "t", "body": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 503);
+    assert!(reply.headers().contains_key("retry-after"));
+    pods.wait_metric(0, "postcache_degraded{component=\"primary\"}", 1.0)
+        .await;
+    assert_eq!(
+        pods.read(0, &id, None).await.0,
+        written,
+        "cached reads go on"
+    );
+    assert_eq!(
+        pods.read(0, &unseen, None).await,
+        (1, "l3".to_owned()),
+        "uncached reads come from the replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_503_after_the_acquire_timeout() {
+    let pg = Postgres::shared();
+    let db = pg.create_database();
+    let database = pg.primary_url(&db);
+    let pods = Pods::start(
+        1,
+        &[
+            ("POSTCACHE_DATABASE_URL", database.as_str()),
+            ("POSTCACHE_DB_MAX_CONNECTIONS", "1"),
+            ("POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", "500"),
+        ],
+    );
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    // Another client holds the posts table: the pod's one connection waits on the lock.
+    let locker = {
+        let (pg, db) = (pg.clone(), db.clone());
+        std::thread::spawn(move || {
+            pg.psql_primary(
+                &db,
+                "BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;",
+            )
+        })
+    };
+    postcache_testkit::poll(Duration::from_secs(10), || {
+        let held = pg.psql_primary(
+            &db,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'posts' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )?;
+        (held.trim() == "1").then_some(()).ok_or(held)
+    })
+    .unwrap();
+    // Four writes at once, one connection, the table locked for seconds: the one that gets the
+    // connection waits for the lock; the others get 503 after the acquire timeout, not a hang.
+    let writes: Vec<_> = (0..4)
+        .map(|n| {
+            let (http, base, id) = (pods.http.clone(), pods.base(0).to_owned(), id.clone());
+            tokio::spawn(async move {
+                let reply = http
+                    .patch(format!("{base}/v1/posts/{id}"))
+                    .json(&serde_json::json!({"title": format!("write {n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                (reply.status(), reply.headers().contains_key("retry-after"))
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for write in writes {
+        outcomes.push(write.await.unwrap());
+    }
+    let refused = outcomes.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        refused >= 1
+            && outcomes
+                .iter()
+                .all(|(s, retry)| *s == 200 || (*s == 503 && *retry)),
+        "503 with Retry-After for writes that found no connection: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|(s, _)| *s == 200),
+        "the write holding the connection completes: {outcomes:?}"
+    );
+    locker.join().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_writes_commit_and_tokens_are_honoured_from_l3() {
+    let pg = Postgres::shared();
+    let database = pg.primary_url(&pg.create_database());
+    let redis = Redis::start();
+    let url = redis.url();
+    let pods = Pods::start(
+        2,
+        &[
+            ("POSTCACHE_DATABASE_URL", database.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+        ],
+    );
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    for i in 0..2 {
+        pods.read(i, &id, None).await;
+    }
+    redis.process().kill();
+    for round in 0..20 {
+        let (written, token) = pods.update(round % 2, &id, &format!("r{round}")).await;
+        assert!(
+            token.starts_with("0-0."),
+            "no log position without Redis: {token}"
+        );
+        let (seen, tier) = pods.read(round + 1, &id, Some(&token)).await;
+        assert_eq!((seen, tier.as_str()), (written, "l3"));
+    }
+    for i in 0..2 {
+        pods.wait_metric(i, "postcache_degraded{component=\"redis\"}", 1.0)
+            .await;
+        let ready = pods
+            .http
+            .get(format!("{}/readyz", pods.base(i)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "readiness stays up without Redis");
+    }
+}
