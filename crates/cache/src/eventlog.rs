@@ -104,6 +104,8 @@ pub struct Change {
     pub post: Option<Post>,
     /// Commit time.
     pub committed_at: OffsetDateTime,
+    /// The tags the post had before (feeds it left are invalidated on every pod).
+    pub previous_tags: Vec<String>,
 }
 
 /// Queue of a narrow topic's channel: such a topic carries few events, and every narrow
@@ -181,6 +183,7 @@ impl EventLog {
             version,
             post,
             committed_at,
+            previous_tags: _,
         } = change;
         let event = Event {
             id: position.to_string(),
@@ -303,6 +306,7 @@ mod tests {
             version: 1,
             post: None,
             committed_at: OffsetDateTime::now_utc(),
+            previous_tags: Vec::new(),
         }
     }
 

@@ -539,6 +539,7 @@ impl Posts {
                 version: post.version,
                 payload: event_payload(&post),
                 created_at: post.updated_at,
+                previous_tags: Some(serde_json::to_string(&previous_tags).unwrap_or_default()),
             };
             match shared.log.publish(&row).await {
                 Ok((at, _)) => {
@@ -612,25 +613,36 @@ impl Posts {
 
     /// Admin invalidation by tag: every feed list built on these tags becomes unreachable.
     pub async fn invalidate_tags(&self, tags: Vec<TagKey>) {
-        if let Some(shared) = &self.shared
-            && let Err(e) = shared.l2.bump(&tags).await
-        {
-            tracing::warn!(error = %e, "invalidating feeds in L2 failed");
+        if let Some(shared) = &self.shared {
+            let names: Vec<String> = tags.iter().map(TagKey::name).collect();
+            let done = match shared.l2.bump(&tags).await {
+                Ok(()) => shared.log.invalidate(&[], &names).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "invalidating feeds in L2 and on other pods failed");
+            }
         }
         for tag in tags {
             self.l1.bump(tag).await;
         }
     }
 
-    /// Admin invalidation by id: the next read goes to L3 (this pod's L1 and L2; other pods'
-    /// L1 keep the entry until their TTL).
+    /// Admin invalidation by id: L1 here, L2, and (through the shared log) every other pod's L1;
+    /// the next read loads again.
     pub async fn invalidate_ids(&self, ids: &[PostId]) {
-        for &id in ids {
-            if let Some(shared) = &self.shared
-                && let Err(e) = shared.l2.invalidate(id).await
-            {
-                tracing::warn!(error = %e, "invalidating a post in L2 failed");
+        if let Some(shared) = &self.shared
+            && !ids.is_empty()
+        {
+            let mut done = Ok(());
+            for &id in ids {
+                done = done.and(shared.l2.invalidate(id).await);
             }
+            if let Err(e) = done.and(shared.log.invalidate(ids, &[]).await) {
+                tracing::warn!(error = %e, "invalidating posts in L2 and on other pods failed");
+            }
+        }
+        for &id in ids {
             self.l1.invalidate(id).await;
         }
     }

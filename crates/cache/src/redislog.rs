@@ -19,6 +19,7 @@ use redis::{AsyncCommands, Value};
 use time::OffsetDateTime;
 
 use crate::eventlog::{Change, Position};
+use crate::model::PostId;
 use crate::redisconn::{RedisCallError, RedisConfig, RedisConn, failed};
 use crate::store::OutboxEvent;
 
@@ -35,6 +36,9 @@ const READ_BLOCK: Duration = Duration::from_millis(500);
 
 /// The kind field of a heartbeat entry.
 const HEARTBEAT: &str = "heartbeat";
+
+/// The kind field of an admin invalidation entry.
+const INVALIDATE: &str = "invalidate";
 
 /// Appends an outbox row unless its position was appended before; returns the entry id and
 /// whether this call appended it.
@@ -63,6 +67,13 @@ pub enum Entry {
     Change(Box<Change>),
     /// The relay leader found every outbox row published (and appended) when it wrote this.
     Heartbeat,
+    /// An operator invalidated these posts and feeds (`/v1/cache/invalidate` on some pod).
+    Invalidate {
+        /// Posts to drop from every L1.
+        ids: Vec<PostId>,
+        /// Feeds (tag names, [`crate::TagKey::name`]) to make unreachable in every L1.
+        tags: Vec<String>,
+    },
 }
 
 /// A handle on the shared stream (cheap to clone; reconnects by itself).
@@ -140,6 +151,10 @@ impl RedisLog {
             ("version", row.version.to_string()),
             ("payload", row.payload.clone().unwrap_or_default()),
             ("committed_at", committed),
+            (
+                "previous_tags",
+                row.previous_tags.clone().unwrap_or_default(),
+            ),
         ];
         let mut call = self.publish.prepare_invoke();
         call.key(STREAM_KEY)
@@ -171,6 +186,26 @@ impl RedisLog {
             .xadd_maxlen(STREAM_KEY, maxlen, "*", &[("kind", HEARTBEAT)])
             .await
             .map_err(failed("append a heartbeat"))?;
+        Ok(())
+    }
+
+    /// Tells every pod to drop `ids` and the feeds of `tags` from its L1.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn invalidate(&self, ids: &[PostId], tags: &[String]) -> Result<(), RedisCallError> {
+        let maxlen = redis::streams::StreamMaxlen::Approx(self.retention);
+        let fields = [
+            ("kind", INVALIDATE.to_owned()),
+            ("ids", serde_json::to_string(ids).unwrap_or_default()),
+            ("tags", serde_json::to_string(tags).unwrap_or_default()),
+        ];
+        let _: String = self
+            .conn
+            .clone()
+            .xadd_maxlen(STREAM_KEY, maxlen, "*", &fields)
+            .await
+            .map_err(failed("append an invalidation"))?;
         Ok(())
     }
 
@@ -250,8 +285,14 @@ fn decode(entry: &StreamId) -> Option<(Position, Entry)> {
             _ => None,
         }
     };
-    if text("kind")? == HEARTBEAT {
-        return Some((position, Entry::Heartbeat));
+    match text("kind")?.as_str() {
+        HEARTBEAT => return Some((position, Entry::Heartbeat)),
+        INVALIDATE => {
+            let ids = serde_json::from_str(&text("ids")?).ok()?;
+            let tags = serde_json::from_str(&text("tags")?).ok()?;
+            return Some((position, Entry::Invalidate { ids, tags }));
+        }
+        _ => {}
     }
     let row = OutboxEvent {
         position: 0,
@@ -262,6 +303,7 @@ fn decode(entry: &StreamId) -> Option<(Position, Entry)> {
         payload: text("payload").filter(|p| !p.is_empty()),
         created_at: OffsetDateTime::from_unix_timestamp_nanos(text("committed_at")?.parse().ok()?)
             .ok()?,
+        previous_tags: text("previous_tags").filter(|t| !t.is_empty()),
     };
     Some((position, Entry::Change(Box::new(row.change()?))))
 }

@@ -149,15 +149,11 @@ impl Posts {
         };
         let entry = entry_of(row.post_id, &change);
         shared.l2.write(&entry).await.map_err(RelayError::Redis)?;
-        let tags = change
-            .post
-            .as_ref()
-            .map(|p| p.tags.clone())
-            .unwrap_or_default();
-        if change.kind != EventType::PostUpdated {
-            let affected = TagKey::for_membership(&change.author_id, &tags);
-            shared.l2.bump(&affected).await.map_err(RelayError::Redis)?;
-        }
+        shared
+            .l2
+            .bump(&affected_tags(&change))
+            .await
+            .map_err(RelayError::Redis)?;
         shared.log.publish(row).await.map_err(RelayError::Redis)?;
         Ok(())
     }
@@ -239,6 +235,14 @@ impl Posts {
                                 self.log.append_at(position, *change);
                             }
                             Entry::Heartbeat => self.freshness.prove(),
+                            Entry::Invalidate { ids, tags } => {
+                                for id in ids {
+                                    self.l1.invalidate(id).await;
+                                }
+                                for tag in tags.iter().filter_map(|t| TagKey::parse(t)) {
+                                    self.l1.bump(tag).await;
+                                }
+                            }
                         }
                         self.freshness.advance(position);
                     }
@@ -261,22 +265,21 @@ impl Posts {
             return;
         };
         self.l1.install(Arc::new(entry_of(id, change))).await;
-        let tags: Vec<String> = change
-            .post
-            .as_ref()
-            .map(|p| p.tags.clone())
-            .unwrap_or_default();
-        let affected = match change.kind {
-            // Tags it left are not in the event: those lists age out with the L1 TTL, and list
-            // reads skip posts that are gone.
-            EventType::PostUpdated => tags.into_iter().map(TagKey::Tag).collect(),
-            _ => TagKey::for_membership(&change.author_id, &tags),
-        };
-        for tag in affected {
+        for tag in affected_tags(change) {
             self.l1.bump(tag).await;
         }
         let lag = OffsetDateTime::now_utc() - change.committed_at;
         metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
+    }
+}
+
+/// The feeds a change makes stale: those a post joins or leaves (the same rule as the writer's).
+fn affected_tags(change: &Change) -> Vec<TagKey> {
+    let tags = change.post.as_ref().map_or(&[][..], |p| p.tags.as_slice());
+    match change.kind {
+        EventType::PostUpdated => TagKey::for_retag(&change.previous_tags, tags),
+        EventType::PostDeleted => TagKey::for_membership(&change.author_id, &change.previous_tags),
+        _ => TagKey::for_membership(&change.author_id, tags),
     }
 }
 

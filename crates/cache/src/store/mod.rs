@@ -57,6 +57,8 @@ pub struct OutboxEvent {
     pub payload: Option<String>,
     /// Commit time.
     pub created_at: OffsetDateTime,
+    /// The tags the post had before the change (JSON array), for invalidating the feeds it left.
+    pub previous_tags: Option<String>,
 }
 
 impl OutboxEvent {
@@ -72,6 +74,11 @@ impl OutboxEvent {
                 .as_deref()
                 .and_then(|p| serde_json::from_str(p).ok()),
             committed_at: self.created_at,
+            previous_tags: self
+                .previous_tags
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_default(),
         })
     }
 

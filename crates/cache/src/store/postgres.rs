@@ -188,10 +188,11 @@ impl PostgresStore {
         tx: &mut Transaction<'_, Postgres>,
         post: &StoredPost,
         kind: EventType,
+        previous_tags: &[String],
     ) -> Result<i64, StoreError> {
         sqlx::query_scalar(
-            "INSERT INTO outbox (post_id, kind, version, payload, created_at, author_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING position",
+            "INSERT INTO outbox (post_id, kind, version, payload, created_at, author_id, previous_tags) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING position",
         )
         .bind(post.id)
         .bind(kind_name(kind))
@@ -199,6 +200,7 @@ impl PostgresStore {
         .bind(event_payload(post))
         .bind(post.updated_at)
         .bind(&post.author_id)
+        .bind(tags_json(previous_tags))
         .fetch_one(&mut **tx)
         .await
         .map_err(StoreError::query("append to the outbox"))
@@ -234,7 +236,7 @@ impl PostgresStore {
         let previous_tags = current.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
         let post = edit(current)?;
         Self::save(&mut tx, &post, &previous_tags).await?;
-        let position = Self::append(&mut tx, &post, kind).await?;
+        let position = Self::append(&mut tx, &post, kind, &previous_tags).await?;
         tx.commit().await.map_err(StoreError::query("commit"))?;
         let lsn = Self::lsn(&mut conn).await?;
         Ok(Committed {
@@ -285,7 +287,7 @@ impl Store for PostgresStore {
         .map_err(StoreError::query("insert the post"))?;
         let post = StoredPost::from(row);
         Self::tag(&mut tx, post.id, &post.tags).await?;
-        let position = Self::append(&mut tx, &post, EventType::PostCreated).await?;
+        let position = Self::append(&mut tx, &post, EventType::PostCreated, &[]).await?;
         tx.commit().await.map_err(StoreError::query("commit"))?;
         let lsn = Self::lsn(&mut conn).await?;
         Ok(Committed {
@@ -401,7 +403,7 @@ impl Store for PostgresStore {
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         sqlx::query_as(
-            "SELECT position, post_id, author_id, kind, version, payload, created_at FROM outbox \
+            "SELECT position, post_id, author_id, kind, version, payload, created_at, previous_tags FROM outbox \
              WHERE published_at IS NULL ORDER BY position LIMIT $1",
         )
         .bind(limit)

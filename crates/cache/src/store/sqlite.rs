@@ -91,10 +91,11 @@ impl SqliteStore {
         tx: &mut Transaction<'_, Sqlite>,
         post: &StoredPost,
         kind: EventType,
+        previous_tags: &[String],
     ) -> Result<i64, StoreError> {
         sqlx::query_scalar(
-            "INSERT INTO outbox (post_id, kind, version, payload, created_at, author_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING position",
+            "INSERT INTO outbox (post_id, kind, version, payload, created_at, author_id, previous_tags) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING position",
         )
         .bind(post.id)
         .bind(kind_name(kind))
@@ -102,6 +103,7 @@ impl SqliteStore {
         .bind(event_payload(post))
         .bind(post.updated_at)
         .bind(&post.author_id)
+        .bind(tags_json(previous_tags))
         .fetch_one(&mut **tx)
         .await
         .map_err(StoreError::query("append to the outbox"))
@@ -143,7 +145,7 @@ impl SqliteStore {
                 .map_err(StoreError::query("untag the post"))?;
             Self::tag(&mut tx, post.id, live_tags).await?;
         }
-        let position = Self::append(&mut tx, &post, kind).await?;
+        let position = Self::append(&mut tx, &post, kind, &previous_tags).await?;
         tx.commit().await.map_err(StoreError::query("commit"))?;
         Ok(Committed {
             post,
@@ -198,7 +200,7 @@ impl Store for SqliteStore {
         .map_err(StoreError::query("insert the post"))?;
         let post = StoredPost::from(row);
         Self::tag(&mut tx, post.id, &post.tags).await?;
-        let position = Self::append(&mut tx, &post, EventType::PostCreated).await?;
+        let position = Self::append(&mut tx, &post, EventType::PostCreated, &[]).await?;
         tx.commit().await.map_err(StoreError::query("commit"))?;
         Ok(Committed {
             post,
@@ -317,7 +319,7 @@ impl Store for SqliteStore {
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         sqlx::query_as(
-            "SELECT position, post_id, author_id, kind, version, payload, created_at FROM outbox \
+            "SELECT position, post_id, author_id, kind, version, payload, created_at, previous_tags FROM outbox \
              WHERE published_at IS NULL ORDER BY position LIMIT ?1",
         )
         .bind(limit)

@@ -435,3 +435,91 @@ async fn a_hot_key_loads_from_postgres_at_most_once_per_lease_window() {
     assert_eq!(after_update, 0, "the write-through serves the hot post");
     assert_eq!(after_eviction, 1, "one load per lease window");
 }
+
+/// Feeds cached on other pods follow a retag (the event carries the tags the post left), and an
+/// admin invalidation on one pod reaches every pod's L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retags_and_admin_invalidations_reach_every_pod() {
+    let pg = Postgres::shared();
+    let database = pg.primary_url(&pg.create_database());
+    let redis = Redis::start();
+    let url = redis.url();
+    let pods = Pods::start(
+        2,
+        &[
+            ("POSTCACHE_DATABASE_URL", database.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+        ],
+    );
+    let feed = |i: usize, tag: &'static str| {
+        let (http, base) = (pods.http.clone(), pods.base(i).to_owned());
+        async move {
+            let page: Value = http
+                .get(format!("{base}/v1/posts?tag={tag}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let reply = pods
+        .http
+        .post(format!("{}/v1/posts", pods.base(0)))
+        .json(&serde_json::json!({"author_id": "ann", "title": "t", "body": "b", "tags": ["old"]}))
+        .send()
+        .await
+        .unwrap();
+    let id = reply.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while feed(1, "old").await != [id.clone()] {
+        assert!(Instant::now() < deadline, "pod 1 never listed the post");
+    }
+    let retagged = pods
+        .http
+        .patch(format!("{}/v1/posts/{id}", pods.base(0)))
+        .json(&serde_json::json!({"tags": ["new"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retagged.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !feed(1, "old").await.is_empty() || feed(1, "new").await != [id.clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "pod 1 still lists the post under the tag it left"
+        );
+    }
+
+    // Pod 1 holds the post in L1; an invalidation on pod 0 drops it there too.
+    pods.read(1, &id, None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods.read(1, &id, None).await.1 != "l1" {
+        assert!(Instant::now() < deadline, "pod 1 never cached the post");
+    }
+    let reply = pods
+        .http
+        .post(format!("{}/v1/cache/invalidate", pods.base(0)))
+        .json(&serde_json::json!({"ids": [id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods.read(1, &id, None).await.1 == "l1" {
+        assert!(
+            Instant::now() < deadline,
+            "pod 1 kept serving its L1 copy after the invalidation"
+        );
+    }
+}
