@@ -29,7 +29,16 @@ impl ConsistencyToken {
     /// Parses the string form; `None` for anything else.
     pub fn parse(s: &str) -> Option<ConsistencyToken> {
         let (position, lsn) = s.split_once('.')?;
-        let position = Position::parse(position)?;
+        // `<n>.<lsn>` is the form of earlier versions: its position means nothing to the shared
+        // log, so it is read as "unknown" (served from L3 at its LSN).
+        let legacy = !position.is_empty()
+            && position.len() <= 20
+            && position.bytes().all(|b| b.is_ascii_digit());
+        let position = if legacy {
+            Position::ZERO
+        } else {
+            Position::parse(position)?
+        };
         if lsn.is_empty() || lsn.len() > 16 || !lsn.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -68,6 +77,14 @@ mod tests {
         };
         assert_eq!(t.to_string(), "1732600000000-3.16b3748");
         assert_eq!(ConsistencyToken::parse("1732600000000-3.16b3748"), Some(t));
+        assert_eq!(
+            ConsistencyToken::parse("42.ff"),
+            Some(ConsistencyToken {
+                position: Position::ZERO,
+                lsn: 0xff
+            }),
+            "an earlier version's token is honoured from L3"
+        );
         for bad in [
             "",
             "42",
