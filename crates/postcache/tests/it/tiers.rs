@@ -376,11 +376,15 @@ async fn a_hot_key_loads_from_postgres_at_most_once_per_lease_window() {
     let database = pg.primary_url(&db);
     let redis = Redis::start();
     let url = redis.url();
+    // Generous Redis timeout and lease window: with every test of the suite sharing two cores, a
+    // 250 ms reply deadline can pass, and the pods would (rightly) fall back to PostgreSQL.
     let pods = std::sync::Arc::new(Pods::start(
         3,
         &[
             ("POSTCACHE_DATABASE_URL", database.as_str()),
             ("POSTCACHE_REDIS_URL", url.as_str()),
+            ("POSTCACHE_REDIS_TIMEOUT_MS", "2000"),
+            ("POSTCACHE_FILL_LEASE_MS", "2000"),
         ],
     ));
     let (id, _) = pods.create(0, "ann", "hot").await;

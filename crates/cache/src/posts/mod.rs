@@ -1,0 +1,214 @@
+//! [`Posts`]: the read and write paths across the tiers.
+//!
+//! ```text
+//! get:    L1 (if this pod can prove it fresh for the caller) ─▶ one coalesced load:
+//!         L2 ─miss─▶ fill lease ─won─▶ L3 (replica covering the caller's LSN) ─▶ L2 fill
+//!                              └lost─▶ wait for the winner's fill (one lease window)
+//!         then L1, and the floor check (a fill older than a known version reads the primary)
+//! feed:   generations ─▶ cached id list (L1, L2) or an L3 keyset scan ─▶ posts as above
+//! write:  L3 transaction + outbox ─▶ L1 ─▶ L2 write-through, generations ─▶ append to the shared
+//!         log ─▶ token (log position + commit LSN)
+//! views:  Redis counters (or this pod's buffer) ─(leader flush)─▶ L3 batch, exactly once
+//! ```
+//! The read path is in `read.rs`, the write path in `write.rs`, the background side (relay,
+//! heartbeats, following the shared log) in `crate::relay`.
+
+mod read;
+mod write;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use crate::eventlog::{EventLog, Position};
+use crate::freshness::Freshness;
+use crate::l1::{CachedPost, L1};
+use crate::l2::L2;
+use crate::model::{Cursor, PostId};
+use crate::redislog::RedisLog;
+use crate::sharedviews::SharedViews;
+use crate::stats::TierStats;
+use crate::store::{Store, StoreError};
+use crate::token::ConsistencyToken;
+use crate::views::ViewBuffer;
+
+/// Loads that concurrent readers share while this pod cannot use L1: the post, and what the
+/// readers' tokens require (a reader never joins a load made for a weaker token).
+pub(crate) type FlightKey = (PostId, Option<(Position, u64)>);
+
+/// The `role` label of L3 writes.
+pub(crate) const PRIMARY: &str = "primary";
+
+/// How often a pod that lost a fill lease looks for the winner's fill.
+const LEASE_POLL: Duration = Duration::from_millis(5);
+
+/// Which tier answered a read (`X-PostCache-Tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This pod's memory.
+    L1,
+    /// Redis.
+    L2,
+    /// The database.
+    L3,
+}
+
+impl Tier {
+    /// `l1` or `l3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::L3 => "l3",
+        }
+    }
+}
+
+/// A post read: the cached entry (maybe a tombstone) and the tier that served it.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The entry; `post` is `None` for a deleted or unknown id.
+    pub entry: Arc<CachedPost>,
+    /// Who served it.
+    pub tier: Tier,
+}
+
+/// A write's outcome: the new entry and the client's consistency token.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The post after the write (a tombstone after a delete).
+    pub entry: Arc<CachedPost>,
+    /// What the client sends back for read-your-writes.
+    pub token: ConsistencyToken,
+}
+
+/// One feed page: live posts, newest first, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    /// The posts (deleted ones skipped).
+    pub posts: Vec<Arc<CachedPost>>,
+    /// Cursor of the next page, if the page was full.
+    pub next: Option<Cursor>,
+    /// Who served the id list.
+    pub tier: Tier,
+}
+
+/// Why a round of the shared-log relay failed (the rows stay unpublished for the next round).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading or marking the outbox failed.
+    #[error("the outbox could not be read or marked")]
+    Store(#[source] StoreError),
+    /// Appending to the shared stream failed.
+    #[error("the shared event log could not be appended to")]
+    Redis(#[source] crate::redisconn::RedisCallError),
+}
+
+/// Why a call on [`Posts`] failed: the store's error, shared by every caller of a coalesced load.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PostsError(Arc<StoreError>);
+
+impl PostsError {
+    /// The underlying store error.
+    pub fn store(&self) -> &StoreError {
+        &self.0
+    }
+}
+
+impl From<StoreError> for PostsError {
+    fn from(e: StoreError) -> Self {
+        PostsError(Arc::new(e))
+    }
+}
+
+impl From<Arc<StoreError>> for PostsError {
+    fn from(e: Arc<StoreError>) -> Self {
+        PostsError(e)
+    }
+}
+
+/// What several pods share: L2, the event log and the view counters, all on one Redis.
+#[derive(Clone)]
+pub struct Shared {
+    /// Posts, feed pages, generations.
+    pub l2: L2,
+    /// The shared event log.
+    pub log: RedisLog,
+    /// Write-back view counters.
+    pub views: SharedViews,
+}
+
+/// The posts service without HTTP: L1 in front of L2 and L3, views written back.
+pub struct Posts {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) l1: L1,
+    pub(crate) stats: TierStats,
+    pub(crate) views: ViewBuffer,
+    pub(crate) log: Arc<EventLog>,
+    /// Wakes the outbox relay after a commit.
+    pub(crate) relay: tokio::sync::Notify,
+    pub(crate) shared: Option<Shared>,
+    pub(crate) freshness: Freshness,
+    /// Outbox positions this pod appended itself, to be marked published in one batch.
+    pub(crate) to_mark: Mutex<Vec<i64>>,
+    /// Single flight for reads that bypass L1 (an entry lives only while its load runs).
+    pub(crate) inflight: Cache<FlightKey, (Arc<CachedPost>, Tier)>,
+}
+
+impl Posts {
+    /// One process on its own: committed changes reach `log` through [`Posts::relay`].
+    pub fn new(store: Arc<dyn Store>, l1: L1, log: Arc<EventLog>) -> Posts {
+        Posts {
+            store,
+            l1,
+            stats: TierStats::default(),
+            views: ViewBuffer::default(),
+            log,
+            relay: tokio::sync::Notify::new(),
+            shared: None,
+            freshness: Freshness::local(),
+            to_mark: Mutex::new(Vec::new()),
+            inflight: Cache::builder().max_capacity(100_000).build(),
+        }
+    }
+
+    /// One of several pods sharing `shared`: L1 is trusted only while the shared log proves it
+    /// fresh within `staleness` (see [`Freshness`]).
+    pub fn with_shared(mut self, shared: Shared, staleness: Duration) -> Posts {
+        self.shared = Some(shared);
+        self.freshness = Freshness::shared(staleness);
+        self
+    }
+
+    /// What this pod can prove about its L1.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    /// The shared tiers, when there are several pods.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
+    }
+
+    /// The event log realtime subscribers read.
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    /// The store (readiness, pool metrics).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Hit and miss counters.
+    pub fn stats(&self) -> &TierStats {
+        &self.stats
+    }
+
+    /// L1 itself (entry counts).
+    pub fn l1(&self) -> &L1 {
+        &self.l1
+    }
+}

@@ -1,0 +1,285 @@
+//! The read path of [`Posts`]: L1 when this pod can prove it fresh for the caller, else one
+//! coalesced load from L2 (under a fill lease) or L3 (a replica that covers the caller's LSN).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{FeedPage, FlightKey, LEASE_POLL, Posts, PostsError, Read, Tier};
+use crate::eventlog::Position;
+use crate::l1::CachedPost;
+use crate::l2::L2;
+use crate::model::{Cursor, FeedQuery, PostId};
+use crate::store::{ReadAt, StoreError};
+use crate::token::ConsistencyToken;
+
+impl Posts {
+    /// Whether L1 may answer a caller holding `token` (or none).
+    fn l1_usable(&self, token: Option<&ConsistencyToken>) -> bool {
+        match token {
+            Some(token) => self.freshness.covers(token),
+            None => self.freshness.trusts_l1(),
+        }
+    }
+
+    /// L2, unless there is none, it failed recently, or the caller's write was not written
+    /// through (a token without a log position).
+    fn l2_usable(&self, token: Option<&ConsistencyToken>) -> Option<&L2> {
+        let shared = self.shared.as_ref()?;
+        let written_through = token.is_none_or(|t| t.position != Position::ZERO);
+        (written_through && !shared.l2.is_down()).then_some(&shared.l2)
+    }
+
+    /// Reads one post for a caller holding `token` (G1, G2) or none (G3): L1 if this pod can
+    /// prove it fresh enough, else one coalesced load from L2 or L3.
+    ///
+    /// # Errors
+    /// When L3 is needed and fails.
+    pub async fn get(
+        &self,
+        id: PostId,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<Read, PostsError> {
+        if !self.l1_usable(token) {
+            self.stats.l1.miss();
+            // Concurrent readers share one load; the entry goes as soon as the load is done, so
+            // later readers load again (they may need a newer version).
+            let key: FlightKey = (id, token.map(|t| (t.position, t.lsn)));
+            let shared = self
+                .inflight
+                .entry(key.clone())
+                .or_try_insert_with(async { self.load(id, token).await })
+                .await?;
+            if shared.is_fresh() {
+                self.inflight.invalidate(&key).await;
+            }
+            let (entry, tier) = shared.into_value();
+            self.l1.install(Arc::clone(&entry)).await;
+            return Ok(Read { entry, tier });
+        }
+        if let Some(entry) = self.l1.posts.get(&id).await {
+            self.stats.l1.hit();
+            return Ok(Read {
+                entry,
+                tier: Tier::L1,
+            });
+        }
+        self.stats.l1.miss();
+        let mut tier = Tier::L1; // stays so when this read joined another's load
+        let loaded = self
+            .l1
+            .posts
+            .entry(id)
+            .or_try_insert_with(async {
+                let (entry, from) = self.load(id, token).await?;
+                tier = from;
+                Ok::<_, StoreError>(entry)
+            })
+            .await?;
+        let entry = loaded.into_value();
+        // A write may have landed while this fill ran; if so, its version is the floor.
+        let floor = self.l1.floor(id).await;
+        if entry.version < floor {
+            self.l1.evict_older_than(id, floor).await;
+            let fresh = self.load_l3(id, ReadAt::Primary).await?;
+            self.l1.install(Arc::clone(&fresh)).await;
+            return Ok(Read {
+                entry: fresh,
+                tier: Tier::L3,
+            });
+        }
+        Ok(Read { entry, tier })
+    }
+
+    /// L2, else L3 under a fill lease (or after waiting for the lease holder's fill).
+    async fn load(
+        &self,
+        id: PostId,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<(Arc<CachedPost>, Tier), StoreError> {
+        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+        let Some(l2) = self.l2_usable(token) else {
+            return Ok((self.load_l3(id, at).await?, Tier::L3));
+        };
+        match l2.get(id).await {
+            Ok(Some(entry)) => {
+                self.stats.l2.hit();
+                return Ok((Arc::new(entry), Tier::L2));
+            }
+            Ok(None) => self.stats.l2.miss(),
+            Err(e) => {
+                tracing::debug!(error = %e, "L2 unavailable; reading L3");
+                return Ok((self.load_l3(id, at).await?, Tier::L3));
+            }
+        }
+        match l2.lease(id).await {
+            Ok(Some(lease)) => {
+                // The previous holder may have filled between this reader's miss and its lease.
+                if let Ok(Some(entry)) = l2.get(id).await {
+                    return Ok((Arc::new(entry), Tier::L2));
+                }
+                let entry = self.load_l3(id, at).await?;
+                if let Ok(false) = l2.fill(&entry, &lease).await {
+                    // A write voided the lease or a newer version is known: prefer that one.
+                    if let Ok(Some(newer)) = l2.get(id).await
+                        && newer.version > entry.version
+                    {
+                        return Ok((Arc::new(newer), Tier::L2));
+                    }
+                }
+                Ok((entry, Tier::L3))
+            }
+            Ok(None) => {
+                let deadline = Instant::now() + l2.lease_window();
+                while Instant::now() < deadline {
+                    tokio::time::sleep(LEASE_POLL).await;
+                    match l2.get(id).await {
+                        Ok(Some(entry)) => return Ok((Arc::new(entry), Tier::L2)),
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+                Ok((self.load_l3(id, at).await?, Tier::L3))
+            }
+            Err(_) => Ok((self.load_l3(id, at).await?, Tier::L3)),
+        }
+    }
+
+    /// One post from L3; a replica's answer older than a version this pod knows is replaced by
+    /// the primary's.
+    async fn load_l3(&self, id: PostId, at: ReadAt) -> Result<Arc<CachedPost>, StoreError> {
+        let mut stored = self.store.get_at(id, at).await?;
+        if at != ReadAt::Primary
+            && stored.as_ref().map_or(0, |p| p.version) < self.l1.floor(id).await
+        {
+            stored = self.store.get_at(id, ReadAt::Primary).await?;
+        }
+        if stored.is_some() {
+            self.stats.l3.hit()
+        } else {
+            self.stats.l3.miss()
+        }
+        Ok(Arc::new(CachedPost::from_store(id, stored.as_ref())))
+    }
+
+    /// Reads one feed page, newest first, for a caller holding `token` or none.
+    ///
+    /// # Errors
+    /// When L3 is needed and fails.
+    pub async fn feed(
+        &self,
+        query: FeedQuery,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<FeedPage, PostsError> {
+        let l1_usable = self.l1_usable(token);
+        let (ids, tier) = if l1_usable {
+            let key = self.l1.feed_key(&query).await;
+            let mut tier = Tier::L1;
+            let list = self
+                .l1
+                .feeds
+                .entry(key)
+                .or_try_insert_with(async {
+                    let (ids, from) = self.load_feed(&query, token).await?;
+                    tier = from;
+                    Ok::<_, StoreError>(ids)
+                })
+                .await?;
+            (list.into_value(), tier)
+        } else {
+            self.load_feed(&query, token).await?
+        };
+        let next = (ids.len() == usize::from(query.limit))
+            .then(|| ids.last().map(|&id| Cursor(id)))
+            .flatten();
+        let posts = self.get_many(&ids, token, l1_usable).await?;
+        Ok(FeedPage {
+            posts: posts.into_iter().filter(|p| p.post.is_some()).collect(),
+            next,
+            tier,
+        })
+    }
+
+    /// A feed page's ids from L2 (keyed by its generations there) or L3.
+    async fn load_feed(
+        &self,
+        query: &FeedQuery,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<(Arc<[PostId]>, Tier), StoreError> {
+        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+        let l2 = self.l2_usable(token);
+        let key = match l2 {
+            Some(l2) => l2.feed_key(query).await.ok(),
+            None => None,
+        };
+        if let (Some(l2), Some(key)) = (l2, &key) {
+            if let Ok(Some(ids)) = l2.feed(key).await {
+                self.stats.l2.hit();
+                return Ok((ids.into(), Tier::L2));
+            }
+            self.stats.l2.miss();
+        }
+        let ids = self.store.feed_at(query, at).await?;
+        if let (Some(l2), Some(key)) = (l2, &key) {
+            let _ = l2.set_feed(key, &ids).await;
+        }
+        Ok((ids.into(), Tier::L3))
+    }
+
+    /// Posts by id in the given order: L1 hits (when usable), then L2, the rest in one L3 query.
+    async fn get_many(
+        &self,
+        ids: &[PostId],
+        token: Option<&ConsistencyToken>,
+        l1_usable: bool,
+    ) -> Result<Vec<Arc<CachedPost>>, PostsError> {
+        let mut found: HashMap<PostId, Arc<CachedPost>> = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for &id in ids {
+            match self.l1.posts.get(&id).await.filter(|_| l1_usable) {
+                Some(entry) => {
+                    self.stats.l1.hit();
+                    found.insert(id, entry);
+                }
+                None => {
+                    self.stats.l1.miss();
+                    missing.push(id);
+                }
+            }
+        }
+        if let Some(l2) = self.l2_usable(token) {
+            let mut still = Vec::new();
+            for id in missing {
+                match l2.get(id).await {
+                    Ok(Some(entry)) => {
+                        self.stats.l2.hit();
+                        let entry = Arc::new(entry);
+                        self.l1.install(Arc::clone(&entry)).await;
+                        found.insert(id, entry);
+                    }
+                    _ => {
+                        self.stats.l2.miss();
+                        still.push(id);
+                    }
+                }
+            }
+            missing = still;
+        }
+        if !missing.is_empty() {
+            let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+            for stored in self.store.get_many_at(&missing, at).await? {
+                self.stats.l3.hit();
+                let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));
+                // Older than a version this pod knows? Then read that post on its own.
+                if entry.version < self.l1.floor(stored.id).await {
+                    let fresh = Box::pin(self.get(stored.id, token)).await?;
+                    found.insert(stored.id, fresh.entry);
+                } else {
+                    self.l1.install(Arc::clone(&entry)).await;
+                    found.insert(stored.id, entry);
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+}
