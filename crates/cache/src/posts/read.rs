@@ -47,7 +47,7 @@ impl Posts {
             let key: FlightKey = (id, token.map(|t| (t.position, t.lsn)));
             let shared = self
                 .inflight
-                .entry(key.clone())
+                .entry(key)
                 .or_try_insert_with(async { self.load(id, token).await })
                 .await?;
             if shared.is_fresh() {
