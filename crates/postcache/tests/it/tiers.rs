@@ -289,6 +289,16 @@ async fn staleness_without_tokens_is_measured_and_bounded_when_the_log_is_cut() 
     for i in 0..3 {
         pods.wait_metric(i, "postcache_degraded{component=\"redis\"}", 1.0)
             .await;
+        let stats: Value = pods
+            .http
+            .get(format!("{}/v1/cache/stats", pods.base(i)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["l1_trusted"], false, "pod {i} while cut off: {stats}");
     }
     redis.process().resume();
     let (version, _) = pods.update(1, &id, "after the cut").await;

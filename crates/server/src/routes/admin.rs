@@ -96,6 +96,11 @@ pub(crate) struct Stats {
     l3: TierStats,
     /// Posts with views not yet flushed.
     writeback_pending: usize,
+    /// The last event-log position this pod has applied to its L1.
+    applied_position: String,
+    /// Whether this pod answers reads without a token from its L1 (false while cut off from the
+    /// event log).
+    l1_trusted: bool,
 }
 
 /// Per-tier hits, misses and entries of this pod.
@@ -122,5 +127,7 @@ pub(crate) async fn stats(State(posts): State<Arc<Posts>>) -> Json<Stats> {
             entries: None,
         },
         writeback_pending: posts.pending_views(),
+        applied_position: posts.freshness().applied().to_string(),
+        l1_trusted: posts.freshness().trusts_l1(),
     })
 }
