@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use postcache_testkit::{Postgres, Redis};
 
-use crate::tiers::Pods;
+use crate::tiers::{Pods, Stack};
 
 /// `token` with its log position dropped: the form a write gets when Redis failed, which only L3
 /// (a replica that replayed the LSN, else the primary) may answer.
@@ -182,17 +182,7 @@ async fn an_exhausted_pool_answers_503_after_the_acquire_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_writes_commit_and_tokens_are_honoured_from_l3() {
-    let pg = Postgres::shared();
-    let database = pg.primary_url(&pg.create_database());
-    let redis = Redis::start();
-    let url = redis.url();
-    let pods = Pods::start(
-        2,
-        &[
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
-        ],
-    );
+    let Stack { pods, redis, .. } = Stack::start(2, &[]);
     let (id, _) = pods.create(0, "ann", "v1").await;
     for i in 0..2 {
         pods.read(i, &id, None).await;

@@ -87,6 +87,17 @@ impl Pods {
         (post["version"].as_i64().unwrap(), tier)
     }
 
+    /// `GET path` on pod `i`, as JSON.
+    pub(crate) async fn json(&self, i: usize, path: &str) -> Value {
+        let reply = self
+            .http
+            .get(format!("{}{path}", self.base(i)))
+            .send()
+            .await
+            .unwrap();
+        reply.json().await.unwrap()
+    }
+
     /// The value of `name{labels}` in pod `i`'s /metrics.
     pub(crate) async fn metric(&self, i: usize, series: &str) -> Option<f64> {
         let text = self
@@ -116,6 +127,35 @@ impl Pods {
                 self.log(i)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `n` pods on a fresh database of the shared PostgreSQL and a Redis of their own, with `env`.
+pub(crate) struct Stack {
+    pub(crate) pods: Pods,
+    pub(crate) pg: std::sync::Arc<Postgres>,
+    pub(crate) db: String,
+    pub(crate) redis: Redis,
+}
+
+impl Stack {
+    pub(crate) fn start(n: usize, env: &[(&str, &str)]) -> Stack {
+        let pg = Postgres::shared();
+        let db = pg.create_database();
+        let redis = Redis::start();
+        let (database, url) = (pg.primary_url(&db), redis.url());
+        let mut all = vec![
+            ("POSTCACHE_DATABASE_URL", database.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let pods = Pods::start(n, &all);
+        Stack {
+            pods,
+            pg,
+            db,
+            redis,
         }
     }
 }
@@ -225,20 +265,10 @@ async fn reads_with_a_token_see_the_write_on_every_pod_even_with_replay_paused()
 /// cut (Redis paused), no pod serves an older version for longer than the staleness bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn staleness_without_tokens_is_measured_and_bounded_when_the_log_is_cut() {
-    let pg = Postgres::shared();
-    let database = pg.primary_url(&pg.create_database());
-    let redis = Redis::start();
-    let url = redis.url();
     let bound = Duration::from_millis(500);
     let bound_ms = bound.as_millis().to_string();
-    let pods = Pods::start(
-        3,
-        &[
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
-            ("POSTCACHE_STALENESS_BOUND_MS", bound_ms.as_str()),
-        ],
-    );
+    let Stack { pods, redis, .. } =
+        Stack::start(3, &[("POSTCACHE_STALENESS_BOUND_MS", bound_ms.as_str())]);
     let (id, _) = pods.create(0, "ann", "v1").await;
     for i in 0..3 {
         pods.read(i, &id, None).await;
@@ -289,15 +319,7 @@ async fn staleness_without_tokens_is_measured_and_bounded_when_the_log_is_cut() 
     for i in 0..3 {
         pods.wait_metric(i, "postcache_degraded{component=\"redis\"}", 1.0)
             .await;
-        let stats: Value = pods
-            .http
-            .get(format!("{}/v1/cache/stats", pods.base(i)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = pods.json(i, "/v1/cache/stats").await;
         assert_eq!(stats["l1_trusted"], false, "pod {i} while cut off: {stats}");
     }
     redis.process().resume();
@@ -316,18 +338,12 @@ async fn staleness_without_tokens_is_measured_and_bounded_when_the_log_is_cut() 
 /// acknowledged write is in PostgreSQL and served by every pod afterwards; the outbox drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_acknowledged_write_is_lost_when_redis_dies_during_writes() {
-    let pg = Postgres::shared();
-    let db = pg.create_database();
-    let database = pg.primary_url(&db);
-    let redis = Redis::start();
-    let url = redis.url();
-    let pods = Pods::start(
-        3,
-        &[
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
-        ],
-    );
+    let Stack {
+        pods,
+        pg,
+        db,
+        redis,
+    } = Stack::start(3, &[]);
     let (id, _) = pods.create(0, "ann", "v0").await;
     let mut acked = Vec::new();
     for round in 0..150 {
@@ -381,22 +397,22 @@ async fn no_acknowledged_write_is_lost_when_redis_dies_during_writes() {
 /// write-through and exactly one when the post was evicted from every tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hot_key_loads_from_postgres_at_most_once_per_lease_window() {
-    let pg = Postgres::shared();
-    let db = pg.create_database();
-    let database = pg.primary_url(&db);
-    let redis = Redis::start();
-    let url = redis.url();
     // Generous Redis timeout and lease window: with every test of the suite sharing two cores, a
     // 250 ms reply deadline can pass, and the pods would (rightly) fall back to PostgreSQL.
-    let pods = std::sync::Arc::new(Pods::start(
+    let Stack {
+        pods,
+        pg,
+        db,
+        redis: _redis,
+        ..
+    } = Stack::start(
         3,
         &[
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
             ("POSTCACHE_REDIS_TIMEOUT_MS", "2000"),
             ("POSTCACHE_FILL_LEASE_MS", "2000"),
         ],
-    ));
+    );
+    let pods = std::sync::Arc::new(pods);
     let (id, _) = pods.create(0, "ann", "hot").await;
     pg.psql_primary(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .unwrap();
@@ -454,28 +470,15 @@ async fn a_hot_key_loads_from_postgres_at_most_once_per_lease_window() {
 /// admin invalidation on one pod reaches every pod's L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retags_and_admin_invalidations_reach_every_pod() {
-    let pg = Postgres::shared();
-    let database = pg.primary_url(&pg.create_database());
-    let redis = Redis::start();
-    let url = redis.url();
-    let pods = Pods::start(
-        2,
-        &[
-            ("POSTCACHE_DATABASE_URL", database.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
-        ],
-    );
+    let Stack {
+        pods,
+        redis: _redis,
+        ..
+    } = Stack::start(2, &[]);
     let feed = |i: usize, tag: &'static str| {
-        let (http, base) = (pods.http.clone(), pods.base(i).to_owned());
+        let pods = &pods;
         async move {
-            let page: Value = http
-                .get(format!("{base}/v1/posts?tag={tag}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = pods.json(i, &format!("/v1/posts?tag={tag}")).await;
             page["items"]
                 .as_array()
                 .unwrap()
