@@ -174,6 +174,18 @@ impl RedisLog {
         Ok((position, appended == 1))
     }
 
+    /// Whether the outbox row at `position` was appended already (by its writer).
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn appended(&self, position: i64) -> Result<bool, RedisCallError> {
+        self.conn
+            .clone()
+            .hexists(PUBLISHED_KEY, position)
+            .await
+            .map_err(failed("HEXISTS published"))
+    }
+
     /// Appends a heartbeat: call only after a relay round that left no outbox row unpublished.
     ///
     /// # Errors

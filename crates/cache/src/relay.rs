@@ -140,9 +140,17 @@ impl Posts {
         Ok(rows.len())
     }
 
-    /// One row its writer may not have finished: L2 and generations first (what the writer does
-    /// before appending), then the append; both are idempotent.
+    /// One row its writer may not have finished: nothing to do if it was appended (the writer
+    /// appends only after writing through), else L2 and generations first, then the append.
     async fn relay_row(&self, shared: &Shared, row: &OutboxEvent) -> Result<(), RelayError> {
+        if shared
+            .log
+            .appended(row.position)
+            .await
+            .map_err(RelayError::Redis)?
+        {
+            return Ok(());
+        }
         let Some(change) = row.change() else {
             tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind");
             return Ok(());

@@ -85,30 +85,36 @@ impl Posts {
         };
         if let Some(shared) = &self.shared {
             appended = Position::ZERO;
-            let written =
-                shared.l2.write(&entry).await.is_ok() && shared.l2.bump(&tags).await.is_ok();
-            let row = OutboxEvent {
-                position,
-                post_id: post.id,
-                author_id: post.author_id.clone(),
-                kind: kind_name(kind).to_owned(),
-                version: post.version,
-                payload: event_payload(&post),
-                created_at: post.updated_at,
-                previous_tags: Some(serde_json::to_string(&previous_tags).unwrap_or_default()),
+            // Appended implies written through: a pod that drops its L1 entry on the event and
+            // refills from L2 must find this version. Otherwise the relay does both, in order.
+            let written = match shared.l2.write(&entry).await {
+                Ok(()) => shared.l2.bump(&tags).await,
+                Err(e) => Err(e),
             };
-            match shared.log.publish(&row).await {
-                Ok((at, _)) => {
-                    self.to_mark
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(position);
-                    if written {
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "writing through to L2 failed; the outbox relay will, then append");
+            } else {
+                let row = OutboxEvent {
+                    position,
+                    post_id: post.id,
+                    author_id: post.author_id.clone(),
+                    kind: kind_name(kind).to_owned(),
+                    version: post.version,
+                    payload: event_payload(&post),
+                    created_at: post.updated_at,
+                    previous_tags: Some(serde_json::to_string(&previous_tags).unwrap_or_default()),
+                };
+                match shared.log.publish(&row).await {
+                    Ok((at, _)) => {
+                        self.to_mark
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(position);
                         appended = at;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "appending an event failed; the outbox relay will")
+                    Err(e) => {
+                        tracing::warn!(error = %e, "appending an event failed; the outbox relay will")
+                    }
                 }
             }
         }
