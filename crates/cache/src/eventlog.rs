@@ -227,6 +227,40 @@ impl EventLog {
         logged
     }
 
+    /// The log lost events it can never deliver (the shared log no longer reaches back to this
+    /// pod's position): every live subscriber gets a `resync` marker (and is closed), and a resume
+    /// from before now gets a `resync` too. Never a silent gap (G5).
+    pub fn interrupt(&self) {
+        let mut ring = self.lock();
+        ring.events.clear();
+        // Nothing up to the head can be resumed from: the lost events come after it.
+        ring.floor = Position {
+            epoch: ring.head.epoch,
+            seq: ring.head.seq.saturating_add(1),
+        };
+        let now = OffsetDateTime::now_utc();
+        let event = Event {
+            id: ring.head.to_string(),
+            kind: EventType::Resync,
+            post: None,
+            post_id: String::new(),
+            version: 0,
+            ts: format_timestamp(now),
+        };
+        let marker = Arc::new(LoggedEvent {
+            position: ring.head,
+            author_id: String::new(),
+            json: serde_json::to_string(&event).unwrap_or_default(),
+            event,
+            committed_at: now,
+        });
+        let _ = self.live.send(Arc::clone(&marker));
+        let narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
+        for channel in narrow.values() {
+            let _ = channel.send(Arc::clone(&marker));
+        }
+    }
+
     /// Drops the channel of `topic` if `receiver` is its last subscriber (call when a narrow
     /// subscription ends, handing over its receiver), so that abandoned topics hold no buffers.
     pub fn release(&self, topic: &Topic, receiver: broadcast::Receiver<Arc<LoggedEvent>>) {
@@ -364,6 +398,20 @@ mod tests {
             Backlog::Events(events) => assert!(events.is_empty()),
             Backlog::Gone { .. } => panic!("resuming at the head is fine"),
         }
+    }
+
+    #[test]
+    fn an_interruption_tells_live_subscribers_and_later_resumes_to_resync() {
+        let log = EventLog::new(10, 16);
+        let before = append(&log, 1).position;
+        let (mut live, _) = log.subscribe(None, None);
+        log.interrupt();
+        let marker = live.try_recv().unwrap();
+        assert_eq!(marker.event.kind, EventType::Resync);
+        assert!(matches!(
+            log.subscribe(Some(before), None).1,
+            Backlog::Gone { .. }
+        ));
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl Posts {
                         tracing::warn!(%last, "the event log no longer reaches back to this pod's position; flushing L1");
                         self.l1.posts.invalidate_all();
                         self.l1.feeds.invalidate_all();
+                        self.log.interrupt();
                         last = Position::ZERO;
                         cut = false;
                     }

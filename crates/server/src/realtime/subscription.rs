@@ -110,6 +110,11 @@ impl Subscription {
                     Err(RecvError::Closed) => return None,
                 },
             };
+            if event.event.kind == EventType::Resync {
+                // The log lost events (see `EventLog::interrupt`): this stream cannot go on whole.
+                self.closed = true;
+                return Some(resync(event.position, true));
+            }
             if self.wants(&event) {
                 return Some(Outgoing::Event(event));
             }
