@@ -1,15 +1,44 @@
-//! The PostCache operator. So far: the `PostCache` custom resource itself, defined by Rust types
-//! whose doc comments, defaults and CEL rules become the CRD's schema (`postcache crd` prints it;
-//! `crds/postcache.yaml` is that output). Reconciliation arrives with the operator work.
+//! The PostCache operator: the `PostCache` custom resource and its reconciliation.
+//!
+//! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
+//!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output).
+//! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
+//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`]), assembled by
+//!   [`desired`]; the Redis shard change as a recorded step machine ([`shards`]); the status
+//!   ([`status`]).
+//! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
+//!   ([`controller`]), leader election by Lease ([`leader`]), metrics ([`metrics`]), and
+//!   [`run`] behind `postcache operator` ([`OperatorArgs`]).
 
+pub mod apply;
+pub mod child;
+pub mod config;
+pub mod controller;
 mod crd;
+pub mod desired;
+pub mod error;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod monitoring;
+pub mod network;
+pub mod pod;
+pub mod postgres;
+pub mod redis;
+pub mod scripts_config;
+pub mod service;
+pub mod shards;
+pub mod status;
 
+pub use config::{LogFormat, OperatorArgs};
+pub use controller::run;
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
     MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus, PostgresMode, PostgresSpec,
     PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus, SecretKeyRef, ServiceSpec,
-    ServiceStatus, StorageSpec,
+    ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
+pub use error::Error;
 
 /// The CustomResourceDefinition as YAML, exactly what `postcache crd` prints.
 pub fn crd_yaml() -> String {

@@ -1,0 +1,557 @@
+//! The controller: watches PostCaches (and the StatefulSets, Deployments and Jobs they own),
+//! and for each one applies the desired children, advances the Redis shard step, prunes what is
+//! no longer wanted, and writes the status when it changed. Also [`run`]: `postcache operator`
+//! (metrics server, leader election, graceful shutdown).
+//!
+//! ```text
+//! PostCache ─▶ reconcile: observe ─▶ shards::plan ─▶ desired ─▶ apply / prune ─▶ status
+//!                  ▲                                                       │
+//!   owned StatefulSet / Deployment / Job changes ◀──── kube-controller-manager
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ApiResource, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::apply::{self, Outcome};
+use crate::child::Child;
+use crate::desired::{Generated, Images, Inputs, desired};
+use crate::error::Error;
+use crate::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, children_selector};
+use crate::monitoring::{self, MonitoringApis};
+use crate::postgres::Passwords;
+use crate::shards::{self, JobState, ShardPlan};
+use crate::status::{self, Counts, Observed};
+use crate::{
+    OperatorArgs, PostCache, PostCacheStatus, RedisMode, leader, metrics, postgres, redis, service,
+};
+
+/// The data-plane scripts as `(file name, contents)`.
+pub type Scripts = &'static [(&'static str, &'static str)];
+
+/// Everything a reconcile needs besides the object.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Default images.
+    pub images: Images,
+    /// The scripts ConfigMap's contents.
+    pub scripts: Scripts,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context publishing Events as `identity`.
+    pub fn new(client: Client, images: Images, scripts: Scripts, identity: &str) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(identity.to_owned()),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            images,
+            scripts,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn publish(&self, pc: &PostCache, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &pc.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+}
+
+/// Runs the controller over PostCaches in `namespace` (all when `None`) until the stream ends.
+pub async fn run_controller(ctx: Arc<Context>, namespace: Option<&str>) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let (pcs, sts, deploys, jobs) = match namespace {
+        Some(ns) => (
+            Api::<PostCache>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Job>::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    Controller::new(pcs, watcher::Config::default())
+        .owns(sts, owned.clone())
+        .owns(deploys, owned.clone())
+        .owns(jobs, owned)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(pc: Arc<PostCache>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = status::object_key(&pc);
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    ::metrics::counter!(metrics::RECONCILIATIONS, "result" => error.category()).increment(1);
+    tracing::warn!(postcache = %key, category = error.category(), error = %error, "reconcile failed");
+    let note = error.to_string();
+    let reason = error.category();
+    tokio::spawn(async move {
+        ctx.publish(&pc, EventType::Warning, reason, note).await;
+    });
+    let backoff = Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300));
+    Action::requeue(backoff)
+}
+
+async fn reconcile(pc: Arc<PostCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&pc, &ctx).await;
+    ::metrics::histogram!(metrics::RECONCILE_DURATION).record(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ::metrics::counter!(metrics::RECONCILIATIONS, "result" => "ok").increment(1);
+        let mut map = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&status::object_key(&pc));
+    }
+    result
+}
+
+async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = pc.namespace().ok_or(Error::Malformed("namespace"))?;
+    let uid = pc.uid().ok_or(Error::Malformed("uid"))?;
+    let old = pc.status.clone().unwrap_or_default();
+    let apis = discover_monitoring(client).await?;
+
+    let plan = plan_shards(pc, ctx, &ns, &old).await?;
+    let generated = generate()?;
+    let inputs = Inputs {
+        images: &ctx.images,
+        redis_node_shards: plan
+            .as_ref()
+            .map_or(pc.spec.redis.shards, |p| p.node_shards),
+        redis_job: plan.as_ref().and_then(|p| p.job),
+        monitoring: apis,
+        generated: &generated,
+        scripts: ctx.scripts,
+    };
+    let children = desired(pc, &inputs);
+    let mut written = Vec::new();
+    for child in &children {
+        match apply::apply(client, &ns, child).await? {
+            Outcome::Created => written.push(format!("created {}", child.id())),
+            Outcome::Updated => written.push(format!("updated {}", child.id())),
+            Outcome::Unchanged => {}
+        }
+    }
+    if let Some(job) = plan.as_ref().and_then(|p| p.finished_job) {
+        let resource = ApiResource::erase::<Job>(&());
+        apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
+    }
+    for deleted in prune(client, &ns, pc, &uid, &children, apis).await? {
+        written.push(format!("deleted {deleted}"));
+    }
+    for line in &written {
+        let (outcome, kind) = line.split_once(' ').unwrap_or((line, ""));
+        let kind = kind.split('/').next().unwrap_or_default().to_owned();
+        ::metrics::counter!(metrics::CHILD_WRITES, "kind" => kind, "outcome" => outcome.to_owned())
+            .increment(1);
+    }
+    if !written.is_empty() {
+        ctx.publish(pc, EventType::Normal, "Applied", written.join(", "))
+            .await;
+    }
+
+    let observed = observe(pc, client, &ns, plan, apis).await?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new = status::compute(pc, &observed, &old, now);
+    if new != old {
+        publish_transitions(pc, ctx, &old, &new).await;
+        write_status(client, pc, &ns, &new).await?;
+    }
+    let busy = new.phase != Some(crate::Phase::Ready);
+    Ok(Action::requeue(if busy {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(300)
+    }))
+}
+
+/// Values for Secrets that may need generating (used only when the Secret is absent).
+fn generate() -> Result<Generated, Error> {
+    Ok(Generated {
+        redis_password: random_token()?,
+        postgres: Passwords {
+            user: random_token()?,
+            replication: random_token()?,
+        },
+        api_token: random_token()?,
+    })
+}
+
+/// 32 random bytes as 64 hex characters (URL-safe, so it can sit in a connection URL).
+fn random_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn discover_monitoring(client: &Client) -> Result<MonitoringApis, Error> {
+    let version = format!("{}/{}", monitoring::GROUP, monitoring::VERSION);
+    match client.list_api_group_resources(&version).await {
+        Ok(list) => {
+            let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
+            Ok(MonitoringApis {
+                service_monitor: has("servicemonitors"),
+                prometheus_rule: has("prometheusrules"),
+            })
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(MonitoringApis::default()),
+        Err(e) => Err(Error::Discovery(e)),
+    }
+}
+
+async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("{}/{name}", K::kind(&())),
+            source,
+        })
+}
+
+fn sts_counts(sts: Option<&StatefulSet>) -> Counts {
+    let desired = sts
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let status = sts.and_then(|s| s.status.as_ref());
+    Counts {
+        desired,
+        current: status.map_or(0, |s| s.replicas),
+        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+    }
+}
+
+fn deployment_counts(d: Option<&Deployment>) -> Counts {
+    let desired = d
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let status = d.and_then(|d| d.status.as_ref());
+    Counts {
+        desired,
+        current: status.and_then(|s| s.replicas).unwrap_or(0),
+        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+    }
+}
+
+fn job_state(job: Option<&Job>) -> JobState {
+    let Some(job) = job else {
+        return JobState::Absent;
+    };
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let has = |t: &str| {
+        conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+    };
+    if has("Complete") {
+        JobState::Complete
+    } else if has("Failed") {
+        JobState::Failed
+    } else {
+        JobState::Running
+    }
+}
+
+/// The shard step of a Cluster-mode PostCache, from its recorded status and what is observed.
+async fn plan_shards(
+    pc: &PostCache,
+    ctx: &Context,
+    ns: &str,
+    old: &PostCacheStatus,
+) -> Result<Option<ShardPlan>, Error> {
+    if pc.spec.redis.mode != RedisMode::Cluster {
+        return Ok(None);
+    }
+    let recorded = old.redis.clone().unwrap_or_default();
+    let sts = get_opt::<StatefulSet>(&ctx.client, ns, &redis::name(pc)).await?;
+    let counts = sts_counts(sts.as_ref());
+    let job = match &recorded.shard_change {
+        Some(change) => {
+            let name = redis::job_name(pc, &shards::job_of(change));
+            job_state(get_opt::<Job>(&ctx.client, ns, &name).await?.as_ref())
+        }
+        None => JobState::Absent,
+    };
+    let observed = shards::Observed {
+        ready_nodes: counts.ready,
+        nodes: counts.current,
+        job,
+    };
+    let per_shard = redis::nodes_per_shard(&pc.spec.redis);
+    let plan = shards::plan(
+        pc.spec.redis.shards,
+        recorded.shards,
+        recorded.shard_change.as_ref(),
+        per_shard,
+        observed,
+    );
+    Ok(Some(plan))
+}
+
+async fn observe(
+    pc: &PostCache,
+    client: &Client,
+    ns: &str,
+    shards: Option<ShardPlan>,
+    apis: MonitoringApis,
+) -> Result<Observed, Error> {
+    let redis_counts = if pc.spec.redis.mode == RedisMode::External {
+        None
+    } else {
+        let sts = get_opt::<StatefulSet>(client, ns, &redis::name(pc)).await?;
+        Some(sts_counts(sts.as_ref()))
+    };
+    let postgres_counts = if pc.spec.postgres.mode == crate::PostgresMode::External {
+        None
+    } else {
+        let primary = get_opt::<StatefulSet>(client, ns, &postgres::primary_name(pc)).await?;
+        let replicas = get_opt::<StatefulSet>(client, ns, &postgres::replica_name(pc)).await?;
+        Some((sts_counts(primary.as_ref()), sts_counts(replicas.as_ref())))
+    };
+    let deployment = get_opt::<Deployment>(client, ns, &service::name(pc)).await?;
+    let m = &pc.spec.monitoring;
+    let mut missing = Vec::new();
+    if m.service_monitor && !apis.service_monitor {
+        missing.push("servicemonitors.monitoring.coreos.com");
+    }
+    if m.prometheus_rule && !apis.prometheus_rule {
+        missing.push("prometheusrules.monitoring.coreos.com");
+    }
+    Ok(Observed {
+        redis: redis_counts,
+        shards,
+        postgres: postgres_counts,
+        service: deployment_counts(deployment.as_ref()),
+        monitoring_missing: missing,
+    })
+}
+
+/// Deletes children of the kinds the operator makes that are no longer desired. Secrets (generated
+/// credentials) and Jobs (see the shard plan) are left alone.
+async fn prune(
+    client: &Client,
+    ns: &str,
+    pc: &PostCache,
+    uid: &str,
+    children: &[Child],
+    apis: MonitoringApis,
+) -> Result<Vec<String>, Error> {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let mut kinds = vec![
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+    ];
+    let gvk =
+        |kind| kube::core::GroupVersionKind::gvk(monitoring::GROUP, monitoring::VERSION, kind);
+    if apis.service_monitor {
+        kinds.push(ApiResource::from_gvk_with_plural(
+            &gvk("ServiceMonitor"),
+            "servicemonitors",
+        ));
+    }
+    if apis.prometheus_rule {
+        kinds.push(ApiResource::from_gvk_with_plural(
+            &gvk("PrometheusRule"),
+            "prometheusrules",
+        ));
+    }
+    let mut keep: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for child in children {
+        keep.entry(child.resource.kind.as_str())
+            .or_default()
+            .insert(child.object.name_any());
+    }
+    let selector = children_selector(pc);
+    let empty = BTreeSet::new();
+    let mut deleted = Vec::new();
+    for kind in &kinds {
+        let keep = keep.get(kind.kind.as_str()).unwrap_or(&empty);
+        deleted.extend(apply::prune(client, ns, kind, &selector, uid, keep).await?);
+    }
+    Ok(deleted)
+}
+
+async fn publish_transitions(
+    pc: &PostCache,
+    ctx: &Context,
+    old: &PostCacheStatus,
+    new: &PostCacheStatus,
+) {
+    if old.phase != new.phase
+        && let Some(phase) = new.phase
+    {
+        let type_ = if matches!(phase, crate::Phase::Degraded | crate::Phase::Failed) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let detail = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ctx.publish(pc, type_, &format!("{phase:?}"), detail).await;
+    }
+    let step = |s: &PostCacheStatus| s.redis.as_ref().and_then(|r| r.shard_change.clone());
+    if step(old) != step(new) {
+        let note = match step(new) {
+            Some(c) => format!("Redis shards {} → {}: {:?}", c.from, c.to, c.step),
+            None => format!(
+                "Redis shards settled at {}",
+                new.redis
+                    .as_ref()
+                    .and_then(|r| r.shards)
+                    .unwrap_or_default()
+            ),
+        };
+        ctx.publish(pc, EventType::Normal, "ShardStep", note).await;
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    pc: &PostCache,
+    ns: &str,
+    status: &PostCacheStatus,
+) -> Result<(), Error> {
+    let api: Api<PostCache> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": PostCache::api_version(&()),
+        "kind": PostCache::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &pc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+/// `postcache operator`: serves metrics, waits for the Lease (when leader election is on), runs
+/// the controller while it holds it, and on `shutdown` stops and releases the Lease.
+///
+/// # Errors
+/// When no client can be configured or the metrics address cannot be bound.
+pub async fn run(
+    args: OperatorArgs,
+    scripts: Scripts,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = Client::try_default().await?;
+    let handle = metrics::install()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut metrics_stop = stop_rx.clone();
+    let listener = metrics::serve(args.metrics_addr, handle, async move {
+        let _ = metrics_stop.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(listener);
+    let identity = args.identity();
+    let ctx = Context::new(client.clone(), args.images(), scripts, &identity);
+    let lock = leader::LeaseLock::new(
+        client,
+        &args.lease_namespace(),
+        &args.lease_name,
+        &identity,
+        args.lease_duration(),
+    );
+    let watch_namespace = args.watch_namespace().map(str::to_owned);
+    tokio::pin!(shutdown);
+    loop {
+        if args.leader_election {
+            tracing::info!(identity = %identity, "waiting for the lease");
+            tokio::select! {
+                () = lock.acquire() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!(identity = %identity, "leading: reconciling");
+        ::metrics::gauge!(metrics::LEADER).set(1.0);
+        let lost = async {
+            if args.leader_election {
+                lock.hold().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = run_controller(ctx.clone(), watch_namespace.as_deref()) => {}
+            () = lost => {
+                ::metrics::gauge!(metrics::LEADER).set(0.0);
+                tracing::warn!("lost the lease: reconciling stopped");
+                continue;
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    ::metrics::gauge!(metrics::LEADER).set(0.0);
+    if args.leader_election
+        && let Err(e) = lock.release().await
+    {
+        tracing::warn!(error = %e, "releasing the lease failed");
+    }
+    let _ = stop_tx.send(true);
+    server.await??;
+    tracing::info!("operator stopped");
+    Ok(())
+}
