@@ -3,6 +3,7 @@
 //! `crds/postcache.yaml` is that output). Reconciliation arrives with the operator work.
 
 mod crd;
+pub mod scripts;
 
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
