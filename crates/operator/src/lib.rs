@@ -3,7 +3,7 @@
 //! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
 //!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
-//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`]), assembled by
+//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding [`scripts`]), assembled by
 //!   [`desired`]; the Redis shard change as a recorded step machine ([`shards`]); the status
 //!   ([`status`]).
 //! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
@@ -25,6 +25,7 @@ pub mod network;
 pub mod pod;
 pub mod postgres;
 pub mod redis;
+pub mod scripts;
 pub mod scripts_config;
 pub mod service;
 pub mod shards;
@@ -39,6 +40,16 @@ pub use crd::{
     ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
 pub use error::Error;
+
+/// The data-plane scripts as the scripts ConfigMap holds them: `(file name, contents)`.
+pub const SCRIPTS: controller::Scripts = &[
+    (redis::CLUSTER_SCRIPT, scripts::REDIS_CLUSTER),
+    (
+        postgres::PRIMARY_INIT_SCRIPT,
+        scripts::POSTGRES_PRIMARY_INIT,
+    ),
+    (postgres::SEED_SCRIPT, scripts::POSTGRES_REPLICA_SEED),
+];
 
 /// The CustomResourceDefinition as YAML, exactly what `postcache crd` prints.
 pub fn crd_yaml() -> String {

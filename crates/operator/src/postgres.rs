@@ -315,7 +315,7 @@ fn replicas(pc: &PostCache, image: &str) -> StatefulSet {
     let seed = Container {
         name: "seed".into(),
         image: Some(image.to_owned()),
-        command: Some(vec!["sh".into(), format!("{SCRIPTS_DIR}/{SEED_SCRIPT}")]),
+        command: Some(vec!["bash".into(), format!("{SCRIPTS_DIR}/{SEED_SCRIPT}")]),
         env: Some(seed_env(pc)),
         volume_mounts: Some(vec![
             VolumeMount {

@@ -357,7 +357,7 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
         name: job.action.as_str().to_owned(),
         image: Some(image.to_owned()),
         command: Some(vec![
-            "sh".into(),
+            "bash".into(),
             format!("{SCRIPTS_DIR}/{CLUSTER_SCRIPT}"),
             job.action.as_str().into(),
         ]),
