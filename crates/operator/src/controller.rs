@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,7 @@ pub struct Context {
     pub scripts: Scripts,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    reconciles: AtomicU64,
 }
 
 impl Context {
@@ -65,7 +67,13 @@ impl Context {
             images,
             scripts,
             failures: Mutex::new(HashMap::new()),
+            reconciles: AtomicU64::new(0),
         })
+    }
+
+    /// Reconciles completed successfully so far (tests wait on it to know one has run).
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.load(Ordering::SeqCst)
     }
 
     async fn publish(&self, pc: &PostCache, type_: EventType, reason: &str, note: String) {
@@ -137,6 +145,7 @@ async fn reconcile(pc: Arc<PostCache>, ctx: Arc<Context>) -> Result<Action, Erro
     let result = reconcile_inner(&pc, &ctx).await;
     ::metrics::histogram!(metrics::RECONCILE_DURATION).record(started.elapsed().as_secs_f64());
     if result.is_ok() {
+        ctx.reconciles.fetch_add(1, Ordering::SeqCst);
         ::metrics::counter!(metrics::RECONCILIATIONS, "result" => "ok").increment(1);
         let mut map = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&status::object_key(&pc));
