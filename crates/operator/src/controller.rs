@@ -76,12 +76,21 @@ impl Context {
         self.reconciles.load(Ordering::SeqCst)
     }
 
-    async fn publish(&self, pc: &PostCache, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event about `pc`. The recorder folds Events with equal type, reason and
+    /// `action` into one series (keeping the first note), so `action` names the specific change.
+    async fn publish(
+        &self,
+        pc: &PostCache,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".to_owned(),
+            action: action.chars().take(128).collect(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &pc.object_ref(&())).await {
@@ -134,7 +143,8 @@ fn error_policy(pc: Arc<PostCache>, error: &Error, ctx: Arc<Context>) -> Action 
     let note = error.to_string();
     let reason = error.category();
     tokio::spawn(async move {
-        ctx.publish(&pc, EventType::Warning, reason, note).await;
+        ctx.publish(&pc, EventType::Warning, reason, "Reconcile", note)
+            .await;
     });
     let backoff = Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300));
     Action::requeue(backoff)
@@ -195,8 +205,18 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
             .increment(1);
     }
     if !written.is_empty() {
-        ctx.publish(pc, EventType::Normal, "Applied", written.join(", "))
-            .await;
+        let action = format!(
+            "ApplyGeneration{}",
+            pc.metadata.generation.unwrap_or_default()
+        );
+        ctx.publish(
+            pc,
+            EventType::Normal,
+            "Applied",
+            &action,
+            written.join(", "),
+        )
+        .await;
     }
 
     let observed = observe(pc, client, &ns, plan, apis).await?;
@@ -366,6 +386,12 @@ async fn observe(
         Some((sts_counts(primary.as_ref()), sts_counts(replicas.as_ref())))
     };
     let deployment = get_opt::<Deployment>(client, ns, &service::name(pc)).await?;
+    let mut service_counts = deployment_counts(deployment.as_ref());
+    let autoscaling = &pc.spec.service.autoscaling;
+    if autoscaling.enabled {
+        // The HPA raises a fresh Deployment to its minimum; not ready before that.
+        service_counts.desired = service_counts.desired.max(autoscaling.min_replicas.max(1));
+    }
     let m = &pc.spec.monitoring;
     let mut missing = Vec::new();
     if m.service_monitor && !apis.service_monitor {
@@ -378,7 +404,7 @@ async fn observe(
         redis: redis_counts,
         shards,
         postgres: postgres_counts,
-        service: deployment_counts(deployment.as_ref()),
+        service: service_counts,
         monitoring_missing: missing,
     })
 }
@@ -457,21 +483,28 @@ async fn publish_transitions(
             .find(|c| c.type_ == status::READY)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        ctx.publish(pc, type_, &format!("{phase:?}"), detail).await;
+        ctx.publish(pc, type_, &format!("{phase:?}"), "Phase", detail)
+            .await;
     }
     let step = |s: &PostCacheStatus| s.redis.as_ref().and_then(|r| r.shard_change.clone());
     if step(old) != step(new) {
-        let note = match step(new) {
-            Some(c) => format!("Redis shards {} → {}: {:?}", c.from, c.to, c.step),
-            None => format!(
-                "Redis shards settled at {}",
-                new.redis
-                    .as_ref()
-                    .and_then(|r| r.shards)
-                    .unwrap_or_default()
+        let settled = new
+            .redis
+            .as_ref()
+            .and_then(|r| r.shards)
+            .unwrap_or_default();
+        let (action, note) = match step(new) {
+            Some(c) => (
+                format!("{:?}{}To{}", c.step, c.from, c.to),
+                format!("Redis shards {} → {}: {:?}", c.from, c.to, c.step),
+            ),
+            None => (
+                format!("Settled{settled}"),
+                format!("Redis shards settled at {settled}"),
             ),
         };
-        ctx.publish(pc, EventType::Normal, "ShardStep", note).await;
+        ctx.publish(pc, EventType::Normal, "ShardStep", &action, note)
+            .await;
     }
 }
 
