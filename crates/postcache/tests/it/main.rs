@@ -8,6 +8,7 @@ mod bench;
 mod browser;
 mod footprint;
 mod monitoring;
+mod operator;
 mod pods;
 mod serve;
 mod telemetry;
