@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(missing_docs)] // a test binary, not an API
 
+mod least_privilege;
 mod reconcile;
 
 use std::path::{Path, PathBuf};

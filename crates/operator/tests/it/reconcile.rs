@@ -29,13 +29,13 @@ use tokio::task::JoinHandle;
 use crate::plane_with_crd;
 
 /// The controller of one test's namespace; aborted when dropped.
-struct Operator {
+pub(crate) struct Operator {
     ctx: Arc<Context>,
     task: JoinHandle<()>,
 }
 
 impl Operator {
-    fn start(client: kube::Client, ns: &str) -> Operator {
+    pub(crate) fn start(client: kube::Client, ns: &str) -> Operator {
         let images = Images {
             service: "ghcr.io/postcache/postcache:0.1.0".into(),
             redis: "redis:7.2".into(),
@@ -58,7 +58,7 @@ impl Drop for Operator {
 }
 
 /// Polls `check` until it returns `Ok`, or panics after `timeout` with the last error.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -109,7 +109,12 @@ async fn children(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<Strin
     out
 }
 
-async fn create(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) -> PostCache {
+pub(crate) async fn create(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> PostCache {
     let api: Api<PostCache> = Api::namespaced(client.clone(), ns);
     let pc: PostCache = serde_json::from_value(json!({
         "apiVersion": "postcache.io/v1alpha1", "kind": "PostCache",
@@ -119,7 +124,7 @@ async fn create(client: &kube::Client, ns: &str, name: &str, spec: serde_json::V
     api.create(&PostParams::default(), &pc).await.unwrap()
 }
 
-async fn kubectl(plane: &Arc<ControlPlane>, args: &[&str]) -> Result<String, String> {
+pub(crate) async fn kubectl(plane: &Arc<ControlPlane>, args: &[&str]) -> Result<String, String> {
     let plane = plane.clone();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
