@@ -476,3 +476,72 @@ async fn spec_changes_reach_the_children_and_the_shard_change_goes_through_its_s
     let all = children(&client, &ns, "feed").await;
     assert_eq!(replicas(&all["StatefulSet/feed-redis"]), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_tiers_get_no_children_and_the_service_reads_their_secrets() {
+    let plane = plane_with_crd();
+    let ns = plane.create_namespace();
+    let client = plane.client().await;
+    let _operator = Operator::start(client.clone(), &ns);
+    create(
+        &client,
+        &ns,
+        "ext",
+        json!({
+            "redis": {"mode": "External", "external": {"urlSecretRef": {"name": "r", "key": "url"}}},
+            "postgres": {"mode": "External", "external": {
+                "primaryUrlSecretRef": {"name": "p", "key": "url"},
+                "replicaUrlsSecretRef": {"name": "p", "key": "replicas"}}},
+            "service": {"replicas": 1, "autoscaling": {"enabled": false}},
+        }),
+    )
+    .await;
+    kubectl(
+        &plane,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pcache/ext",
+            "-n",
+            &ns,
+            "--timeout=120s",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    let all = children(&client, &ns, "ext").await;
+    let stray: Vec<_> = all
+        .keys()
+        .filter(|k| k.contains("redis") || k.contains("postgres") || k.contains("scripts"))
+        .collect();
+    assert!(stray.is_empty(), "External tiers got children: {stray:?}");
+    let env = &all["Deployment/ext-cache"].data["spec"]["template"]["spec"]["containers"][0]["env"];
+    let by_name = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {env}"))
+            .clone()
+    };
+    assert_eq!(
+        by_name("POSTCACHE_REDIS_URL")["valueFrom"]["secretKeyRef"],
+        json!({"name": "r", "key": "url"})
+    );
+    assert_eq!(
+        by_name("POSTCACHE_DATABASE_URL")["valueFrom"]["secretKeyRef"],
+        json!({"name": "p", "key": "url"})
+    );
+    assert_eq!(
+        by_name("POSTCACHE_REPLICA_URLS")["valueFrom"]["secretKeyRef"],
+        json!({"name": "p", "key": "replicas"})
+    );
+    let st = status(&client, &ns, "ext").await;
+    let redis = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "RedisReady")
+        .unwrap();
+    assert_eq!(redis["reason"], "External");
+}
