@@ -130,6 +130,29 @@ pub async fn run_controller(ctx: Arc<Context>, namespace: Option<&str>) {
         .await;
 }
 
+/// Consecutive failed reconciles after which the phase says `Failed`.
+const FAILED_AFTER: u32 = 3;
+
+/// Sets `status.phase: Failed` (a merge patch of that one field; the next successful reconcile
+/// applies the whole status again).
+async fn mark_failed(client: &Client, pc: &PostCache) {
+    let Some(ns) = pc.namespace() else {
+        return;
+    };
+    let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"status": {"phase": crate::Phase::Failed}});
+    let params = PatchParams {
+        field_manager: Some(format!("{FIELD_MANAGER}-failures")),
+        ..PatchParams::default()
+    };
+    if let Err(e) = api
+        .patch_status(&pc.name_any(), &params, &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(error = %e, "marking the PostCache Failed");
+    }
+}
+
 fn error_policy(pc: Arc<PostCache>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = status::object_key(&pc);
     let failures = {
@@ -145,6 +168,9 @@ fn error_policy(pc: Arc<PostCache>, error: &Error, ctx: Arc<Context>) -> Action 
     tokio::spawn(async move {
         ctx.publish(&pc, EventType::Warning, reason, "Reconcile", note)
             .await;
+        if failures >= FAILED_AFTER {
+            mark_failed(&ctx.client, &pc).await;
+        }
     });
     let backoff = Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300));
     Action::requeue(backoff)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Reconciles by `result`: `ok` or the error's category.
 pub const RECONCILIATIONS: &str = "postcache_operator_reconciliations_total";
@@ -41,7 +41,12 @@ pub fn describe() {
 /// # Errors
 /// When a recorder is already installed.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(RECONCILE_DURATION.to_owned()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        )?
+        .install_recorder()?;
     describe();
     metrics::gauge!(LEADER).set(0.0);
     let upkeep = handle.clone();

@@ -545,3 +545,69 @@ async fn external_tiers_get_no_children_and_the_service_reads_their_secrets() {
         .unwrap();
     assert_eq!(redis["reason"], "External");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_apiserver_refuses_is_reported_failed_and_recovers_when_reverted() {
+    let plane = plane_with_crd();
+    let ns = plane.create_namespace();
+    let client = plane.client().await;
+    let _operator = Operator::start(client.clone(), &ns);
+    create(
+        &client,
+        &ns,
+        "feed",
+        json!({"redis": {"mode": "Standalone", "replicasPerShard": 0}, "postgres": {"instances": 1},
+               "service": {"replicas": 1, "autoscaling": {"enabled": false}}}),
+    )
+    .await;
+    kubectl(
+        &plane,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pcache/feed",
+            "-n",
+            &ns,
+            "--timeout=120s",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+
+    // A StatefulSet's volume claim templates are immutable: the apply is refused every time.
+    let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
+    let grow = json!({"spec": {"redis": {"storage": {"size": "2Gi"}}}});
+    api.patch("feed", &PatchParams::default(), &Patch::Merge(&grow))
+        .await
+        .unwrap();
+    eventually("phase Failed", Duration::from_secs(90), || async {
+        let st = status(&client, &ns, "feed").await;
+        if st["phase"] == "Failed" {
+            Ok(())
+        } else {
+            Err(st["phase"].to_string())
+        }
+    })
+    .await;
+    let warnings: Vec<_> = events(&client, &ns)
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(warnings.iter().any(|r| r == "ApplyFailed"), "{warnings:?}");
+
+    let back = json!({"spec": {"redis": {"storage": {"size": "1Gi"}}}});
+    api.patch("feed", &PatchParams::default(), &Patch::Merge(&back))
+        .await
+        .unwrap();
+    eventually("Ready again", Duration::from_secs(90), || async {
+        let st = status(&client, &ns, "feed").await;
+        if st["phase"] == "Ready" && st["observedGeneration"] == 3 {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    })
+    .await;
+}
