@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(missing_docs)] // a test binary, not an API
 
+mod data_plane;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
