@@ -161,43 +161,93 @@ fn helm_template_matches_the_snapshots() {
     assert!(default.contains(&format!("image: {}\n", crate::image::REFERENCE)));
 }
 
-/// Whether the ServiceAccount `sa` (`namespace/name`) may do what `args` say, in `kubectl auth
-/// can-i` terms: verb, `plural[.group]`, then `-n <namespace>` and `--subresource=<name>` (no
-/// namespace: cluster-wide). Asked as kubectl asks, with a SubjectAccessReview, but posted
-/// directly: kubectl resolves resources through discovery, and guesses wrong for kinds whose CRDs
-/// this control plane lacks (ServiceMonitor, PrometheusRule).
-fn can_i(plane: &ControlPlane, sa: &str, args: &[&str]) -> bool {
-    let (sa_ns, sa_name) = sa.split_once('/').unwrap();
-    let (verb, resource) = (args[0], args[1]);
-    let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
-    let mut namespace = "";
-    let mut subresource = "";
-    let mut rest = args[2..].iter();
-    while let Some(arg) = rest.next() {
-        match *arg {
-            "-n" => namespace = rest.next().unwrap(),
-            other => subresource = other.strip_prefix("--subresource=").unwrap(),
+/// Access checks for one ServiceAccount (`namespace/name`), asked together in one kubectl call.
+///
+/// Each check is written as for `kubectl auth can-i`: verb, `plural[.group]`, then `-n <namespace>`
+/// and `--subresource=<name>` (no namespace: cluster-wide). They are asked as kubectl asks, with
+/// SubjectAccessReviews, but posted directly: kubectl resolves resources through discovery and
+/// guesses wrong for kinds whose CRDs this control plane lacks (ServiceMonitor, PrometheusRule).
+struct AccessChecks<'a> {
+    sa: &'a str,
+    checks: Vec<(String, serde_json::Value, bool)>,
+}
+
+impl<'a> AccessChecks<'a> {
+    fn new(sa: &'a str) -> Self {
+        AccessChecks {
+            sa,
+            checks: Vec::new(),
         }
     }
-    let review = serde_json::json!({
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": format!("system:serviceaccount:{sa_ns}:{sa_name}"),
-            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
-            "resourceAttributes": {
-                "namespace": namespace, "verb": verb, "group": group,
-                "resource": resource, "subresource": subresource,
+
+    fn allow(&mut self, args: &[&str]) {
+        self.add(args, true);
+    }
+
+    fn deny(&mut self, args: &[&str]) {
+        self.add(args, false);
+    }
+
+    fn add(&mut self, args: &[&str], expected: bool) {
+        let (sa_ns, sa_name) = self.sa.split_once('/').unwrap();
+        let (resource, group) = args[1].split_once('.').unwrap_or((args[1], ""));
+        let (mut namespace, mut subresource) = ("", "");
+        let mut rest = args[2..].iter();
+        while let Some(arg) = rest.next() {
+            match *arg {
+                "-n" => namespace = rest.next().unwrap(),
+                other => subresource = other.strip_prefix("--subresource=").unwrap(),
+            }
+        }
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": format!("system:serviceaccount:{sa_ns}:{sa_name}"),
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
+                "resourceAttributes": {
+                    "namespace": namespace, "verb": args[0], "group": group,
+                    "resource": resource, "subresource": subresource,
+                },
             },
-        },
-    });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), review.to_string()).unwrap();
-    let path = file.path().to_str().unwrap();
-    let allowed = plane
-        .kubectl(&["create", "-f", path, "-o", "jsonpath={.status.allowed}"])
-        .unwrap();
-    allowed == "true"
+        });
+        self.checks.push((args.join(" "), review, expected));
+    }
+
+    /// Asks every check; panics listing each one whose answer differs from the expected one.
+    fn verify(self, plane: &ControlPlane) {
+        let items: Vec<_> = self.checks.iter().map(|(_, review, _)| review).collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), list.to_string()).unwrap();
+        let path = file.path().to_str().unwrap();
+        let out = plane
+            .kubectl(&[
+                "create",
+                "-f",
+                path,
+                "-o",
+                "jsonpath={.status.allowed}{\"\\n\"}",
+            ])
+            .unwrap();
+        let answers: Vec<bool> = out.lines().map(|l| l.trim() == "true").collect();
+        assert_eq!(
+            answers.len(),
+            self.checks.len(),
+            "one answer per review: {out}"
+        );
+        let wrong: Vec<String> = self
+            .checks
+            .iter()
+            .zip(answers)
+            .filter(|((_, _, expected), answer)| expected != answer)
+            .map(|((check, _, expected), _)| {
+                let what = if *expected { "denied" } else { "allowed" };
+                format!("{what}: {check}")
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}:\n{}", self.sa, wrong.join("\n"));
+    }
 }
 
 /// Installs the chart as `release` into a fresh namespace and waits until the operator
@@ -246,11 +296,12 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
             "--timeout=5s",
         ])
     });
+    let deployment = format!("{release}-postcache-operator");
     let ready = plane
         .kubectl(&[
             "get",
             "deployment",
-            &format!("{release}-postcache-operator"),
+            &deployment,
             "-n",
             &ns,
             "-o",
@@ -258,28 +309,9 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
         ])
         .unwrap();
     assert_eq!(ready, "2/2");
-    let elsewhere = plane.create_namespace();
 
-    let allowed: &[&[&str]] = &[
-        &["get", "postcaches.postcache.io"],
-        &["list", "postcaches.postcache.io"],
-        &["watch", "postcaches.postcache.io"],
-        &["get", "postcaches.postcache.io", "--subresource=status"],
-        &["patch", "postcaches.postcache.io", "--subresource=status"],
-        &["update", "postcaches.postcache.io", "--subresource=status"],
-        &[
-            "update",
-            "postcaches.postcache.io",
-            "--subresource=finalizers",
-        ],
-        &["get", "pods"],
-        &["list", "pods"],
-        &["watch", "pods"],
-        &["create", "events"],
-        &["patch", "events"],
-        &["create", "events.events.k8s.io"],
-        &["patch", "events.events.k8s.io"],
-    ];
+    let elsewhere = plane.create_namespace();
+    let mut checks = AccessChecks::new(&sa);
     let managed = [
         "services",
         "secrets",
@@ -294,46 +326,59 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
         "servicemonitors.monitoring.coreos.com",
         "prometheusrules.monitoring.coreos.com",
     ];
+    // Everywhere, since the operator watches every namespace by default.
     for namespace in [ns.as_str(), elsewhere.as_str()] {
-        for args in allowed {
-            let mut args = args.to_vec();
-            args.extend(["-n", namespace]);
-            assert!(can_i(&plane, &sa, &args), "{sa} cannot {args:?}");
+        for verb in ["get", "list", "watch"] {
+            checks.allow(&[verb, "postcaches.postcache.io", "-n", namespace]);
+            checks.allow(&[verb, "pods", "-n", namespace]);
+        }
+        for verb in ["get", "patch", "update"] {
+            checks.allow(&[
+                verb,
+                "postcaches.postcache.io",
+                "-n",
+                namespace,
+                "--subresource=status",
+            ]);
+        }
+        checks.allow(&[
+            "update",
+            "postcaches.postcache.io",
+            "-n",
+            namespace,
+            "--subresource=finalizers",
+        ]);
+        for verb in ["create", "patch"] {
+            checks.allow(&[verb, "events", "-n", namespace]);
+            checks.allow(&[verb, "events.events.k8s.io", "-n", namespace]);
         }
         for resource in managed {
             for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-                assert!(
-                    can_i(&plane, &sa, &[verb, resource, "-n", namespace]),
-                    "{sa} cannot {verb} {resource} in {namespace}"
-                );
+                checks.allow(&[verb, resource, "-n", namespace]);
             }
-            for verb in ["update", "deletecollection"] {
-                assert!(
-                    !can_i(&plane, &sa, &[verb, resource, "-n", namespace]),
-                    "{sa} may {verb} {resource} in {namespace}"
-                );
+            for verb in ["update", "deletecollection", "*"] {
+                checks.deny(&[verb, resource, "-n", namespace]);
             }
         }
     }
     for verb in ["get", "create", "update", "patch"] {
-        assert!(
-            can_i(
-                &plane,
-                &sa,
-                &[verb, "leases.coordination.k8s.io", "-n", &ns]
-            ),
-            "{verb} leases"
-        );
+        checks.allow(&[verb, "leases.coordination.k8s.io", "-n", &ns]);
+        checks.deny(&[verb, "leases.coordination.k8s.io", "-n", &elsewhere]);
     }
-
     let denied: &[&[&str]] = &[
-        &["*", "secrets", "-n", &ns],
         &["*", "*", "-n", &ns],
         &["get", "secrets.example.com", "-n", &ns],
         &["create", "postcaches.postcache.io", "-n", &ns],
-        &["delete", "postcaches.postcache.io", "-n", &ns],
         &["update", "postcaches.postcache.io", "-n", &ns],
         &["patch", "postcaches.postcache.io", "-n", &ns],
+        &["delete", "postcaches.postcache.io", "-n", &ns],
+        &[
+            "update",
+            "postcaches.postcache.io",
+            "-n",
+            &ns,
+            "--subresource=scale",
+        ],
         &["create", "clusterroles.rbac.authorization.k8s.io"],
         &["escalate", "clusterroles.rbac.authorization.k8s.io"],
         &["bind", "clusterroles.rbac.authorization.k8s.io"],
@@ -348,30 +393,30 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
         &[
             "create",
             "serviceaccounts",
-            "--subresource=token",
             "-n",
             &ns,
+            "--subresource=token",
         ],
         &["get", "nodes"],
         &["list", "namespaces"],
+        &["create", "namespaces"],
         &["create", "pods", "-n", &ns],
         &["delete", "pods", "-n", &ns],
-        &["create", "pods", "--subresource=exec", "-n", &ns],
-        &["get", "pods", "--subresource=log", "-n", &ns],
+        &["create", "pods", "-n", &ns, "--subresource=exec"],
+        &["get", "pods", "-n", &ns, "--subresource=log"],
+        &["get", "persistentvolumeclaims", "-n", &ns],
         &["get", "customresourcedefinitions.apiextensions.k8s.io"],
         &["delete", "customresourcedefinitions.apiextensions.k8s.io"],
-        &["get", "leases.coordination.k8s.io", "-n", &elsewhere],
-        &["create", "leases.coordination.k8s.io", "-n", &elsewhere],
         &["delete", "leases.coordination.k8s.io", "-n", &ns],
-        &["get", "persistentvolumeclaims", "-n", &ns],
         &[
             "create",
             "validatingwebhookconfigurations.admissionregistration.k8s.io",
         ],
     ];
     for args in denied {
-        assert!(!can_i(&plane, &sa, args), "{sa} may {args:?}");
+        checks.deny(args);
     }
+    checks.verify(&plane);
 
     helm(
         &["uninstall", &release, "--namespace", &ns, "--wait"],
@@ -388,34 +433,18 @@ fn with_a_watch_namespace_the_operator_gets_a_role_there_and_nothing_cluster_wid
     let release = unique_name("pcw");
     let set = format!("operator.watchNamespace={watched}");
     let (ns, sa) = install(&plane, &release, &["--set", &set]);
+    let mut checks = AccessChecks::new(&sa);
     for verb in ["get", "list", "watch"] {
-        assert!(can_i(
-            &plane,
-            &sa,
-            &[verb, "postcaches.postcache.io", "-n", &watched]
-        ));
-        assert!(!can_i(
-            &plane,
-            &sa,
-            &[verb, "postcaches.postcache.io", "-n", &other]
-        ));
+        checks.allow(&[verb, "postcaches.postcache.io", "-n", &watched]);
+        checks.deny(&[verb, "postcaches.postcache.io", "-n", &other]);
+        checks.deny(&[verb, "postcaches.postcache.io"]);
     }
-    assert!(can_i(
-        &plane,
-        &sa,
-        &["create", "statefulsets.apps", "-n", &watched]
-    ));
-    assert!(!can_i(
-        &plane,
-        &sa,
-        &["create", "statefulsets.apps", "-n", &other]
-    ));
-    assert!(!can_i(&plane, &sa, &["list", "secrets"]));
-    assert!(can_i(
-        &plane,
-        &sa,
-        &["update", "leases.coordination.k8s.io", "-n", &ns]
-    ));
+    checks.allow(&["create", "statefulsets.apps", "-n", &watched]);
+    checks.deny(&["create", "statefulsets.apps", "-n", &other]);
+    checks.deny(&["list", "secrets"]);
+    checks.allow(&["update", "leases.coordination.k8s.io", "-n", &ns]);
+    checks.verify(&plane);
+
     let env = plane
         .kubectl(&[
             "get",
