@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(missing_docs)] // a test binary, not an API
 
+mod chart;
+mod data_plane;
+mod image;
 mod least_privilege;
 mod reconcile;
 
