@@ -1,7 +1,7 @@
 //! The controller: watches PostCaches (and the StatefulSets, Deployments and Jobs they own),
 //! and for each one applies the desired children, advances the Redis shard step, prunes what is
-//! no longer wanted, and writes the status when it changed. Also [`run`]: `postcache operator`
-//! (metrics server, leader election, graceful shutdown).
+//! no longer wanted, and writes the status when it changed. The process around it is
+//! [`crate::operator`].
 //!
 //! ```text
 //! PostCache ─▶ reconcile: observe ─▶ shards::plan ─▶ desired ─▶ apply / prune ─▶ status
@@ -32,11 +32,8 @@ use crate::error::Error;
 use crate::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, children_selector};
 use crate::monitoring::{self, MonitoringApis};
 use crate::postgres::Passwords;
-use crate::shards::{self, JobState, ShardPlan};
-use crate::status::{self, Counts, Observed};
-use crate::{
-    OperatorArgs, PostCache, PostCacheStatus, RedisMode, leader, metrics, postgres, redis, service,
-};
+use crate::status;
+use crate::{PostCache, PostCacheStatus, metrics, observe, redis};
 
 /// The data-plane scripts as `(file name, contents)`.
 pub type Scripts = &'static [(&'static str, &'static str)];
@@ -194,9 +191,9 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     let ns = pc.namespace().ok_or(Error::Malformed("namespace"))?;
     let uid = pc.uid().ok_or(Error::Malformed("uid"))?;
     let old = pc.status.clone().unwrap_or_default();
-    let apis = discover_monitoring(client).await?;
+    let apis = observe::discover_monitoring(client).await?;
 
-    let plan = plan_shards(pc, ctx, &ns, &old).await?;
+    let plan = observe::plan_shards(pc, client, &ns, &old).await?;
     let generated = generate()?;
     let inputs = Inputs {
         images: &ctx.images,
@@ -245,7 +242,7 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
         .await;
     }
 
-    let observed = observe(pc, client, &ns, plan, apis).await?;
+    let observed = observe::observe(pc, client, &ns, plan, apis).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new = status::compute(pc, &observed, &old, now);
     if new != old {
@@ -277,162 +274,6 @@ fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-async fn discover_monitoring(client: &Client) -> Result<MonitoringApis, Error> {
-    let version = format!("{}/{}", monitoring::GROUP, monitoring::VERSION);
-    match client.list_api_group_resources(&version).await {
-        Ok(list) => {
-            let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
-            Ok(MonitoringApis {
-                service_monitor: has("servicemonitors"),
-                prometheus_rule: has("prometheusrules"),
-            })
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(MonitoringApis::default()),
-        Err(e) => Err(Error::Discovery(e)),
-    }
-}
-
-async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Api::<K>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("{}/{name}", K::kind(&())),
-            source,
-        })
-}
-
-fn sts_counts(sts: Option<&StatefulSet>) -> Counts {
-    let desired = sts
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-    let status = sts.and_then(|s| s.status.as_ref());
-    Counts {
-        desired,
-        current: status.map_or(0, |s| s.replicas),
-        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
-    }
-}
-
-fn deployment_counts(d: Option<&Deployment>) -> Counts {
-    let desired = d
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-    let status = d.and_then(|d| d.status.as_ref());
-    Counts {
-        desired,
-        current: status.and_then(|s| s.replicas).unwrap_or(0),
-        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
-    }
-}
-
-fn job_state(job: Option<&Job>) -> JobState {
-    let Some(job) = job else {
-        return JobState::Absent;
-    };
-    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-    let has = |t: &str| {
-        conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
-    };
-    if has("Complete") {
-        JobState::Complete
-    } else if has("Failed") {
-        JobState::Failed
-    } else {
-        JobState::Running
-    }
-}
-
-/// The shard step of a Cluster-mode PostCache, from its recorded status and what is observed.
-async fn plan_shards(
-    pc: &PostCache,
-    ctx: &Context,
-    ns: &str,
-    old: &PostCacheStatus,
-) -> Result<Option<ShardPlan>, Error> {
-    if pc.spec.redis.mode != RedisMode::Cluster {
-        return Ok(None);
-    }
-    let recorded = old.redis.clone().unwrap_or_default();
-    let sts = get_opt::<StatefulSet>(&ctx.client, ns, &redis::name(pc)).await?;
-    let counts = sts_counts(sts.as_ref());
-    let job = match &recorded.shard_change {
-        Some(change) => {
-            let name = redis::job_name(pc, &shards::job_of(change));
-            job_state(get_opt::<Job>(&ctx.client, ns, &name).await?.as_ref())
-        }
-        None => JobState::Absent,
-    };
-    let observed = shards::Observed {
-        ready_nodes: counts.ready,
-        nodes: counts.current,
-        job,
-    };
-    let per_shard = redis::nodes_per_shard(&pc.spec.redis);
-    let plan = shards::plan(
-        pc.spec.redis.shards,
-        recorded.shards,
-        recorded.shard_change.as_ref(),
-        per_shard,
-        observed,
-    );
-    Ok(Some(plan))
-}
-
-async fn observe(
-    pc: &PostCache,
-    client: &Client,
-    ns: &str,
-    shards: Option<ShardPlan>,
-    apis: MonitoringApis,
-) -> Result<Observed, Error> {
-    let redis_counts = if pc.spec.redis.mode == RedisMode::External {
-        None
-    } else {
-        let sts = get_opt::<StatefulSet>(client, ns, &redis::name(pc)).await?;
-        Some(sts_counts(sts.as_ref()))
-    };
-    let postgres_counts = if pc.spec.postgres.mode == crate::PostgresMode::External {
-        None
-    } else {
-        let primary = get_opt::<StatefulSet>(client, ns, &postgres::primary_name(pc)).await?;
-        let replicas = get_opt::<StatefulSet>(client, ns, &postgres::replica_name(pc)).await?;
-        Some((sts_counts(primary.as_ref()), sts_counts(replicas.as_ref())))
-    };
-    let deployment = get_opt::<Deployment>(client, ns, &service::name(pc)).await?;
-    let mut service_counts = deployment_counts(deployment.as_ref());
-    let autoscaling = &pc.spec.service.autoscaling;
-    if autoscaling.enabled {
-        // The HPA raises a fresh Deployment to its minimum; not ready before that.
-        service_counts.desired = service_counts.desired.max(autoscaling.min_replicas.max(1));
-    }
-    let m = &pc.spec.monitoring;
-    let mut missing = Vec::new();
-    if m.service_monitor && !apis.service_monitor {
-        missing.push("servicemonitors.monitoring.coreos.com");
-    }
-    if m.prometheus_rule && !apis.prometheus_rule {
-        missing.push("prometheusrules.monitoring.coreos.com");
-    }
-    Ok(Observed {
-        redis: redis_counts,
-        shards,
-        postgres: postgres_counts,
-        service: service_counts,
-        monitoring_missing: missing,
-    })
 }
 
 /// Deletes children of the kinds the operator makes that are no longer desired. Secrets (generated
@@ -553,73 +394,5 @@ async fn write_status(
     )
     .await
     .map_err(Error::Status)?;
-    Ok(())
-}
-
-/// `postcache operator`: serves metrics, waits for the Lease (when leader election is on), runs
-/// the controller while it holds it, and on `shutdown` stops and releases the Lease.
-///
-/// # Errors
-/// When no client can be configured or the metrics address cannot be bound.
-pub async fn run(
-    args: OperatorArgs,
-    scripts: Scripts,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = Client::try_default().await?;
-    let handle = metrics::install()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut metrics_stop = stop_rx.clone();
-    let listener = metrics::serve(args.metrics_addr, handle, async move {
-        let _ = metrics_stop.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(listener);
-    let identity = args.identity();
-    let ctx = Context::new(client.clone(), args.images(), scripts, &identity);
-    let lock = leader::LeaseLock::new(
-        client,
-        &args.lease_namespace(),
-        &args.lease_name,
-        &identity,
-        args.lease_duration(),
-    );
-    let watch_namespace = args.watch_namespace().map(str::to_owned);
-    tokio::pin!(shutdown);
-    loop {
-        if args.leader_election {
-            tracing::info!(identity = %identity, "waiting for the lease");
-            tokio::select! {
-                () = lock.acquire() => {}
-                () = &mut shutdown => break,
-            }
-        }
-        tracing::info!(identity = %identity, "leading: reconciling");
-        ::metrics::gauge!(metrics::LEADER).set(1.0);
-        let lost = async {
-            if args.leader_election {
-                lock.hold().await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            () = run_controller(ctx.clone(), watch_namespace.as_deref()) => {}
-            () = lost => {
-                ::metrics::gauge!(metrics::LEADER).set(0.0);
-                tracing::warn!("lost the lease: reconciling stopped");
-                continue;
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    ::metrics::gauge!(metrics::LEADER).set(0.0);
-    if args.leader_election
-        && let Err(e) = lock.release().await
-    {
-        tracing::warn!(error = %e, "releasing the lease failed");
-    }
-    let _ = stop_tx.send(true);
-    server.await??;
-    tracing::info!("operator stopped");
     Ok(())
 }

@@ -7,8 +7,9 @@
 //!   [`desired`]; the Redis shard change as a recorded step machine ([`shards`]); the status
 //!   ([`status`]).
 //! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
-//!   ([`controller`]), leader election by Lease ([`leader`]), metrics ([`metrics`]), and
-//!   [`run`] behind `postcache operator` ([`OperatorArgs`]).
+//!   ([`controller`]) and what it reads (`observe`), leader election by
+//!   Lease ([`leader`]), metrics ([`metrics`]), and [`run`] behind `postcache operator`
+//!   ([`OperatorArgs`], [`operator`]).
 
 pub mod apply;
 pub mod child;
@@ -22,6 +23,8 @@ pub mod leader;
 pub mod metrics;
 pub mod monitoring;
 pub mod network;
+mod observe;
+pub mod operator;
 pub mod pod;
 pub mod postgres;
 pub mod redis;
@@ -32,7 +35,6 @@ pub mod shards;
 pub mod status;
 
 pub use config::{LogFormat, OperatorArgs};
-pub use controller::run;
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
     MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus, PostgresMode, PostgresSpec,
@@ -40,6 +42,7 @@ pub use crd::{
     ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
 pub use error::Error;
+pub use operator::run;
 
 /// The data-plane scripts as the scripts ConfigMap holds them: `(file name, contents)`.
 pub const SCRIPTS: controller::Scripts = &[

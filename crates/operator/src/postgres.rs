@@ -22,8 +22,10 @@ use kube::ResourceExt;
 
 use crate::child::Child;
 use crate::labels::{Component, child_name, labels, meta, selector, selector_labels};
-use crate::pod::{SCRIPTS_DIR, env, scripts_mount, scripts_volume, secret_env};
-use crate::redis::{container_port, exec_probe, service_port, volume_claim};
+use crate::pod::{
+    SCRIPTS_DIR, container_port, env, exec_probe, scripts_mount, scripts_volume, secret_env,
+    service_port, volume_claim,
+};
 use crate::{PostCache, PostgresMode};
 
 /// PostgreSQL's port.

@@ -8,21 +8,21 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PodSpec, PodTemplateSpec, Secret, Service,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, selector, selector_labels};
-use crate::pod::{SCRIPTS_DIR, env, scripts_mount, scripts_volume, secret_env};
+use crate::pod::{
+    SCRIPTS_DIR, container_port, env, exec_probe, pod_meta, scripts_mount, scripts_volume,
+    secret_env, service_port, volume_claim,
+};
 use crate::shards::{ShardAction, ShardJob};
-use crate::{PostCache, RedisMode, RedisSpec, StorageSpec};
+use crate::{PostCache, RedisMode, RedisSpec};
 
 /// Redis's client port.
 pub const PORT: i32 = 6379;
@@ -175,16 +175,6 @@ fn client_service(pc: &PostCache) -> Service {
     }
 }
 
-pub(crate) fn service_port(name: &str, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(name.to_owned()),
-        port,
-        target_port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".to_owned()),
-        ..ServicePort::default()
-    }
-}
-
 /// Starts `redis-server` with the password; a Standalone replica follows node 0.
 fn start_command(pc: &PostCache) -> String {
     let mut script = String::from(
@@ -269,57 +259,6 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    }
-}
-
-pub(crate) fn pod_meta(pc: &PostCache, component: Component) -> ObjectMeta {
-    ObjectMeta {
-        labels: Some(crate::labels::labels(pc, component)),
-        ..ObjectMeta::default()
-    }
-}
-
-pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_owned()),
-        container_port: port,
-        protocol: Some("TCP".to_owned()),
-        ..ContainerPort::default()
-    }
-}
-
-pub(crate) fn exec_probe(shell: &str) -> Probe {
-    Probe {
-        exec: Some(ExecAction {
-            command: Some(vec!["sh".into(), "-c".into(), shell.to_owned()]),
-        }),
-        period_seconds: Some(10),
-        timeout_seconds: Some(5),
-        ..Probe::default()
-    }
-}
-
-/// A claim template of `storage` (default `1Gi` on the cluster's default class).
-pub(crate) fn volume_claim(name: &str, storage: Option<&StorageSpec>) -> PersistentVolumeClaim {
-    let size = storage.map_or("1Gi", |s| s.size.as_str());
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: storage.and_then(|s| s.storage_class_name.clone()),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity(size.to_owned()),
-                )])),
-                limits: None,
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        ..PersistentVolumeClaim::default()
     }
 }
 

@@ -21,8 +21,9 @@ use kube::ResourceExt;
 
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, selector, selector_labels};
-use crate::pod::{env, restricted_security_context, secret_env};
-use crate::redis::{container_port, pod_meta, service_port};
+use crate::pod::{
+    container_port, env, pod_meta, restricted_security_context, secret_env, service_port,
+};
 use crate::{PostCache, PostgresMode, RedisMode, postgres, redis};
 
 /// The service's HTTP port (API, `/metrics`, probes).
