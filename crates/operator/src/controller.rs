@@ -139,7 +139,7 @@ async fn mark_failed(client: &Client, pc: &PostCache) {
     let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
     let patch = json!({"status": {"phase": crate::Phase::Failed}});
     let params = PatchParams {
-        field_manager: Some(format!("{FIELD_MANAGER}-failures")),
+        field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
     if let Err(e) = api
@@ -247,7 +247,7 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     let new = status::compute(pc, &observed, &old, now);
     if new != old {
         publish_transitions(pc, ctx, &old, &new).await;
-        write_status(client, pc, &ns, &new).await?;
+        write_status(client, pc, &ns, &old, &new).await?;
     }
     let busy = new.phase != Some(crate::Phase::Ready);
     Ok(Action::requeue(if busy {
@@ -375,24 +375,25 @@ async fn publish_transitions(
     }
 }
 
+/// Writes `new` as a JSON merge patch that also nulls what `old` had and `new` lacks (a finished
+/// shard change), so the status is exactly `new` whoever wrote the old fields.
 async fn write_status(
     client: &Client,
     pc: &PostCache,
     ns: &str,
-    status: &PostCacheStatus,
+    old: &PostCacheStatus,
+    new: &PostCacheStatus,
 ) -> Result<(), Error> {
     let api: Api<PostCache> = Api::namespaced(client.clone(), ns);
-    let patch = json!({
-        "apiVersion": PostCache::api_version(&()),
-        "kind": PostCache::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &pc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
+    let old = serde_json::to_value(old).unwrap_or_default();
+    let new = serde_json::to_value(new).unwrap_or_default();
+    let patch = json!({ "status": status::merge_patch(&old, &new) });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&pc.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(Error::Status)?;
     Ok(())
 }

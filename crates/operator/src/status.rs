@@ -256,7 +256,46 @@ fn redis_status(pc: &PostCache, o: &Observed) -> Option<RedisStatus> {
     })
 }
 
+/// A JSON merge patch turning `old` into `new`: `new`, plus `null` for every key of `old` that
+/// `new` lacks (objects recursively; arrays and scalars are replaced whole).
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (key, value) in n {
+                let patched = match o.get(key) {
+                    Some(old_value) => merge_patch(old_value, value),
+                    None => value.clone(),
+                };
+                out.insert(key.clone(), patched);
+            }
+            for key in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(key.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        (_, new) => new.clone(),
+    }
+}
+
 /// `<namespace>/<name>` for logs.
 pub fn object_key(pc: &PostCache) -> String {
     format!("{}/{}", pc.namespace().unwrap_or_default(), pc.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_removes_what_the_new_status_lacks() {
+        let old = json!({"phase": "Provisioning", "redis": {"shards": 3, "shardChange": {"from": 3, "to": 4}}});
+        let new = json!({"phase": "Ready", "redis": {"shards": 4}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Ready", "redis": {"shards": 4, "shardChange": null}})
+        );
+    }
 }

@@ -611,3 +611,83 @@ async fn a_change_the_apiserver_refuses_is_reported_failed_and_recovers_when_rev
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_resumes_a_shard_change_at_its_recorded_step() {
+    let plane = plane_with_crd();
+    let ns = plane.create_namespace();
+    let client = plane.client().await;
+    let operator = Operator::start(client.clone(), &ns);
+    create(
+        &client,
+        &ns,
+        "feed",
+        json!({"redis": {"shards": 3, "replicasPerShard": 0}, "postgres": {"instances": 1},
+               "service": {"replicas": 1, "autoscaling": {"enabled": false}}}),
+    )
+    .await;
+    kubectl(
+        &plane,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pcache/feed",
+            "-n",
+            &ns,
+            "--timeout=120s",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    drop(operator);
+
+    // While no operator runs: the spec asks for 4 shards, and the status says a previous operator
+    // had grown the nodes and was moving slots when it stopped.
+    let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
+    let grow = json!({"spec": {"redis": {"shards": 4}}});
+    api.patch("feed", &PatchParams::default(), &Patch::Merge(&grow))
+        .await
+        .unwrap();
+    let recorded =
+        json!({"status": {"redis": {"shardChange": {"from": 3, "to": 4, "step": "MoveSlots"}}}});
+    api.patch_status("feed", &PatchParams::default(), &Patch::Merge(&recorded))
+        .await
+        .unwrap();
+
+    let _operator = Operator::start(client.clone(), &ns);
+    eventually(
+        "4 shards recorded, the change finished",
+        Duration::from_secs(120),
+        || async {
+            let st = status(&client, &ns, "feed").await;
+            let done = st["redis"]["shards"] == 4 && st["redis"].get("shardChange").is_none();
+            if done && st["phase"] == "Ready" {
+                Ok(())
+            } else {
+                Err(st.to_string())
+            }
+        },
+    )
+    .await;
+    let all = events(&client, &ns).await;
+    let notes = step_notes(&all);
+    assert!(
+        notes.iter().any(|n| n.contains("settled at 4")),
+        "{notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("3 → 4: ScaleNodes")),
+        "the restarted operator started over: {notes:?}"
+    );
+    let applied: Vec<String> = all
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Applied"))
+        .filter_map(|e| e.note.clone())
+        .collect();
+    assert!(
+        applied
+            .iter()
+            .any(|n| n.contains("created Job/feed-redis-add-shards-4")),
+        "the add-shards Job of the recorded step was not run: {applied:?}"
+    );
+}
