@@ -328,3 +328,91 @@ fn monitoring_objects_are_created_when_their_crds_exist() {
         }
     });
 }
+
+#[test]
+fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
+    let plane = plane_with_crd();
+    let ns = plane.create_namespace();
+    let dir = tempfile::tempdir().unwrap();
+    let op = start_operator(&plane, &ns, "op-l", &[], dir.path());
+    wait_until("the lease", Duration::from_secs(30), || {
+        let h = holder(&plane, &ns)?;
+        if h == "op-l" {
+            Ok(())
+        } else {
+            Err(format!("holder {h:?}"))
+        }
+    });
+    apply_postcache(&plane, &ns, dir.path(), &SMALL.replace("REPLICAS", "1"));
+    wait_until("a reconcile", Duration::from_secs(60), || {
+        let g = jsonpath(&plane, &ns, "pcache/feed", "{.status.observedGeneration}")?;
+        if g == "1" {
+            Ok(())
+        } else {
+            Err(format!("observedGeneration {g:?}"))
+        }
+    });
+
+    // Another holder appears with a long lease (as after a partition): the operator steps down.
+    let now = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .unwrap();
+    let now = String::from_utf8(now.stdout).unwrap();
+    let take = format!(
+        r#"{{"spec":{{"holderIdentity":"intruder","renewTime":"{}","leaseDurationSeconds":3600}}}}"#,
+        now.trim()
+    );
+    plane
+        .kubectl(&[
+            "patch",
+            "lease",
+            "postcache-operator",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &take,
+        ])
+        .unwrap();
+    wait_until(
+        "the operator to step down",
+        Duration::from_secs(30),
+        || match op.metric("postcache_operator_leader ") {
+            Some(v) if v == 0.0 => Ok(()),
+            other => Err(format!("leader gauge {other:?}")),
+        },
+    );
+    assert!(op.log().contains("lost the lease"), "{}", op.log());
+    assert_eq!(holder(&plane, &ns).unwrap(), "intruder");
+
+    // A change made meanwhile is reconciled once the lease is free again and won back.
+    apply_postcache(&plane, &ns, dir.path(), &SMALL.replace("REPLICAS", "2"));
+    let free = r#"{"spec":{"holderIdentity":null,"renewTime":null}}"#;
+    plane
+        .kubectl(&[
+            "patch",
+            "lease",
+            "postcache-operator",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            free,
+        ])
+        .unwrap();
+    wait_until(
+        "the change to be reconciled",
+        Duration::from_secs(60),
+        || {
+            let r = jsonpath(&plane, &ns, "deployment/feed-cache", "{.spec.replicas}")?;
+            if r == "2" {
+                Ok(())
+            } else {
+                Err(format!("replicas {r:?}"))
+            }
+        },
+    );
+    assert_eq!(holder(&plane, &ns).unwrap(), "op-l");
+    assert_eq!(op.metric("postcache_operator_leader "), Some(1.0));
+}
