@@ -379,7 +379,7 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
         "the operator to step down",
         Duration::from_secs(30),
         || match op.metric("postcache_operator_leader ") {
-            Some(v) if v == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             other => Err(format!("leader gauge {other:?}")),
         },
     );
