@@ -1,7 +1,7 @@
 //! The Redis Cluster's shard count as a step-by-step process: which node count the StatefulSet has
 //! and which data-plane Job runs, decided from the spec, the progress recorded in status and what
 //! the StatefulSet and the Job report. Pure; the reconciler applies the result and records
-//! [`ShardPlan::status`], so a restarted operator resumes at the recorded step.
+//! [`ShardPlan::shards`] and [`ShardPlan::change`], so a restarted operator resumes at the recorded step.
 //!
 //! ```text
 //! first:  ScaleNodes(0→T) ─nodes ready─▶ Bootstrap job ─complete─▶ shards = T
