@@ -206,41 +206,15 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
         scripts: ctx.scripts,
     };
     let children = desired(pc, &inputs);
-    let mut written = Vec::new();
-    for child in &children {
-        match apply::apply(client, &ns, child).await? {
-            Outcome::Created => written.push(format!("created {}", child.id())),
-            Outcome::Updated => written.push(format!("updated {}", child.id())),
-            Outcome::Unchanged => {}
-        }
-    }
+    let mut written = apply_children(client, &ns, &children).await?;
     if let Some(job) = plan.as_ref().and_then(|p| p.finished_job) {
         let resource = ApiResource::erase::<Job>(&());
         apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
     }
     for deleted in prune(client, &ns, pc, &uid, &children, apis).await? {
-        written.push(format!("deleted {deleted}"));
+        written.push(("deleted", deleted));
     }
-    for line in &written {
-        let (outcome, kind) = line.split_once(' ').unwrap_or((line, ""));
-        let kind = kind.split('/').next().unwrap_or_default().to_owned();
-        ::metrics::counter!(metrics::CHILD_WRITES, "kind" => kind, "outcome" => outcome.to_owned())
-            .increment(1);
-    }
-    if !written.is_empty() {
-        let action = format!(
-            "ApplyGeneration{}",
-            pc.metadata.generation.unwrap_or_default()
-        );
-        ctx.publish(
-            pc,
-            EventType::Normal,
-            "Applied",
-            &action,
-            written.join(", "),
-        )
-        .await;
-    }
+    record_writes(pc, ctx, &written).await;
 
     let observed = observe::observe(pc, client, &ns, plan, apis).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -255,6 +229,46 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     } else {
         Duration::from_secs(300)
     }))
+}
+
+/// Applies every child; returns what was written as `(created|updated, Kind/name)`.
+async fn apply_children(
+    client: &Client,
+    ns: &str,
+    children: &[Child],
+) -> Result<Vec<(&'static str, String)>, Error> {
+    let mut written = Vec::new();
+    for child in children {
+        match apply::apply(client, ns, child).await? {
+            Outcome::Created => written.push(("created", child.id())),
+            Outcome::Updated => written.push(("updated", child.id())),
+            Outcome::Unchanged => {}
+        }
+    }
+    Ok(written)
+}
+
+/// Counts the writes by kind and outcome and publishes one `Applied` Event listing them.
+async fn record_writes(pc: &PostCache, ctx: &Context, written: &[(&'static str, String)]) {
+    if written.is_empty() {
+        return;
+    }
+    for (outcome, id) in written {
+        let kind = id.split('/').next().unwrap_or_default().to_owned();
+        ::metrics::counter!(metrics::CHILD_WRITES, "kind" => kind, "outcome" => *outcome)
+            .increment(1);
+    }
+    let note = written
+        .iter()
+        .map(|(outcome, id)| format!("{outcome} {id}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let action = format!(
+        "ApplyGeneration{}",
+        pc.metadata.generation.unwrap_or_default()
+    );
+    ctx.publish(pc, EventType::Normal, "Applied", &action, note)
+        .await;
 }
 
 /// Values for Secrets that may need generating (used only when the Secret is absent).
