@@ -22,6 +22,15 @@ use crate::labels::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
 
 /// What [`apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether anything was written.
+    pub outcome: Outcome,
+    /// A StatefulSet kept its live volume claim templates (immutable) instead of the desired ones.
+    pub kept_claim_templates: bool,
+}
+
+/// Whether [`apply`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The object did not exist.
     Created,
@@ -35,22 +44,34 @@ fn api(client: &Client, namespace: &str, resource: &ApiResource) -> Api<DynamicO
     Api::namespaced_with(client.clone(), namespace, resource)
 }
 
-/// Applies `child` in `namespace` unless the live object already matches it.
+/// Applies `child` in `namespace` unless the live object already matches it. An existing
+/// StatefulSet keeps its volume claim templates (the apiserver refuses to change them), so a new
+/// storage size does not block every other change; [`Applied::kept_claim_templates`] says so.
 ///
 /// # Errors
 /// [`Error::Read`] or [`Error::Apply`] with the API's error.
-pub async fn apply(client: &Client, namespace: &str, child: &Child) -> Result<Outcome, Error> {
+pub async fn apply(client: &Client, namespace: &str, child: &Child) -> Result<Applied, Error> {
     let api = api(client, namespace, &child.resource);
     let name = child.object.name_any();
     let live = api.get_opt(&name).await.map_err(|source| Error::Read {
         what: child.id(),
         source,
     })?;
+    let unchanged = |kept_claim_templates| Applied {
+        outcome: Outcome::Unchanged,
+        kept_claim_templates,
+    };
     if child.create_only && live.is_some() {
-        return Ok(Outcome::Unchanged);
+        return Ok(unchanged(false));
     }
     let mut desired = child.object.clone();
     let hash = format!("{:016x}", fingerprint(&desired));
+    let kept = match &live {
+        Some(live) if child.resource.kind == "StatefulSet" => {
+            keep_claim_templates(&mut desired, live)
+        }
+        _ => false,
+    };
     desired
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
@@ -58,7 +79,7 @@ pub async fn apply(client: &Client, namespace: &str, child: &Child) -> Result<Ou
         && live.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
         && matches(&desired, live)
     {
-        return Ok(Outcome::Unchanged);
+        return Ok(unchanged(kept));
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = api
@@ -68,11 +89,35 @@ pub async fn apply(client: &Client, namespace: &str, child: &Child) -> Result<Ou
             what: child.id(),
             source,
         })?;
-    Ok(match live {
+    let outcome = match live {
         None => Outcome::Created,
         Some(live) if live.resource_version() == applied.resource_version() => Outcome::Unchanged,
         Some(_) => Outcome::Updated,
+    };
+    Ok(Applied {
+        outcome,
+        kept_claim_templates: kept,
     })
+}
+
+/// Replaces the desired StatefulSet's volume claim templates with the live ones (less their
+/// status) when they differ; returns whether it did.
+fn keep_claim_templates(desired: &mut DynamicObject, live: &DynamicObject) -> bool {
+    let live_templates = &live.data["spec"]["volumeClaimTemplates"];
+    let wanted = &desired.data["spec"]["volumeClaimTemplates"];
+    if wanted.is_null() || is_subset(wanted, live_templates) {
+        return false;
+    }
+    let mut kept = live_templates.clone();
+    if let Some(templates) = kept.as_array_mut() {
+        for template in templates.iter_mut().filter_map(Value::as_object_mut) {
+            template.remove("status");
+        }
+    }
+    if let Some(spec) = desired.data.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("volumeClaimTemplates".to_owned(), kept);
+    }
+    true
 }
 
 /// Deletes the children of kind `resource` labelled as `pc`'s (by `selector`) and owned by the

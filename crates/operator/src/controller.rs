@@ -206,15 +206,15 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
         scripts: ctx.scripts,
     };
     let children = desired(pc, &inputs);
-    let mut written = apply_children(client, &ns, &children).await?;
+    let mut writes = apply_children(client, &ns, &children).await?;
     if let Some(job) = plan.as_ref().and_then(|p| p.finished_job) {
         let resource = ApiResource::erase::<Job>(&());
         apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
     }
     for deleted in prune(client, &ns, pc, &uid, &children, apis).await? {
-        written.push(("deleted", deleted));
+        writes.written.push(("deleted", deleted));
     }
-    record_writes(pc, ctx, &written).await;
+    record_writes(pc, ctx, &writes).await;
 
     let observed = observe::observe(pc, client, &ns, plan, apis).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -231,34 +231,60 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     }))
 }
 
-/// Applies every child; returns what was written as `(created|updated, Kind/name)`.
-async fn apply_children(
-    client: &Client,
-    ns: &str,
-    children: &[Child],
-) -> Result<Vec<(&'static str, String)>, Error> {
-    let mut written = Vec::new();
-    for child in children {
-        match apply::apply(client, ns, child).await? {
-            Outcome::Created => written.push(("created", child.id())),
-            Outcome::Updated => written.push(("updated", child.id())),
-            Outcome::Unchanged => {}
-        }
-    }
-    Ok(written)
+/// What applying the children did.
+#[derive(Debug, Default)]
+struct Writes {
+    /// `(created|updated|deleted, Kind/name)`.
+    written: Vec<(&'static str, String)>,
+    /// StatefulSets that kept their live volume claim templates.
+    kept_storage: Vec<String>,
 }
 
-/// Counts the writes by kind and outcome and publishes one `Applied` Event listing them.
-async fn record_writes(pc: &PostCache, ctx: &Context, written: &[(&'static str, String)]) {
-    if written.is_empty() {
+/// Applies every child.
+async fn apply_children(client: &Client, ns: &str, children: &[Child]) -> Result<Writes, Error> {
+    let mut writes = Writes::default();
+    for child in children {
+        let applied = apply::apply(client, ns, child).await?;
+        match applied.outcome {
+            Outcome::Created => writes.written.push(("created", child.id())),
+            Outcome::Updated => writes.written.push(("updated", child.id())),
+            Outcome::Unchanged => {}
+        }
+        if applied.kept_claim_templates {
+            writes.kept_storage.push(child.id());
+        }
+    }
+    Ok(writes)
+}
+
+/// Counts the writes by kind and outcome and publishes an `Applied` Event listing them, and a
+/// `StorageNotResized` warning for StatefulSets whose storage could not change.
+async fn record_writes(pc: &PostCache, ctx: &Context, writes: &Writes) {
+    if !writes.kept_storage.is_empty() {
+        let note = format!(
+            "{}: volume claim templates cannot change, the new storage size is not applied \
+             (resize the PersistentVolumeClaims)",
+            writes.kept_storage.join(", ")
+        );
+        ctx.publish(
+            pc,
+            EventType::Warning,
+            "StorageNotResized",
+            "KeepVolumeClaims",
+            note,
+        )
+        .await;
+    }
+    if writes.written.is_empty() {
         return;
     }
-    for (outcome, id) in written {
+    for (outcome, id) in &writes.written {
         let kind = id.split('/').next().unwrap_or_default().to_owned();
         ::metrics::counter!(metrics::CHILD_WRITES, "kind" => kind, "outcome" => *outcome)
             .increment(1);
     }
-    let note = written
+    let note = writes
+        .written
         .iter()
         .map(|(outcome, id)| format!("{outcome} {id}"))
         .collect::<Vec<_>>()
