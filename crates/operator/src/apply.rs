@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn an_existing_statefulset_keeps_its_claim_templates() {
+        let object = |size: &str, status: bool| {
+            let mut template = json!({"metadata": {"name": "data"},
+                "spec": {"resources": {"requests": {"storage": size}}}});
+            if status {
+                template["status"] = json!({"phase": "Pending"});
+            }
+            serde_json::from_value::<DynamicObject>(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"},
+                "spec": {"replicas": 1, "volumeClaimTemplates": [template]}
+            }))
+            .unwrap()
+        };
+        let live = object("1Gi", true);
+        let mut same = object("1Gi", false);
+        assert!(!keep_claim_templates(&mut same, &live));
+        let mut grown = object("2Gi", false);
+        assert!(keep_claim_templates(&mut grown, &live));
+        assert_eq!(grown.data, object("1Gi", false).data);
+    }
+
+    #[test]
     fn numbers_compare_by_value() {
         assert!(is_subset(&json!({"a": 1.0}), &json!({"a": 1})));
     }
