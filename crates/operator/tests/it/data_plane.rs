@@ -277,6 +277,7 @@ fn redis_cluster_script_bootstraps_grows_and_drains_keeping_every_key() {
     );
 }
 
+/// psql against the seeded replica (the test kit's helpers know only its own servers).
 fn psql(port: u16, sql: &str) -> Result<String, String> {
     let out = Command::new(tool("psql"))
         .args([
@@ -319,16 +320,16 @@ fn postgres_scripts_seed_a_streaming_replica() {
             "primary init printed the password:\n{out}"
         );
         assert_eq!(
-            psql(
-                primary.port(),
+            primary.psql_primary(
+                "postgres",
                 "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'"
             ),
             Ok("t".into()),
             "attempt {attempt}"
         );
         assert_eq!(
-            psql(
-                primary.port(),
+            primary.psql_primary(
+                "postgres",
                 "SELECT count(*) FROM pg_hba_file_rules WHERE database = '{replication}' \
                  AND user_name = '{replicator}' AND auth_method = 'scram-sha-256' AND error IS NULL"
             ),
@@ -401,11 +402,12 @@ fn postgres_scripts_seed_a_streaming_replica() {
         stop_signal: Signal::SIGINT,
     });
 
-    psql(
-        primary.port(),
-        "CREATE TABLE seeded (v text); INSERT INTO seeded VALUES ('streamed')",
-    )
-    .unwrap();
+    primary
+        .psql_primary(
+            "postgres",
+            "CREATE TABLE seeded (v text); INSERT INTO seeded VALUES ('streamed')",
+        )
+        .unwrap();
     wait_until(
         "the row to stream to the seeded replica",
         Duration::from_secs(30),
@@ -415,7 +417,7 @@ fn postgres_scripts_seed_a_streaming_replica() {
         },
     );
     assert_eq!(
-        psql(primary.port(), "SELECT usename FROM pg_stat_replication"),
+        primary.psql_primary("postgres", "SELECT usename FROM pg_stat_replication"),
         Ok("replicator".into()),
         "the replica streams as the replication role"
     );
