@@ -40,6 +40,8 @@ pub enum Component {
     Service,
     /// ServiceMonitor, PrometheusRule, dashboard.
     Monitoring,
+    /// The data-plane scripts ConfigMap (used by Redis Jobs and PostgreSQL pods alike).
+    Scripts,
 }
 
 impl Component {
@@ -51,6 +53,7 @@ impl Component {
             Component::Postgres => "postgres",
             Component::Service => "service",
             Component::Monitoring => "monitoring",
+            Component::Scripts => "scripts",
         }
     }
 }

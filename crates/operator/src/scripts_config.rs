@@ -21,7 +21,7 @@ pub fn child(pc: &PostCache, scripts: &[(&str, &str)]) -> Child {
         .map(|(file, text)| ((*file).to_owned(), (*text).to_owned()))
         .collect::<BTreeMap<_, _>>();
     Child::new(&ConfigMap {
-        metadata: meta(pc, name(pc), Component::Redis),
+        metadata: meta(pc, name(pc), Component::Scripts),
         data: Some(data),
         ..ConfigMap::default()
     })
