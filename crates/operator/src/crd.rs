@@ -453,7 +453,7 @@ pub struct PostCacheStatus {
     pub endpoints: Option<Endpoints>,
 }
 
-/// Redis nodes, ready and desired.
+/// Redis nodes, ready and desired, and where a change of the shard count stands.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisStatus {
@@ -461,6 +461,38 @@ pub struct RedisStatus {
     pub ready_nodes: i32,
     /// Nodes desired.
     pub nodes: i32,
+    /// Shards that hold slots now (Cluster mode; absent until the cluster is bootstrapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i32>,
+    /// The shard change in progress, step by step, so a restarted operator resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_change: Option<ShardChange>,
+}
+
+/// A change of the Redis Cluster's shard count in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardChange {
+    /// Shards before the change (0 for the first bootstrap).
+    pub from: i32,
+    /// Shards after it.
+    pub to: i32,
+    /// The step now running.
+    pub step: ShardStep,
+}
+
+/// One step of a shard change. Growing: `ScaleNodes` → `MoveSlots` (`Bootstrap` the first time);
+/// shrinking: `MoveSlots` (drain) → `ShrinkNodes`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ShardStep {
+    /// The StatefulSet grows to the new node count; waits until every node is ready.
+    ScaleNodes,
+    /// The bootstrap Job creates the cluster over all nodes.
+    Bootstrap,
+    /// A Job moves slots onto new shards, or off the shards about to go.
+    MoveSlots,
+    /// The StatefulSet shrinks to the new node count.
+    ShrinkNodes,
 }
 
 /// PostgreSQL instances, ready and desired.

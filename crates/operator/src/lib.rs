@@ -1,15 +1,58 @@
-//! The PostCache operator. So far: the `PostCache` custom resource itself, defined by Rust types
-//! whose doc comments, defaults and CEL rules become the CRD's schema (`postcache crd` prints it;
-//! `crds/postcache.yaml` is that output). Reconciliation arrives with the operator work.
+//! The PostCache operator: the `PostCache` custom resource and its reconciliation.
+//!
+//! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
+//!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output).
+//! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
+//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding [`scripts`]), assembled by
+//!   [`desired`]; the Redis shard change as a recorded step machine ([`shards`]); the status
+//!   ([`status`]).
+//! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
+//!   ([`controller`]) and what it reads (`observe`), leader election by
+//!   Lease ([`leader`]), metrics ([`metrics`]), and [`run`] behind `postcache operator`
+//!   ([`OperatorArgs`], [`operator`]).
 
+pub mod apply;
+pub mod child;
+pub mod config;
+pub mod controller;
 mod crd;
+pub mod desired;
+pub mod error;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod monitoring;
+pub mod network;
+mod observe;
+pub mod operator;
+pub mod pod;
+pub mod postgres;
+pub mod redis;
+pub mod scripts;
+pub mod scripts_config;
+pub mod service;
+pub mod shards;
+pub mod status;
 
+pub use config::{LogFormat, OperatorArgs};
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
     MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus, PostgresMode, PostgresSpec,
     PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus, SecretKeyRef, ServiceSpec,
-    ServiceStatus, StorageSpec,
+    ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
+pub use error::Error;
+pub use operator::run;
+
+/// The data-plane scripts as the scripts ConfigMap holds them: `(file name, contents)`.
+pub const SCRIPTS: controller::Scripts = &[
+    (redis::CLUSTER_SCRIPT, scripts::REDIS_CLUSTER),
+    (
+        postgres::PRIMARY_INIT_SCRIPT,
+        scripts::POSTGRES_PRIMARY_INIT,
+    ),
+    (postgres::SEED_SCRIPT, scripts::POSTGRES_REPLICA_SEED),
+];
 
 /// The CustomResourceDefinition as YAML, exactly what `postcache crd` prints.
 pub fn crd_yaml() -> String {

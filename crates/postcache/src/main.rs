@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run the posts service (with no configuration: SQLite file ./postcache.db on 127.0.0.1:8080).
     Serve(Box<postcache_server::ServeArgs>),
+    /// Run the Kubernetes operator (in-cluster config, or KUBECONFIG): reconciles PostCache objects.
+    Operator(postcache_operator::OperatorArgs),
     /// Print the PostCache CustomResourceDefinition (YAML), e.g. `postcache crd | kubectl apply -f -`.
     Crd,
     /// Load a running PostCache with a read/write mix and report throughput and latency.
@@ -30,6 +32,16 @@ async fn main() -> anyhow::Result<()> {
                 postcache_server::init_logging(args.log_format, args.otlp_endpoint.as_deref())?;
             postcache_server::serve(*args).await?;
         }
+        Command::Operator(args) => {
+            let format = match args.log_format {
+                postcache_operator::LogFormat::Text => postcache_server::LogFormat::Text,
+                postcache_operator::LogFormat::Json => postcache_server::LogFormat::Json,
+            };
+            let _telemetry = postcache_server::init_logging(format, None)?;
+            postcache_operator::run(args, postcache_operator::SCRIPTS, shutdown_signal())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
         Command::Crd => print!("{}", postcache_operator::crd_yaml()),
         Command::Bench(args) => {
             let report = postcache_bench::run(&args).await?;
@@ -41,4 +53,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }

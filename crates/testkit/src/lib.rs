@@ -22,6 +22,7 @@ mod postgres;
 mod process;
 mod prometheus;
 mod redis;
+mod redis_nodes;
 mod shared;
 mod tools;
 
@@ -31,6 +32,7 @@ pub use postgres::Postgres;
 pub use process::{Process, ProcessSpec, Readiness};
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use redis::{Redis, RedisCluster};
+pub use redis_nodes::RedisNodes;
 pub use tools::tool;
 
 use std::time::{Duration, Instant};

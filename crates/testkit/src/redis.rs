@@ -170,7 +170,7 @@ impl RedisCluster {
     }
 }
 
-fn server_spec(name: &str, dir: &Path, port: u16, extra: &[&str]) -> ProcessSpec {
+pub(crate) fn server_spec(name: &str, dir: &Path, port: u16, extra: &[&str]) -> ProcessSpec {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),

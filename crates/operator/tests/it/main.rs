@@ -4,6 +4,12 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(missing_docs)] // a test binary, not an API
 
+mod chart;
+mod data_plane;
+mod image;
+mod least_privilege;
+mod reconcile;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ fn repo() -> PathBuf {
 }
 
 /// The shared control plane with the CRD applied from `crds/postcache.yaml` (as users do).
-fn plane_with_crd() -> std::sync::Arc<ControlPlane> {
+pub(crate) fn plane_with_crd() -> std::sync::Arc<ControlPlane> {
     let plane = ControlPlane::shared();
     let crd = repo().join("crds/postcache.yaml");
     plane

@@ -9,6 +9,7 @@ mod browser;
 mod degraded;
 mod footprint;
 mod monitoring;
+mod operator;
 mod pods;
 mod serve;
 mod telemetry;

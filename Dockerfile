@@ -1,0 +1,24 @@
+# The PostCache image: one static binary on an empty base. `postcache operator` runs the
+# controller, `postcache serve` the cache service; the Helm chart runs this image for both.
+#
+#   docker build -t ghcr.io/postcache/postcache:0.1.0 .
+#
+# The tests assemble the same image without a container engine (crates/operator/tests/it/image.rs):
+# the same musl build, the same single layer, user and entrypoint.
+
+FROM rust:1.95-bookworm AS build
+RUN rustup target add x86_64-unknown-linux-musl \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --target x86_64-unknown-linux-musl -p postcache \
+ && install -m 0755 target/x86_64-unknown-linux-musl/release/postcache /postcache
+
+FROM scratch
+COPY --from=build /postcache /postcache
+USER 65532:65532
+ENTRYPOINT ["/postcache"]

@@ -1,0 +1,84 @@
+{{/* The release's base name: the release name, with the chart name unless it already holds it. */}}
+{{- define "postcache.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 54 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "postcache.operatorName" -}}
+{{- printf "%s-operator" (include "postcache.fullname" .) -}}
+{{- end -}}
+
+{{- define "postcache.serviceAccountName" -}}
+{{- default (include "postcache.operatorName" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "postcache.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The port of operator.metricsAddr (host:port). */}}
+{{- define "postcache.metricsPort" -}}
+{{- splitList ":" .Values.operator.metricsAddr | last -}}
+{{- end -}}
+
+{{- define "postcache.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "postcache.labels" -}}
+{{ include "postcache.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/*
+What the operator may do to the objects it reconciles: exactly the verbs it uses, nothing on
+kinds it does not manage. A ClusterRole when it watches every namespace, a Role otherwise.
+*/}}
+{{- define "postcache.reconcileRules" -}}
+- apiGroups: [postcache.io]
+  resources: [postcaches]
+  verbs: [get, list, watch]
+- apiGroups: [postcache.io]
+  resources: [postcaches/status]
+  verbs: [get, patch, update]
+- apiGroups: [postcache.io]
+  resources: [postcaches/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [services, secrets, configmaps, serviceaccounts]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [statefulsets, deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors, prometheusrules]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+{{- end -}}

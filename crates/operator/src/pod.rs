@@ -1,0 +1,154 @@
+//! Small pieces of pod specs shared by the builders: environment variables (plain and by
+//! `secretKeyRef`), ports, probes, claim templates, the scripts volume, and the restricted
+//! security context.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, ContainerPort, EnvVar, EnvVarSource, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, ServicePort, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::labels::Component;
+use crate::{PostCache, StorageSpec};
+
+/// Where the data-plane scripts ConfigMap is mounted.
+pub const SCRIPTS_DIR: &str = "/scripts";
+/// The volume name of the scripts ConfigMap.
+pub const SCRIPTS_VOLUME: &str = "scripts";
+
+/// A plain variable.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// A variable read from a Secret's key: secrets never appear in a pod spec.
+pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The scripts ConfigMap as a volume.
+pub fn scripts_volume(config_map: &str) -> Volume {
+    Volume {
+        name: SCRIPTS_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            default_mode: Some(0o555),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Mounts [`scripts_volume`] read-only at [`SCRIPTS_DIR`].
+pub fn scripts_mount() -> VolumeMount {
+    VolumeMount {
+        name: SCRIPTS_VOLUME.to_owned(),
+        mount_path: SCRIPTS_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Non-root, read-only root filesystem, no privilege escalation, no capabilities, seccomp
+/// `RuntimeDefault`: the restricted Pod Security Standard.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// A named TCP Service port to the same container port.
+pub fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+/// Pod template metadata: the standard labels of `component`.
+pub fn pod_meta(pc: &PostCache, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(crate::labels::labels(pc, component)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A named TCP container port.
+pub fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+/// A probe running `shell` with `sh -c`.
+pub fn exec_probe(shell: &str) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), shell.to_owned()]),
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+/// A claim template of `storage` (default `1Gi` on the cluster's default class).
+pub fn volume_claim(name: &str, storage: Option<&StorageSpec>) -> PersistentVolumeClaim {
+    let size = storage.map_or("1Gi", |s| s.size.as_str());
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.and_then(|s| s.storage_class_name.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(size.to_owned()),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}

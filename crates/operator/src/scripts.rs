@@ -1,0 +1,34 @@
+//! The data-plane scripts: what runs inside the Redis and PostgreSQL pods, embedded in the
+//! operator so that what it renders into ConfigMaps and Jobs is byte for byte what the tests run
+//! against local `redis-server` and PostgreSQL processes.
+//!
+//! ```text
+//! operator ──ConfigMap──▶ Job (redis image)        redis-cluster.sh bootstrap | add-shards | drain-shards
+//!          ──ConfigMap──▶ primary initdb.d         postgres-primary-init.sh
+//!          ──ConfigMap──▶ replica init container   postgres-replica-seed.sh ─▶ pg_basebackup -R
+//! ```
+//! Each is bash (present in the Debian-based official images), idempotent and resumable, and
+//! configured only through its environment; passwords never appear on a command line.
+
+/// Forms and reshapes a Redis Cluster: `bootstrap`, `add-shards`, `drain-shards`.
+///
+/// Env: `REDIS_NODES` (every node's `host:port`, space-separated, in pod-ordinal order; the first
+/// `REDIS_SHARDS × (1 + REDIS_REPLICAS_PER_SHARD)` stay, the rest are leaving), `REDIS_SHARDS`
+/// (target masters), `REDIS_REPLICAS_PER_SHARD`, optional `REDIS_PASSWORD` (handed to redis-cli as
+/// `REDISCLI_AUTH`), optional `REDIS_TIMEOUT_SECONDS` (300). Slots always move before a master is
+/// removed, so no key is lost; each step re-reads the cluster, so a rerun finishes an interrupted one.
+pub const REDIS_CLUSTER: &str = include_str!("../scripts/redis-cluster.sh");
+
+/// Creates the replication role and its `pg_hba.conf` entry on the primary, then reloads.
+///
+/// Env: `REPLICATION_USER`, `REPLICATION_PASSWORD`, optional `POSTGRES_USER` (the superuser,
+/// `postgres`) and libpq's `PG*` variables. Meant for `/docker-entrypoint-initdb.d`; idempotent.
+pub const POSTGRES_PRIMARY_INIT: &str = include_str!("../scripts/postgres-primary-init.sh");
+
+/// Seeds an empty replica data directory with `pg_basebackup -R -X stream`; does nothing when
+/// `PGDATA` already holds one.
+///
+/// Env: `PRIMARY_HOST`, `PRIMARY_PORT`, `REPLICATION_USER`, `PGPASSWORD`, `PGDATA` (a
+/// subdirectory of the volume: a mount root may hold `lost+found`, which the script refuses to
+/// overwrite), optional `SEED_TIMEOUT_SECONDS` (300).
+pub const POSTGRES_REPLICA_SEED: &str = include_str!("../scripts/postgres-replica-seed.sh");

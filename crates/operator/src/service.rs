@@ -1,0 +1,299 @@
+//! The PostCache pods as desired objects: Deployment (probes, resources, restricted security,
+//! env per CONTRACT.md with every secret by `secretKeyRef`), the `<name>-cache` Service, the
+//! HorizontalPodAutoscaler (only when autoscaling is enabled), a PodDisruptionBudget, a
+//! ServiceAccount without a token, and the generated API tokens Secret. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, Service, ServiceAccount, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::child::Child;
+use crate::labels::{Component, child_name, meta, selector, selector_labels};
+use crate::pod::{
+    container_port, env, pod_meta, restricted_security_context, secret_env, service_port,
+};
+use crate::{PostCache, PostgresMode, RedisMode, postgres, redis};
+
+/// The service's HTTP port (API, `/metrics`, probes).
+pub const PORT: i32 = 8080;
+/// Key of the tokens in the generated API tokens Secret.
+pub const TOKENS_KEY: &str = "tokens";
+
+/// `<name>-cache`: Deployment, Service, HPA, PDB, ServiceAccount.
+pub fn name(pc: &PostCache) -> String {
+    child_name(pc, "cache")
+}
+
+/// `<name>-api-tokens`: generated when `apiTokensSecretRef` is absent.
+pub fn tokens_secret_name(pc: &PostCache) -> String {
+    child_name(pc, "api-tokens")
+}
+
+/// `http://<name>-cache.<namespace>.svc:8080` (status `endpoints.http`).
+pub fn endpoint(pc: &PostCache) -> String {
+    format!(
+        "http://{}.{}.svc:{PORT}",
+        name(pc),
+        pc.namespace().unwrap_or_default()
+    )
+}
+
+/// Every object of the service tier; `token` fills a newly generated API tokens Secret.
+pub fn children(pc: &PostCache, image: &str, token: &str) -> Vec<Child> {
+    let mut out = Vec::new();
+    if pc.spec.service.api_tokens_secret_ref.is_none() {
+        out.push(Child::new(&tokens_secret(pc, token)).create_only());
+    }
+    out.push(Child::new(&service_account(pc)));
+    out.push(Child::new(&deployment(pc, image)));
+    out.push(Child::new(&service(pc)));
+    out.push(Child::new(&disruption_budget(pc)));
+    if pc.spec.service.autoscaling.enabled {
+        out.push(Child::new(&autoscaler(pc)));
+    }
+    out
+}
+
+fn tokens_secret(pc: &PostCache, token: &str) -> Secret {
+    Secret {
+        metadata: meta(pc, tokens_secret_name(pc), Component::Service),
+        string_data: Some(BTreeMap::from([(TOKENS_KEY.to_owned(), token.to_owned())])),
+        ..Secret::default()
+    }
+}
+
+fn service_account(pc: &PostCache) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(pc, name(pc), Component::Service),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The environment of the pods (CONTRACT.md names). Passwords reach URLs through Kubernetes'
+/// `$(VAR)` expansion of variables that come from Secrets, never as literals.
+pub fn service_env(pc: &PostCache) -> Vec<EnvVar> {
+    let spec = &pc.spec;
+    let ns = pc.namespace().unwrap_or_default();
+    let mut out = vec![env("POSTCACHE_LISTEN", format!("0.0.0.0:{PORT}"))];
+    match (&spec.postgres.mode, &spec.postgres.external) {
+        (PostgresMode::External, Some(external)) => {
+            let p = &external.primary_url_secret_ref;
+            out.push(secret_env("POSTCACHE_DATABASE_URL", &p.name, &p.key));
+            if let Some(r) = &external.replica_urls_secret_ref {
+                out.push(secret_env("POSTCACHE_REPLICA_URLS", &r.name, &r.key));
+            }
+        }
+        _ => {
+            let creds = postgres::credentials_secret_name(pc);
+            out.push(secret_env("POSTGRES_USER", &creds, postgres::USERNAME_KEY));
+            out.push(secret_env(
+                "POSTGRES_PASSWORD",
+                &creds,
+                postgres::PASSWORD_KEY,
+            ));
+            let url = |service: String| {
+                format!(
+                    "postgres://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@{service}.{ns}.svc:{}/{}",
+                    postgres::PORT,
+                    postgres::DATABASE
+                )
+            };
+            out.push(env(
+                "POSTCACHE_DATABASE_URL",
+                url(postgres::rw_service_name(pc)),
+            ));
+            if postgres::replica_count(pc) > 0 {
+                out.push(env(
+                    "POSTCACHE_REPLICA_URLS",
+                    url(postgres::ro_service_name(pc)),
+                ));
+            }
+        }
+    }
+    match (&spec.redis.mode, &spec.redis.external) {
+        (RedisMode::External, Some(external)) => {
+            let r = &external.url_secret_ref;
+            out.push(secret_env("POSTCACHE_REDIS_URL", &r.name, &r.key));
+        }
+        (mode, _) => {
+            let auth = redis::auth_secret_name(pc);
+            out.push(secret_env("REDIS_PASSWORD", &auth, redis::PASSWORD_KEY));
+            let url = |address: String| format!("redis://:$(REDIS_PASSWORD)@{address}");
+            let urls: Vec<String> = if *mode == RedisMode::Cluster {
+                // Seeds: the first three nodes always exist (shards >= 3); clients learn the rest.
+                (0..3).map(|i| url(redis::node_address(pc, i))).collect()
+            } else {
+                vec![url(format!("{}.{ns}.svc:{}", redis::name(pc), redis::PORT))]
+            };
+            out.push(env("POSTCACHE_REDIS_URL", urls.join(",")));
+            out.push(env(
+                "POSTCACHE_REDIS_CLUSTER",
+                (*mode == RedisMode::Cluster).to_string(),
+            ));
+        }
+    }
+    let tokens = match &spec.service.api_tokens_secret_ref {
+        Some(r) => secret_env("POSTCACHE_API_TOKENS", &r.name, &r.key),
+        None => secret_env("POSTCACHE_API_TOKENS", &tokens_secret_name(pc), TOKENS_KEY),
+    };
+    out.push(tokens);
+    let cache = &spec.service.cache;
+    out.push(env(
+        "POSTCACHE_L1_MAX_ENTRIES",
+        cache.l1_max_entries.to_string(),
+    ));
+    out.push(env(
+        "POSTCACHE_L1_TTL_SECONDS",
+        cache.l1_ttl_seconds.to_string(),
+    ));
+    out.push(env(
+        "POSTCACHE_L2_TTL_SECONDS",
+        cache.l2_ttl_seconds.to_string(),
+    ));
+    let realtime = &spec.service.realtime;
+    out.push(env(
+        "POSTCACHE_REALTIME_ENABLED",
+        realtime.enabled.to_string(),
+    ));
+    out.push(env(
+        "POSTCACHE_REALTIME_MAX_CONNECTIONS",
+        realtime.max_connections_per_pod.to_string(),
+    ));
+    out.push(env("POSTCACHE_LOG_FORMAT", "json"));
+    out
+}
+
+fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn deployment(pc: &PostCache, image: &str) -> Deployment {
+    let spec = &pc.spec.service;
+    let container = Container {
+        name: "postcache".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| image.to_owned())),
+        args: Some(vec!["serve".into()]),
+        env: Some(service_env(pc)),
+        ports: Some(vec![container_port("http", PORT)]),
+        liveness_probe: Some(http_probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
+        resources: spec.resources.clone(),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(pc, name(pc), Component::Service),
+        spec: Some(DeploymentSpec {
+            // With an HPA the replicas are its to set; the field is left out so it owns them.
+            replicas: (!spec.autoscaling.enabled).then_some(spec.replicas),
+            selector: selector(pc, Component::Service),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta(pc, Component::Service)),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name(pc)),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn service(pc: &PostCache) -> Service {
+    Service {
+        metadata: meta(pc, name(pc), Component::Service),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(pc, Component::Service)),
+            ports: Some(vec![service_port("http", PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn disruption_budget(pc: &PostCache) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(pc, name(pc), Component::Service),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(pc, Component::Service)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+fn autoscaler(pc: &PostCache) -> HorizontalPodAutoscaler {
+    let a = &pc.spec.service.autoscaling;
+    HorizontalPodAutoscaler {
+        metadata: meta(pc, name(pc), Component::Service),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name(pc),
+            },
+            min_replicas: Some(a.min_replicas.max(1)),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    }
+}

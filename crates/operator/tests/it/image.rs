@@ -1,0 +1,310 @@
+//! The PostCache image, assembled without a container engine as the Dockerfile builds it: the
+//! `postcache` binary linked statically (musl) on an empty base, user 65532, entrypoint
+//! `/postcache`, written as an OCI image layout by crane (built from the Go module proxy by
+//! `scripts/install-deps`). The chart's default image is this image's name.
+//!
+//! ```text
+//! cargo build --target x86_64-unknown-linux-musl ─▶ layer.tar ─▶ crane append --oci-empty-base
+//!   ─▶ crane mutate (user, entrypoint, platform) ─▶ crane pull --format=oci ─▶ layout/
+//! ```
+//! The release build goes to its own target dir under `~/.cache/postcache` (the operator tests'
+//! build dir stays unlocked meanwhile); a warm rebuild takes seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use postcache_testkit::{Process, ProcessSpec, free_port, http_get, tool};
+use serde_json::Value;
+
+use crate::repo;
+
+/// The image's name: the chart's default image (repository and appVersion) must be this.
+pub const REFERENCE: &str = concat!("ghcr.io/postcache/postcache:", env!("CARGO_PKG_VERSION"));
+
+const TARGET: &str = "x86_64-unknown-linux-musl";
+const USER: &str = "65532:65532";
+
+/// Builds the static `postcache` binary for [`TARGET`] in release mode; returns its path.
+fn build_static_binary() -> PathBuf {
+    let target_dir = match std::env::var_os("POSTCACHE_IMAGE_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/postcache/target-image")
+        }
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "-p",
+            "postcache",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the static build failed (is the {TARGET} target installed? scripts/install-deps adds it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join(TARGET).join("release/postcache")
+}
+
+fn run(program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// crane's in-memory registry on loopback: append and mutate work on registry images only.
+fn registry(dir: &Path) -> (Process, u16) {
+    let port = free_port();
+    let process = Process::start(ProcessSpec {
+        name: "crane-registry".into(),
+        program: tool("crane"),
+        args: [
+            "registry",
+            "serve",
+            "--address",
+            &format!("127.0.0.1:{port}"),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        env: vec![],
+        user: None,
+        log: dir.join("registry.log"),
+        ready: Box::new(
+            move || match http_get(([127, 0, 0, 1], port).into(), "/v2/")? {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status}: {body}")),
+            },
+        ),
+        ready_timeout: Duration::from_secs(20),
+        stop_signal: Signal::SIGTERM,
+    });
+    (process, port)
+}
+
+/// Assembles the image as an OCI layout in `dir/layout`; returns the layout's path.
+fn assemble(binary: &Path, dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::copy(binary, rootfs.join("postcache")).unwrap();
+    let layer = dir.join("layer.tar");
+    // Reproducible: root-owned (readable and executable by 65532), fixed mtime.
+    let tar = Path::new("tar");
+    run(
+        tar,
+        &[
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "--mode=0755",
+            "-cf",
+            layer.to_str().unwrap(),
+            "-C",
+            rootfs.to_str().unwrap(),
+            "postcache",
+        ],
+    );
+
+    let crane = tool("crane");
+    let (_registry, port) = registry(dir);
+    let local = format!(
+        "127.0.0.1:{port}/postcache/postcache:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    run(
+        &crane,
+        &[
+            "append",
+            "--insecure",
+            "--oci-empty-base",
+            "-f",
+            layer.to_str().unwrap(),
+            "-t",
+            &local,
+        ],
+    );
+    run(
+        &crane,
+        &[
+            "mutate",
+            "--insecure",
+            &local,
+            "--entrypoint=/postcache",
+            &format!("--user={USER}"),
+            "--set-platform=linux/amd64",
+            "-l",
+            &format!(
+                "org.opencontainers.image.version={}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "-l",
+            "org.opencontainers.image.source=https://github.com/postcache/postcache",
+            "-t",
+            &local,
+        ],
+    );
+    run(&crane, &["validate", "--insecure", "--remote", &local]);
+    let layout = dir.join("layout");
+    run(
+        &crane,
+        &[
+            "pull",
+            "--insecure",
+            "--format=oci",
+            &local,
+            layout.to_str().unwrap(),
+        ],
+    );
+
+    // crane names nothing in the layout; name the image as it is published (containerd's
+    // `ctr images import` reads io.containerd.image.name, OCI tools the ref.name).
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"][0]["annotations"] = serde_json::json!({
+        "org.opencontainers.image.ref.name": REFERENCE,
+        "io.containerd.image.name": REFERENCE,
+    });
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    layout
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    let (algorithm, hex) = digest.split_once(':').unwrap();
+    let path = layout.join("blobs").join(algorithm).join(hex);
+    let sum = run(Path::new("sha256sum"), &[path.to_str().unwrap()]);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(hex),
+        "{digest} does not match its content"
+    );
+    path
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// True when the ELF file has no program interpreter (PT_INTERP): it needs no dynamic loader.
+fn is_static_elf(bytes: &[u8]) -> bool {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!(bytes[4], 2, "not a 64-bit ELF");
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) != 3 // PT_INTERP
+    })
+}
+
+#[test]
+fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
+    let binary = build_static_binary();
+    assert!(
+        is_static_elf(&std::fs::read(&binary).unwrap()),
+        "{} is dynamically linked",
+        binary.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = assemble(&binary, dir.path());
+
+    assert_eq!(
+        json(&layout.join("oci-layout"))["imageLayoutVersion"],
+        "1.0.0"
+    );
+    let index = json(&layout.join("index.json"));
+    assert_eq!(index["schemaVersion"], 2);
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "{index}");
+    let descriptor = &manifests[0];
+    assert_eq!(
+        descriptor["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        descriptor["annotations"]["org.opencontainers.image.ref.name"],
+        REFERENCE
+    );
+
+    let manifest = json(&blob(&layout, descriptor["digest"].as_str().unwrap()));
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer on an empty base: {manifest}");
+    let config = json(&blob(
+        &layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    assert_eq!(config["os"], "linux");
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["config"]["User"], USER);
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/postcache"])
+    );
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+
+    // The layer holds the binary alone, and it runs with nothing else around it.
+    let layer = blob(&layout, layers[0]["digest"].as_str().unwrap());
+    let listing = run(Path::new("tar"), &["-tvzf", layer.to_str().unwrap()]);
+    assert_eq!(listing.lines().count(), 1, "{listing}");
+    assert!(listing.starts_with("-rwxr-xr-x 0/0"), "{listing}");
+    let rootfs = dir.path().join("extracted");
+    std::fs::create_dir(&rootfs).unwrap();
+    run(
+        Path::new("tar"),
+        &[
+            "-xzf",
+            layer.to_str().unwrap(),
+            "-C",
+            rootfs.to_str().unwrap(),
+        ],
+    );
+    let version = run(&rootfs.join("postcache"), &["--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("postcache {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // The chart installs exactly this image by default.
+    let rendered = crate::chart::helm(
+        &[
+            "template",
+            "postcache",
+            repo().join("charts/postcache").to_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    let images: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert_eq!(images, [REFERENCE], "the chart's images: {images:?}");
+    let chart = std::fs::read_to_string(repo().join("charts/postcache/Chart.yaml")).unwrap();
+    assert!(
+        chart.contains(&format!("appVersion: \"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{chart}"
+    );
+}
