@@ -163,6 +163,10 @@ pub fn service_env(pc: &PostCache) -> Vec<EnvVar> {
         "POSTCACHE_L2_TTL_SECONDS",
         cache.l2_ttl_seconds.to_string(),
     ));
+    out.push(env(
+        "POSTCACHE_MAX_REPLICA_LAG_SECONDS",
+        spec.postgres.max_replica_lag_seconds.to_string(),
+    ));
     let realtime = &spec.service.realtime;
     out.push(env(
         "POSTCACHE_REALTIME_ENABLED",

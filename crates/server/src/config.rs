@@ -136,6 +136,15 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTCACHE_REALTIME_QUEUE", default_value_t = 1024)]
     pub realtime_queue: usize,
 
+    /// Serve realtime streams (`/v1/events`, `/v1/ws`); `false` answers them with 503.
+    #[arg(
+        long,
+        env = "POSTCACHE_REALTIME_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub realtime_enabled: bool,
+
     /// Most WebSocket and SSE connections this process serves at once; more get 503.
     #[arg(
         long,

@@ -98,7 +98,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let realtime = crate::Realtime::new(
         Arc::clone(posts.log()),
-        args.realtime_max_connections,
+        if args.realtime_enabled {
+            args.realtime_max_connections
+        } else {
+            0
+        },
         HEARTBEAT,
     )
     .with_shutdown(stop_rx.clone());
