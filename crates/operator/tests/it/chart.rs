@@ -12,7 +12,7 @@ use postcache_testkit::{ControlPlane, tool, unique_name, wait_until};
 use crate::repo;
 
 /// The Kubernetes version `helm template` renders for (helm's built-in default is 1.20).
-const KUBE_VERSION: &str = "1.36.0";
+pub const KUBE_VERSION: &str = "1.36.0";
 
 fn chart() -> PathBuf {
     repo().join("charts/postcache")
