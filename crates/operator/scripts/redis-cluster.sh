@@ -238,7 +238,7 @@ drain_shards() {
   # Masters to empty: every leaving one, and member masters beyond the first REDIS_SHARDS.
   local kept=0
   while read -r id addr role _ slots; do
-    [ "$role" = master ] && [ "$slots" -gt 0 ] || continue
+    if [ "$role" != master ] || [ "$slots" -eq 0 ]; then continue; fi
     if [[ $leaving == *" $addr "* ]] || [ "$kept" -ge "$REDIS_SHARDS" ]; then
       draining+=("$id")
     else

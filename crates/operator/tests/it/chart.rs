@@ -1,7 +1,8 @@
 //! The Helm chart `charts/postcache`: it lints, renders what the committed snapshots say, carries
 //! the CRD of `crds/`, installs into the test kit's control plane (the operator Deployment becomes
 //! Available under kwok, the CRD is established), and its RBAC grants the operator exactly the
-//! agreed rights, checked with `kubectl auth can-i` as the operator's ServiceAccount.
+//! agreed rights and nothing broader, checked for the operator's ServiceAccount with the
+//! SubjectAccessReviews that `kubectl auth can-i --as` sends.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,7 @@ use postcache_testkit::{ControlPlane, tool, unique_name, wait_until};
 use crate::repo;
 
 /// The Kubernetes version `helm template` renders for (helm's built-in default is 1.20).
-const KUBE_VERSION: &str = "1.36.0";
+pub const KUBE_VERSION: &str = "1.36.0";
 
 fn chart() -> PathBuf {
     repo().join("charts/postcache")

@@ -293,6 +293,8 @@ fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
             "template",
             "postcache",
             repo().join("charts/postcache").to_str().unwrap(),
+            "--kube-version",
+            crate::chart::KUBE_VERSION,
         ],
         None,
     )
