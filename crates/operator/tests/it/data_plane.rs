@@ -453,7 +453,7 @@ fn postgres_scripts_seed_a_streaming_replica() {
         .unwrap();
     wait_until(
         "the row to stream to the seeded replica",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || match psql(replica_port, "SELECT v FROM seeded")?.as_str() {
             "streamed" => Ok(()),
             other => Err(format!("replica has {other:?}")),

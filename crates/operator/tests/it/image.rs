@@ -92,7 +92,7 @@ fn registry(dir: &Path) -> (Process, u16) {
                 (status, body) => Err(format!("{status}: {body}")),
             },
         ),
-        ready_timeout: Duration::from_secs(20),
+        ready_timeout: Duration::from_secs(60),
         stop_signal: Signal::SIGTERM,
     });
     (process, port)

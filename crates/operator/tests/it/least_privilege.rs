@@ -111,7 +111,7 @@ async fn the_operator_reconciles_to_ready_with_only_the_agreed_rbac() {
     let client = impersonating(&plane, &format!("system:serviceaccount:{ns}:operator")).await;
     eventually(
         "the RBAC to take effect",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
             api.list(&Default::default())

@@ -30,14 +30,18 @@ pub(crate) fn plane_with_crd() -> std::sync::Arc<ControlPlane> {
     plane
         .kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()])
         .unwrap();
-    wait_until("the CRD to be established", Duration::from_secs(30), || {
-        plane.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/postcaches.postcache.io",
-            "--timeout=5s",
-        ])
-    });
+    wait_until(
+        "the CRD to be established",
+        Duration::from_secs(120),
+        || {
+            plane.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/postcaches.postcache.io",
+                "--timeout=5s",
+            ])
+        },
+    );
     plane
 }
 

@@ -257,7 +257,7 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
     // The bootstrap Job ran, was recorded, and is gone.
     eventually(
         "the bootstrap Job to be removed",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let all = children(&client, &ns, "feed").await;
             if all.contains_key("Job/feed-redis-bootstrap") {
@@ -292,7 +292,7 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
     let operator = Operator::start(client.clone(), &ns);
     eventually(
         "a reconcile after the restart",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             if operator.ctx.reconciles() >= 1 {
                 Ok(())
@@ -310,7 +310,7 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
     let seen = operator.ctx.reconciles();
     eventually(
         "a reconcile after the poke",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             if operator.ctx.reconciles() > seen {
                 Ok(())

@@ -69,7 +69,7 @@ fn start_operator(
     let child = Served(command.spawn().unwrap());
     wait_until(
         "the operator's /healthz",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || match http_get(metrics, "/healthz")? {
             (200, _) => Ok(()),
             (status, body) => Err(format!("{status} {body}")),
@@ -143,7 +143,7 @@ fn two_operators_elect_one_leader_which_alone_reconciles_and_a_standby_takes_ove
     let mut a = start_operator(&plane, &ns, "op-a", &[], dir.path());
     let mut b = start_operator(&plane, &ns, "op-b", &[], dir.path());
 
-    let leader = wait_until("a lease holder", Duration::from_secs(30), || {
+    let leader = wait_until("a lease holder", Duration::from_secs(120), || {
         let h = holder(&plane, &ns)?;
         if h == "op-a" || h == "op-b" {
             Ok(h)
@@ -166,7 +166,7 @@ fn two_operators_elect_one_leader_which_alone_reconciles_and_a_standby_takes_ove
             Err(format!("observedGeneration {g:?}"))
         }
     });
-    wait_until("the leader's metrics", Duration::from_secs(10), || {
+    wait_until("the leader's metrics", Duration::from_secs(60), || {
         match (
             first.metric("postcache_operator_leader "),
             first.metric("postcache_operator_reconciliations_total{result=\"ok\"}"),
@@ -198,7 +198,7 @@ fn two_operators_elect_one_leader_which_alone_reconciles_and_a_standby_takes_ove
     first.child.wait().unwrap();
     wait_until(
         "the standby to take the lease",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || {
             let h = holder(&plane, &ns)?;
             if h == second.identity {
@@ -297,7 +297,7 @@ fn monitoring_objects_are_created_when_their_crds_exist() {
         rules.contains("< 0.85"),
         "the spec's threshold is not in the rules: {rules}"
     );
-    let endpoints = wait_until("the ServiceMonitor", Duration::from_secs(30), || {
+    let endpoints = wait_until("the ServiceMonitor", Duration::from_secs(120), || {
         jsonpath(
             &plane,
             &ns,
@@ -314,7 +314,7 @@ fn monitoring_objects_are_created_when_their_crds_exist() {
     )
     .unwrap();
     assert_eq!(label, "1");
-    wait_until("the Monitoring condition", Duration::from_secs(30), || {
+    wait_until("the Monitoring condition", Duration::from_secs(120), || {
         let reason = jsonpath(
             &plane,
             &ns,
@@ -335,7 +335,7 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
     let ns = plane.create_namespace();
     let dir = tempfile::tempdir().unwrap();
     let op = start_operator(&plane, &ns, "op-l", &[], dir.path());
-    wait_until("the lease", Duration::from_secs(30), || {
+    wait_until("the lease", Duration::from_secs(120), || {
         let h = holder(&plane, &ns)?;
         if h == "op-l" {
             Ok(())
@@ -377,7 +377,7 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
         .unwrap();
     wait_until(
         "the operator to step down",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || match op.metric("postcache_operator_leader ") {
             Some(0.0) => Ok(()),
             other => Err(format!("leader gauge {other:?}")),
