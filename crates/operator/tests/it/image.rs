@@ -35,7 +35,15 @@ fn build_static_binary() -> PathBuf {
         }
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Only the environment `scripts/test` gives its own build of this binary (before the tests),
+    // so that this build finds it fresh instead of rebuilding for `cargo test`'s variables.
+    let kept: Vec<(String, std::ffi::OsString)> = ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var_os(k)?)))
+        .collect();
     let out = Command::new(cargo)
+        .env_clear()
+        .envs(kept)
         .current_dir(repo())
         .args([
             "build",
