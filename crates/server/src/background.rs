@@ -115,6 +115,13 @@ pub(crate) async fn maintain(
         if let Some(usage) = posts.store().replica_pool_usage() {
             metrics::record_pool("replica", usage);
         }
+        if let Some(shared) = posts.shared()
+            && let Ok(waiting) = shared.views.pending().await
+        {
+            // Counted in Redis, not in this pod's buffer: the gauge shows the shared backlog.
+            ::metrics::gauge!(postcache_cache::WRITEBACK_PENDING)
+                .set((waiting + posts.pending_views()) as f64);
+        }
         let distrusted = if posts.freshness().trusts_l1() {
             0.0
         } else {
