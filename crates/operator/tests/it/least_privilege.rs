@@ -10,7 +10,7 @@ use postcache_operator::leader::LeaseLock;
 use serde_json::json;
 
 use crate::plane_with_crd;
-use crate::reconcile::{Operator, create, eventually, kubectl};
+use crate::reconcile::{Operator, create, eventually, wait_ready};
 
 /// The agreed ClusterRole rules.
 fn cluster_rules() -> serde_json::Value {
@@ -144,17 +144,5 @@ async fn the_operator_reconciles_to_ready_with_only_the_agreed_rbac() {
         json!({"redis": {"shards": 3, "replicasPerShard": 0}, "postgres": {"instances": 2}}),
     )
     .await;
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/feed",
-            "-n",
-            &ns,
-            "--timeout=240s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait under the agreed RBAC: {e}"));
+    wait_ready(&plane, &ns, "feed", "240s").await;
 }

@@ -135,6 +135,15 @@ pub(crate) async fn kubectl(plane: &Arc<ControlPlane>, args: &[&str]) -> Result<
     .unwrap()
 }
 
+/// `kubectl wait --for=condition=Ready` on PostCache `name` (what a user runs), up to `timeout`.
+pub(crate) async fn wait_ready(plane: &Arc<ControlPlane>, ns: &str, name: &str, timeout: &str) {
+    let (object, timeout) = (format!("pcache/{name}"), format!("--timeout={timeout}"));
+    let args = ["wait", "--for=condition=Ready", &object, "-n", ns, &timeout];
+    if let Err(e) = kubectl(plane, &args).await {
+        panic!("kubectl wait for {object}: {e}");
+    }
+}
+
 async fn status(client: &kube::Client, ns: &str, name: &str) -> serde_json::Value {
     let api: Api<PostCache> = Api::namespaced(client.clone(), ns);
     serde_json::to_value(api.get(name).await.unwrap().status).unwrap()
@@ -210,19 +219,7 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
     assert_eq!(replicas(&all["StatefulSet/feed-postgres"]), 1);
     assert_eq!(replicas(&all["StatefulSet/feed-postgres-replica"]), 2);
 
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/feed",
-            "-n",
-            &ns,
-            "--timeout=240s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    wait_ready(&plane, &ns, "feed", "240s").await;
     let st = status(&client, &ns, "feed").await;
     assert_eq!(st["phase"], "Ready", "{st}");
     assert_eq!(st["observedGeneration"], 1);
@@ -377,19 +374,7 @@ async fn spec_changes_reach_the_children_and_the_shard_change_goes_through_its_s
         json!({"redis": {"shards": 3, "replicasPerShard": 0}, "postgres": {"instances": 3}}),
     )
     .await;
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/feed",
-            "-n",
-            &ns,
-            "--timeout=240s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    wait_ready(&plane, &ns, "feed", "240s").await;
 
     let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
     let change = json!({"spec": {
@@ -496,19 +481,7 @@ async fn external_tiers_get_no_children_and_the_service_reads_their_secrets() {
         }),
     )
     .await;
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/ext",
-            "-n",
-            &ns,
-            "--timeout=120s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    wait_ready(&plane, &ns, "ext", "120s").await;
     let all = children(&client, &ns, "ext").await;
     let stray: Vec<_> = all
         .keys()
@@ -593,19 +566,7 @@ async fn a_new_storage_size_is_reported_not_forced_and_other_changes_still_apply
                "service": {"replicas": 1, "autoscaling": {"enabled": false}}}),
     )
     .await;
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/feed",
-            "-n",
-            &ns,
-            "--timeout=120s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    wait_ready(&plane, &ns, "feed", "120s").await;
 
     // A StatefulSet's volume claim templates are immutable; the rest of the change goes through.
     let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
@@ -659,19 +620,7 @@ async fn a_restarted_operator_resumes_a_shard_change_at_its_recorded_step() {
                "service": {"replicas": 1, "autoscaling": {"enabled": false}}}),
     )
     .await;
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pcache/feed",
-            "-n",
-            &ns,
-            "--timeout=120s",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    wait_ready(&plane, &ns, "feed", "120s").await;
     drop(operator);
 
     // While no operator runs: the spec asks for 4 shards, and the status says a previous operator
