@@ -167,16 +167,8 @@ impl L2 {
     /// # Errors
     /// When Redis does not answer.
     pub async fn write(&self, entry: &CachedPost) -> Result<(), RedisCallError> {
-        let _: i64 = self
-            .write
-            .key(value_key(entry.id))
-            .key(lease_key(entry.id))
-            .key(floor_key(entry.id))
-            .arg(entry.version)
-            .arg(encode(entry))
-            .arg(millis(self.config.post_ttl))
-            .arg(millis(self.config.floor_ttl))
-            .invoke_async(&mut self.conn.clone())
+        let floor_ttl = millis(self.config.floor_ttl).to_string();
+        self.run(&self.write, entry, &floor_ttl)
             .await
             .map_err(failed("write a post through"))?;
         Ok(())
@@ -206,19 +198,30 @@ impl L2 {
     /// # Errors
     /// When Redis does not answer.
     pub async fn fill(&self, entry: &CachedPost, lease: &Lease) -> Result<bool, RedisCallError> {
-        let filled: i64 = self
-            .fill
+        let filled = self
+            .run(&self.fill, entry, &lease.0)
+            .await
+            .map_err(failed("fill a post"))?;
+        Ok(filled == 1)
+    }
+
+    /// Runs WRITE or FILL on `entry`'s keys: version, encoded value, value TTL, then `last`.
+    async fn run(
+        &self,
+        script: &redis::Script,
+        entry: &CachedPost,
+        last: &str,
+    ) -> redis::RedisResult<i64> {
+        script
             .key(value_key(entry.id))
             .key(lease_key(entry.id))
             .key(floor_key(entry.id))
             .arg(entry.version)
             .arg(encode(entry))
             .arg(millis(self.config.post_ttl))
-            .arg(&lease.0)
+            .arg(last)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(failed("fill a post"))?;
-        Ok(filled == 1)
     }
 
     /// Drops `id`'s cached value (its floor stays).

@@ -142,18 +142,13 @@ impl RedisConn {
         })
     }
 
-    /// Another connection to the same Redis for blocking reads (which would hold up every other
+    /// A connection to `config`'s Redis for blocking reads (which would hold up every other
     /// command on a shared connection), waiting up to `block` longer for a reply. Its breaker is
     /// its own: a slow blocking read must not make the other calls skip Redis.
     ///
     /// # Errors
     /// A malformed URL.
-    pub fn blocking(
-        &self,
-        config: &RedisConfig,
-        block: Duration,
-    ) -> Result<RedisConn, RedisCallError> {
-        let _ = self;
+    pub fn blocking(config: &RedisConfig, block: Duration) -> Result<RedisConn, RedisCallError> {
         Ok(RedisConn {
             link: Self::link(config, config.timeout + block + Duration::from_secs(1))?,
             health: Health::new(false),

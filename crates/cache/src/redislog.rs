@@ -98,7 +98,7 @@ impl RedisLog {
         config: &RedisConfig,
         retention: usize,
     ) -> Result<RedisLog, RedisCallError> {
-        let reader = conn.blocking(config, READ_BLOCK)?;
+        let reader = RedisConn::blocking(config, READ_BLOCK)?;
         let owner = format!(
             "{}-{}",
             std::process::id(),
