@@ -205,9 +205,19 @@ bootstrap() {
   redis-cli --cluster create "${MEMBERS[@]}" --cluster-replicas "$REDIS_REPLICAS_PER_SHARD" --cluster-yes >&2
   for addr in "${MEMBERS[@]}"; do
     wait_for "$addr to see the whole cluster" sees_all "$addr"
+    wait_for "$addr to see every node in its role" roles_settled "$addr"
   done
 }
 sees_all() { covered "$1" && [ "$(info_field "$1" cluster_known_nodes)" -ge "${#MEMBERS[@]}" ]; }
+
+# roles_settled host:port — the node sees $REDIS_SHARDS masters serving slots and every other
+# member as a replica (gossip spreads the replicas' roles after the create returns).
+roles_settled() {
+  table "$1" | awk -v m="$REDIS_SHARDS" -v n="${#MEMBERS[@]}" '
+    $3 == "master" && $5 > 0 { masters++ }
+    $3 == "replica" { replicas++ }
+    END { exit !(masters == m && replicas == n - m) }'
+}
 
 add_shards() {
   local s masters addr
