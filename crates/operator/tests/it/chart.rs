@@ -289,18 +289,7 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
     let plane = ControlPlane::shared();
     let release = unique_name("pc");
     let (ns, sa) = install(&plane, &release, &[]);
-    wait_until(
-        "the CRD to be established",
-        Duration::from_secs(120),
-        || {
-            plane.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "crd/postcaches.postcache.io",
-                "--timeout=5s",
-            ])
-        },
-    );
+    crate::wait_established(&plane);
     let deployment = format!("{release}-postcache-operator");
     let ready = plane
         .kubectl(&[

@@ -30,6 +30,12 @@ pub(crate) fn plane_with_crd() -> std::sync::Arc<ControlPlane> {
     plane
         .kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()])
         .unwrap();
+    wait_established(&plane);
+    plane
+}
+
+/// Waits until the apiserver serves the PostCache CRD.
+pub fn wait_established(plane: &ControlPlane) {
     wait_until(
         "the CRD to be established",
         Duration::from_secs(120),
@@ -42,7 +48,6 @@ pub(crate) fn plane_with_crd() -> std::sync::Arc<ControlPlane> {
             ])
         },
     );
-    plane
 }
 
 #[test]

@@ -104,6 +104,21 @@ impl Operator {
     }
 }
 
+/// Merge-patches the operator's Lease in `ns` (a test playing another contender).
+fn patch_lease(plane: &ControlPlane, ns: &str, patch: &str) {
+    let args = [
+        "patch",
+        "lease",
+        "postcache-operator",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        patch,
+    ];
+    plane.kubectl(&args).unwrap();
+}
+
 fn holder(plane: &ControlPlane, ns: &str) -> Result<String, String> {
     plane.kubectl(&[
         "get",
@@ -363,18 +378,7 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
         r#"{{"spec":{{"holderIdentity":"intruder","renewTime":"{}","leaseDurationSeconds":3600}}}}"#,
         now.trim()
     );
-    plane
-        .kubectl(&[
-            "patch",
-            "lease",
-            "postcache-operator",
-            "-n",
-            &ns,
-            "--type=merge",
-            "-p",
-            &take,
-        ])
-        .unwrap();
+    patch_lease(&plane, &ns, &take);
     wait_until(
         "the operator to step down",
         Duration::from_secs(120),
@@ -389,18 +393,7 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
     // A change made meanwhile is reconciled once the lease is free again and won back.
     apply_postcache(&plane, &ns, dir.path(), &SMALL.replace("REPLICAS", "2"));
     let free = r#"{"spec":{"holderIdentity":null,"renewTime":null}}"#;
-    plane
-        .kubectl(&[
-            "patch",
-            "lease",
-            "postcache-operator",
-            "-n",
-            &ns,
-            "--type=merge",
-            "-p",
-            free,
-        ])
-        .unwrap();
+    patch_lease(&plane, &ns, free);
     wait_until(
         "the change to be reconciled",
         Duration::from_secs(60),
