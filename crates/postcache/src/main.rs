@@ -21,6 +21,9 @@ enum Command {
     Crd,
     /// Load a running PostCache with a read/write mix and report throughput and latency.
     Bench(postcache_bench::BenchArgs),
+    /// Check a running deployment's freshness guarantees (G1–G5) from outside: drive a workload,
+    /// report violations, lost writes and convergence; exit status 1 on any violation.
+    Check(postcache_check::CheckArgs),
 }
 
 #[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job
@@ -49,6 +52,17 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", postcache_bench::render(&report));
+            }
+        }
+        Command::Check(args) => {
+            let report = postcache_check::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", postcache_check::render(&report));
+            }
+            if !report.passed() {
+                std::process::exit(1);
             }
         }
     }
