@@ -61,7 +61,11 @@ impl Api {
         title: &str,
     ) -> (Outcome, Option<String>) {
         let body = serde_json::json!({ "title": title });
-        let request = self.write(self.http.patch(format!("{base}/v1/posts/{post}")).json(&body));
+        let request = self.write(
+            self.http
+                .patch(format!("{base}/v1/posts/{post}"))
+                .json(&body),
+        );
         written(request.send().await, StatusCode::OK).await
     }
 

@@ -30,7 +30,11 @@ pub struct CheckArgs {
     #[arg(long, env = "POSTCACHE_CHECK_RATE", default_value_t = 0.0)]
     pub rate: f64,
     /// Δ of G3: a read invoked more than this after a write was acknowledged must reflect it.
-    #[arg(long, env = "POSTCACHE_CHECK_STALENESS_BOUND_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "POSTCACHE_CHECK_STALENESS_BOUND_MS",
+        default_value_t = 1000
+    )]
     pub staleness_bound_ms: u64,
     /// Seed of the workload's randomness (printed in the report, so a run can be repeated);
     /// drawn from the clock when absent.
@@ -43,7 +47,11 @@ pub struct CheckArgs {
     #[arg(long, env = "POSTCACHE_CHECK_SETTLE_MS", default_value_t = 5000)]
     pub settle_ms: u64,
     /// Deadline of one HTTP request; a write past it counts as indeterminate.
-    #[arg(long, env = "POSTCACHE_CHECK_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "POSTCACHE_CHECK_REQUEST_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     pub request_timeout_ms: u64,
     /// Probe the convergence of every N-th acknowledged write on every URL (0: no probes).
     #[arg(long, env = "POSTCACHE_CHECK_PROBE_EVERY", default_value_t = 5)]

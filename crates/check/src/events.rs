@@ -106,7 +106,10 @@ impl Subscriber {
 
     /// A copy of what it saw so far.
     pub(crate) fn snapshot(&self) -> StreamLog {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits for it to notice the stop signal, then returns its log.

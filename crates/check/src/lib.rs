@@ -61,7 +61,10 @@ pub async fn run(args: &CheckArgs) -> Result<Report, CheckError> {
 ///
 /// # Errors
 /// [`CheckError::Client`] when no HTTP client can be built.
-pub async fn check_until(plan: &Plan, stop: impl Future<Output = ()>) -> Result<Report, CheckError> {
+pub async fn check_until(
+    plan: &Plan,
+    stop: impl Future<Output = ()>,
+) -> Result<Report, CheckError> {
     let workload = Workload::start(plan).await?;
     stop.await;
     Ok(workload.stop().await.check().await)

@@ -271,9 +271,17 @@ pub fn render(report: &Report) -> String {
         report.total_ops(),
         report.posts_created
     );
-    let _ = writeln!(out, "  {:<18}{:>8}{:>10}{:>15}", "op", "ok", "rejected", "indeterminate");
+    let _ = writeln!(
+        out,
+        "  {:<18}{:>8}{:>10}{:>15}",
+        "op", "ok", "rejected", "indeterminate"
+    );
     for (name, c) in &report.ops {
-        let _ = writeln!(out, "  {name:<18}{:>8}{:>10}{:>15}", c.ok, c.rejected, c.indeterminate);
+        let _ = writeln!(
+            out,
+            "  {name:<18}{:>8}{:>10}{:>15}",
+            c.ok, c.rejected, c.indeterminate
+        );
     }
     for guarantee in [
         Guarantee::ReadYourWrites,
@@ -284,7 +292,12 @@ pub fn render(report: &Report) -> String {
         let found = report.violations.get(&guarantee);
         let count = found.map_or(0, |f| f.count);
         let _ = writeln!(out, "{:<22} {count} violations", guarantee.label());
-        for v in found.map(|f| f.first.as_slice()).unwrap_or_default().iter().take(5) {
+        for v in found
+            .map(|f| f.first.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .take(5)
+        {
             let _ = writeln!(
                 out,
                 "    {} c{} {} post {} at {:.1}–{:.1} ms: expected {}, saw {}",
@@ -328,7 +341,11 @@ pub fn render(report: &Report) -> String {
             s.events,
             s.resyncs,
             s.reconnects,
-            if s.connected_at_end { "" } else { ", disconnected at the end" }
+            if s.connected_at_end {
+                ""
+            } else {
+                ", disconnected at the end"
+            }
         );
     }
     let _ = writeln!(
@@ -354,7 +371,10 @@ mod tests {
     fn convergence_counts_unconverged_probes_as_slow() {
         let c = Convergence::from_samples(&[Some(5.0), Some(50.0), Some(500.0), None]);
         assert_eq!((c.probes, c.converged), (4, 3));
-        assert_eq!((c.within_10ms, c.within_100ms, c.within_1s), (0.25, 0.5, 0.75));
+        assert_eq!(
+            (c.within_10ms, c.within_100ms, c.within_1s),
+            (0.25, 0.5, 0.75)
+        );
         assert_eq!((c.p50_ms, c.max_ms), (50.0, 500.0));
     }
 

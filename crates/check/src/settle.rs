@@ -18,7 +18,9 @@ use crate::api::Api;
 use crate::events::StreamLog;
 use crate::history::{Expected, Feed, History, OpKind, Outcome};
 use crate::probe::Probed;
-use crate::report::{Cleanup, Convergence, Findings, LostWrite, OpCounts, Report, SubscriberSummary};
+use crate::report::{
+    Cleanup, Convergence, Findings, LostWrite, OpCounts, Report, SubscriberSummary,
+};
 use crate::verify;
 use crate::workload::Workload;
 
@@ -95,7 +97,8 @@ fn finals(history: &History) -> Vec<Final> {
         .into_iter()
         .map(|post| {
             let writes: Vec<_> = history.writes_to(post).collect();
-            let unknown = |w: &&&crate::history::Op| matches!(w.outcome, Outcome::Indeterminate { .. });
+            let unknown =
+                |w: &&&crate::history::Op| matches!(w.outcome, Outcome::Indeterminate { .. });
             Final {
                 post: post.to_owned(),
                 acked: Expected::from_writes(writes.iter().copied().filter(|w| w.acked())),
@@ -224,7 +227,13 @@ impl Stopped {
             subscribers: summarize(&logs, &plan.urls),
             ..Report::default()
         };
-        for violation in verify::all(&history, &logs, &plan.urls, &shared.names.authors, plan.staleness_bound) {
+        for violation in verify::all(
+            &history,
+            &logs,
+            &plan.urls,
+            &shared.names.authors,
+            plan.staleness_bound,
+        ) {
             report.record(violation);
         }
         report.cleanup = clean_up(&shared.api, &shared.urls, &history, &shared.names.tag).await;

@@ -179,7 +179,13 @@ impl Workload {
 
     /// The probes started so far.
     pub(crate) fn take_probes(&self) -> Vec<JoinHandle<Probed>> {
-        std::mem::take(&mut *self.shared.probes.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .shared
+                .probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 }
 
@@ -190,7 +196,12 @@ impl Shared {
 
     fn sample(&self, post: &str, want: Expected, acked: Micros) {
         let every = self.plan.probe_every;
-        if every == 0 || self.acked_writes.fetch_add(1, Ordering::Relaxed) % every != 0 {
+        if every == 0
+            || !self
+                .acked_writes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(every)
+        {
             return;
         }
         let probe = Probe {
@@ -227,7 +238,8 @@ fn choose(shared: &Shared, rng: &mut XorShift, client: usize) -> Choice {
     match roll {
         _ if pool.live.is_empty() && !full => Choice::Create,
         0..14 if !full => Choice::Create,
-        0..14 | 14..17 if !pool.live.is_empty() => Choice::Delete(live(rng)),
+        // A create when the run is full becomes a delete.
+        0..17 if !pool.live.is_empty() => Choice::Delete(live(rng)),
         17..41 if !pool.live.is_empty() => Choice::Update(live(rng)),
         41..69 if !pool.known.is_empty() => {
             // Mostly live posts; some deleted ones, whose 404s are checked too.
@@ -245,7 +257,10 @@ fn choose(shared: &Shared, rng: &mut XorShift, client: usize) -> Choice {
             } else {
                 rng.below(shared.names.authors.len())
             };
-            Choice::List(Feed::Author(shared.names.authors[author].clone()), roll < 94)
+            Choice::List(
+                Feed::Author(shared.names.authors[author].clone()),
+                roll < 94,
+            )
         }
     }
 }

@@ -45,7 +45,14 @@ pub fn check_reads(history: &History, cx: Context<'_>) -> Vec<Violation> {
                 if *token {
                     let own = own_state(history, op, post);
                     if !allows(own, &op.outcome, deletable) {
-                        out.push(violation(cx, Guarantee::ReadYourWrites, op, post, own, &op.outcome));
+                        out.push(violation(
+                            cx,
+                            Guarantee::ReadYourWrites,
+                            op,
+                            post,
+                            own,
+                            &op.outcome,
+                        ));
                     }
                     if let Outcome::Found { version } = op.outcome {
                         monotonic(&mut highest, cx, op, post, version, &mut out);
@@ -53,7 +60,14 @@ pub fn check_reads(history: &History, cx: Context<'_>) -> Vec<Violation> {
                 }
                 let settled = history.settled_state(post, op.invoked, cx.delta);
                 if !allows(settled, &op.outcome, deletable) {
-                    out.push(violation(cx, Guarantee::BoundedStaleness, op, post, settled, &op.outcome));
+                    out.push(violation(
+                        cx,
+                        Guarantee::BoundedStaleness,
+                        op,
+                        post,
+                        settled,
+                        &op.outcome,
+                    ));
                 }
             }
             (OpKind::List { feed, token }, Outcome::Page { items }) => {
@@ -324,7 +338,9 @@ mod tests {
         let page = |items: &[(&str, i64)]| Outcome::Page {
             items: items.iter().map(|(p, v)| ((*p).to_owned(), *v)).collect(),
         };
-        let list = |client, at, feed, token, outcome| op(client, at, OpKind::List { feed, token }, outcome);
+        let list = |client, at, feed, token, outcome| {
+            op(client, at, OpKind::List { feed, token }, outcome)
+        };
         let deleted = op(0, 5, OpKind::Delete { post: "q".into() }, Outcome::Deleted);
         let found = check(vec![
             create(0, 0, "p"),

@@ -31,7 +31,11 @@ pub fn out_of_order(logs: &[StreamLog], urls: &[String]) -> Vec<Violation> {
                     if let Some(&before) = last.get(post.as_str())
                         && *version <= before
                     {
-                        let what = if *version == before { "duplicate" } else { "reordered" };
+                        let what = if *version == before {
+                            "duplicate"
+                        } else {
+                            "reordered"
+                        };
                         out.push(Violation {
                             guarantee: Guarantee::Realtime,
                             client: None,
@@ -189,7 +193,10 @@ mod tests {
             event(31, Change::Deleted, "p", 3),
         ]);
         assert!(missing(&history, &[complete], &urls).is_empty());
-        let gap = log(vec![event(11, Change::Created, "p", 1), Delivered::Resync { at: 25 }]);
+        let gap = log(vec![
+            event(11, Change::Created, "p", 1),
+            Delivered::Resync { at: 25 },
+        ]);
         let found = missing(&history, &[gap], &urls);
         assert_eq!(found.len(), 1, "only the delete, sent after the resync");
         assert_eq!(found[0].op, "delete");

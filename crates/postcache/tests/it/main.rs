@@ -6,6 +6,7 @@
 
 mod bench;
 mod browser;
+mod check;
 mod degraded;
 mod footprint;
 mod monitoring;
