@@ -47,6 +47,22 @@ impl Position {
     }
 }
 
+impl Position {
+    /// The position just before this one (nothing can sit between them).
+    pub fn before(self) -> Position {
+        match self.seq {
+            0 => Position {
+                epoch: self.epoch.saturating_sub(1),
+                seq: u64::MAX,
+            },
+            seq => Position {
+                epoch: self.epoch,
+                seq: seq - 1,
+            },
+        }
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.epoch, self.seq)
@@ -227,20 +243,22 @@ impl EventLog {
         logged
     }
 
-    /// The log lost events it can never deliver (the shared log no longer reaches back to this
-    /// pod's position): every live subscriber gets a `resync` marker (and is closed), and a resume
-    /// from before now gets a `resync` too. Never a silent gap (G5).
-    pub fn interrupt(&self) {
+    /// The log lost events it can never deliver (the shared log lost entries this pod had not
+    /// applied, or was recreated): every live subscriber gets a `resync` marker (and is closed),
+    /// a resume from before `base` gets a `resync` too, and the log continues after `base` (which
+    /// may sort before the old head: a recreated stream). Never a silent gap (G5).
+    pub fn restart_at(&self, base: Position) {
         let mut ring = self.lock();
+        let had_events = !ring.events.is_empty() || ring.head != base;
         ring.events.clear();
-        // Nothing up to the head can be resumed from: the lost events come after it.
-        ring.floor = Position {
-            epoch: ring.head.epoch,
-            seq: ring.head.seq.saturating_add(1),
-        };
+        ring.floor = base;
+        ring.head = base;
+        if !had_events {
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         let event = Event {
-            id: ring.head.to_string(),
+            id: base.to_string(),
             kind: EventType::Resync,
             post: None,
             post_id: String::new(),
@@ -248,7 +266,7 @@ impl EventLog {
             ts: format_timestamp(now),
         };
         let marker = Arc::new(LoggedEvent {
-            position: ring.head,
+            position: base,
             author_id: String::new(),
             json: serde_json::to_string(&event).unwrap_or_default(),
             event,
@@ -349,6 +367,21 @@ mod tests {
     }
 
     #[test]
+    fn nothing_sits_between_a_position_and_the_one_before_it() {
+        let p = Position { epoch: 5, seq: 0 };
+        assert_eq!(
+            p.before(),
+            Position {
+                epoch: 4,
+                seq: u64::MAX
+            }
+        );
+        assert!(p.before() < p);
+        let q = Position { epoch: 5, seq: 3 };
+        assert_eq!(q.before(), Position { epoch: 5, seq: 2 });
+    }
+
+    #[test]
     fn positions_round_trip() {
         let p = Position {
             epoch: 1_700_000_000_000,
@@ -404,13 +437,29 @@ mod tests {
     fn an_interruption_tells_live_subscribers_and_later_resumes_to_resync() {
         let log = EventLog::new(10, 16);
         let before = append(&log, 1).position;
+        let after = append(&log, 2).position;
         let (mut live, _) = log.subscribe(None, None);
-        log.interrupt();
+        // A recreated shared log: its positions sort before this log's head.
+        let base = Position {
+            epoch: before.epoch,
+            seq: 0,
+        };
+        log.restart_at(base);
         let marker = live.try_recv().unwrap();
         assert_eq!(marker.event.kind, EventType::Resync);
+        for gone in [before, after] {
+            assert!(matches!(
+                log.subscribe(Some(gone), None).1,
+                Backlog::Gone { .. }
+            ));
+        }
+        assert!(
+            log.append_at(before, change(3)).is_some(),
+            "the log continues after its new base, even below the old head"
+        );
         assert!(matches!(
-            log.subscribe(Some(before), None).1,
-            Backlog::Gone { .. }
+            log.subscribe(Some(base), None).1,
+            Backlog::Events(ref e) if e.len() == 1
         ));
     }
 

@@ -3,10 +3,14 @@
 //!
 //! ```text
 //! follower: entry at p applied ──▶ applied = p
-//!           heartbeat applied  ──▶ proven = now   (the relay leader found the outbox fully
-//!                                                  published when it wrote the heartbeat)
-//! read with token (p, lsn): L1 only if applied ≥ p, else L2 (written before p was appended) / L3
-//! read without token:       L1 only if proven within the bound, else L2 / L3
+//!           heartbeat (lsn) applied ──▶ proven = now, proven_lsn = lsn  (the relay leader found
+//!                                        the outbox fully published before it wrote the heartbeat)
+//!           gap in the log ──▶ applied = where the log now starts, proof forgotten
+//! read with token (p, lsn): L1 only if proven and applied ≥ p, else L2 (written before p was
+//!                           appended) / L3 at a replica that replayed max(lsn, proven_lsn)
+//! read without token:       L1 only if proven, else the same
+//! not proven at all:        neither L1 nor L2: L3 at the primary (an old token proves nothing
+//!                           about later writes, so a cut-off pod answers no one from memory)
 //! ```
 //! A pod with an in-process log (the embedded default) applies every write itself before it
 //! answers, so it always trusts its L1.
@@ -30,6 +34,11 @@ pub struct Freshness {
     started: Instant,
     /// Milliseconds after `started` of the last heartbeat applied (0: none yet).
     proven_ms: AtomicU64,
+    /// The LSN the last heartbeat vouched for: every change acknowledged before it is at or
+    /// before this LSN.
+    proven_lsn: AtomicU64,
+    /// The highest commit LSN seen in the log.
+    known_lsn: AtomicU64,
 }
 
 impl Freshness {
@@ -40,6 +49,8 @@ impl Freshness {
             applied: Mutex::new(Position::ZERO),
             started: Instant::now(),
             proven_ms: AtomicU64::new(0),
+            proven_lsn: AtomicU64::new(0),
+            known_lsn: AtomicU64::new(0),
         }
     }
 
@@ -52,7 +63,8 @@ impl Freshness {
         }
     }
 
-    /// Whether a read without a token may be answered from L1.
+    /// Whether this pod can prove its caches fresh within the bound (a recent heartbeat, no gap
+    /// since). A read without a token may then be answered from L1, and any read from L2.
     pub fn trusts_l1(&self) -> bool {
         let Some(bound) = self.bound else {
             return true;
@@ -61,12 +73,13 @@ impl Freshness {
         proven > 0 && self.now_ms().saturating_sub(proven) <= bound.as_millis() as u64
     }
 
-    /// Whether this pod has applied the write behind `token` (so its L1 reflects it).
+    /// Whether L1 may answer a caller holding `token`: this pod can prove itself fresh (an old
+    /// token says nothing about later writes, G3) and has applied the write behind the token.
     pub fn covers(&self, token: &ConsistencyToken) -> bool {
         if self.bound.is_none() {
             return true;
         }
-        token.position != Position::ZERO && self.applied() >= token.position
+        self.trusts_l1() && token.position != Position::ZERO && self.applied() >= token.position
     }
 
     /// The last log position applied here.
@@ -88,10 +101,39 @@ impl Freshness {
         }
     }
 
-    /// Records a heartbeat: the log proved this pod complete as of now.
-    pub fn prove(&self) {
+    /// The log lost entries: what was applied means nothing any more. The applied position
+    /// becomes `base` (maybe lower: a recreated stream), and the proof is forgotten until the
+    /// next heartbeat of the log as it is now.
+    pub fn rebase(&self, base: Position) {
+        self.doubt();
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
+    }
+
+    /// Records a heartbeat: the log proved this pod complete as of now, for every change
+    /// committed at or before `lsn`.
+    pub fn prove(&self, lsn: u64) {
+        self.proven_lsn.fetch_max(lsn, Ordering::Relaxed);
+        self.note_lsn(lsn);
         self.proven_ms
             .store(self.now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Records a commit LSN seen in the log.
+    pub fn note_lsn(&self, lsn: u64) {
+        self.known_lsn.fetch_max(lsn, Ordering::Relaxed);
+    }
+
+    /// The LSN the last heartbeat vouched for (0: none yet).
+    pub fn proven_lsn(&self) -> u64 {
+        self.proven_lsn.load(Ordering::Relaxed)
+    }
+
+    /// The highest commit LSN this pod has seen in the log.
+    pub fn known_lsn(&self) -> u64 {
+        self.known_lsn.load(Ordering::Relaxed)
     }
 
     /// Forgets the proof (the follower lost the log).
@@ -123,7 +165,8 @@ mod tests {
     fn a_shared_pod_trusts_l1_only_after_a_heartbeat() {
         let f = Freshness::shared(Duration::from_millis(750));
         assert!(!f.trusts_l1(), "no heartbeat yet");
-        f.prove();
+        f.prove(7);
+        assert_eq!(f.proven_lsn(), 7);
         assert!(f.trusts_l1());
         f.doubt();
         assert!(!f.trusts_l1());
@@ -138,6 +181,11 @@ mod tests {
         };
         assert!(!f.covers(&token));
         f.advance(at(5));
+        assert!(
+            !f.covers(&token),
+            "applied, but not proven fresh: an old token proves nothing"
+        );
+        f.prove(9);
         assert!(f.covers(&token));
         f.advance(at(3));
         assert_eq!(f.applied(), at(5), "positions only move forward");
@@ -149,5 +197,8 @@ mod tests {
             !f.covers(&unknown),
             "a write whose position is unknown is never covered"
         );
+        f.rebase(at(2));
+        assert_eq!(f.applied(), at(2), "a gap moves the applied position back");
+        assert!(!f.covers(&token) && !f.trusts_l1(), "and forgets the proof");
     }
 }

@@ -4,7 +4,13 @@
 //! pages as id lists keyed by the generations of the tags they depend on, and per-post version
 //! floors. moka's `invalidate` does not cancel a fill that is already running, so a slow fill could
 //! install a version older than one a write just put there; every write first raises the post's
-//! floor, and a fill older than the floor is removed again (see `Posts::get`).
+//! floor, and a fill older than the floor is removed again (see `Posts::get`). Nothing older than
+//! the floor is ever installed, so a change relayed late (v2 after v3) cannot bring v2 back after
+//! v3 was evicted or invalidated. Floors are kept in LRU order (always admitted: TinyLFU could
+//! refuse a floor, and a floor refused is a floor forgotten).
+//!
+//! A tag's generation carries the commit LSN of the newest write that bumped it: a feed page for
+//! that generation is loaded only from a source that has replayed it (DESIGN §4).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use moka::future::Cache;
 use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
 use postcache_api::Post;
 
 use crate::model::{FeedQuery, PostId, StoredPost};
@@ -90,7 +97,8 @@ pub struct L1 {
     pub(crate) posts: Cache<PostId, Arc<CachedPost>>,
     pub(crate) feeds: Cache<FeedKey, Arc<[PostId]>>,
     floors: Cache<PostId, i64>,
-    generations: Cache<TagKey, u64>,
+    /// Per tag: (generation, LSN of the newest write that bumped it).
+    generations: Cache<TagKey, (u64, u64)>,
 }
 
 impl L1 {
@@ -108,10 +116,14 @@ impl L1 {
                 .build(),
             // A floor only matters while a fill is in flight; a generous TTL covers any fill.
             floors: Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_entries.saturating_mul(2))
+                .eviction_policy(EvictionPolicy::lru())
                 .time_to_live(ttl + Duration::from_secs(60))
                 .build(),
-            generations: Cache::builder().max_capacity(max_entries).build(),
+            generations: Cache::builder()
+                .max_capacity(max_entries)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
         }
     }
 
@@ -130,9 +142,13 @@ impl L1 {
             .await;
     }
 
-    /// Installs `entry` unless L1 already holds the same or a newer version. Raises the floor first,
-    /// so that a concurrent older fill is caught by the check after it (see the module docs).
-    pub(crate) async fn install(&self, entry: Arc<CachedPost>) {
+    /// Installs `entry` unless L1 already holds the same or a newer version, or a newer one is
+    /// known (the floor); `false` when it was older than the floor. Raises the floor first, so
+    /// that a concurrent older fill is caught by the check after it (see the module docs).
+    pub(crate) async fn install(&self, entry: Arc<CachedPost>) -> bool {
+        if entry.version < self.floor(entry.id).await {
+            return false;
+        }
         self.raise_floor(entry.id, entry.version).await;
         self.posts
             .entry(entry.id)
@@ -143,19 +159,7 @@ impl L1 {
                 }
             })
             .await;
-    }
-
-    /// Removes `id`'s entry if it is older than `floor` (a fill that lost the race with a write).
-    pub(crate) async fn evict_older_than(&self, id: PostId, floor: i64) {
-        self.posts
-            .entry(id)
-            .and_compute_with(|cur| async move {
-                match cur {
-                    Some(cur) if cur.value().version < floor => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
+        true
     }
 
     /// Replaces the view count of a cached live post (views do not change the version).
@@ -179,38 +183,44 @@ impl L1 {
         self.posts.invalidate(&id).await;
     }
 
-    /// The current generation of `tag`.
-    async fn generation(&self, tag: TagKey) -> u64 {
+    /// The current generation of `tag` and its LSN; one forgotten (evicted) comes back as a new
+    /// generation at `unknown_lsn` (what a write to the tag could at most have had).
+    async fn generation(&self, tag: TagKey, unknown_lsn: u64) -> (u64, u64) {
         self.generations
-            .get_with(tag, async {
-                NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+            .get_with(tag, async move {
+                (NEXT_GENERATION.fetch_add(1, Ordering::Relaxed), unknown_lsn)
             })
             .await
     }
 
-    /// Makes every feed list built on `tag` unreachable.
-    pub(crate) async fn bump(&self, tag: TagKey) {
+    /// Makes every feed list built on `tag` unreachable; the next ones need a source that has
+    /// replayed `lsn` (the bumping write's commit).
+    pub(crate) async fn bump(&self, tag: TagKey, lsn: u64) {
+        let next = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         self.generations
-            .insert(tag, NEXT_GENERATION.fetch_add(1, Ordering::Relaxed))
+            .entry(tag)
+            .and_upsert_with(
+                |cur| async move { (next, cur.map_or(lsn, |c| c.into_value().1.max(lsn))) },
+            )
             .await;
     }
 
-    /// The key a feed page is cached under right now. Read *before* querying L3: a list built from
-    /// a snapshot older than a concurrent write then lands under the generation that write bumps.
-    pub(crate) async fn feed_key(&self, query: &FeedQuery) -> FeedKey {
-        let first = match (&query.tag, &query.author_id) {
-            (Some(tag), _) => TagKey::Tag(tag.clone()),
-            (None, Some(author)) => TagKey::Author(author.clone()),
-            (None, None) => TagKey::Global,
-        };
-        let second = match (&query.tag, &query.author_id) {
-            (Some(_), Some(author)) => self.generation(TagKey::Author(author.clone())).await,
-            _ => 0,
-        };
-        FeedKey {
-            query: query.clone(),
-            generations: [self.generation(first).await, second],
+    /// The key a feed page is cached under right now, and the LSN its source must have replayed.
+    /// Read *before* querying L3: a list built from a snapshot older than a concurrent write then
+    /// lands under the generation that write bumps.
+    pub(crate) async fn feed_key(&self, query: &FeedQuery, unknown_lsn: u64) -> (FeedKey, u64) {
+        let mut generations = [0; 2];
+        let mut lsn = 0;
+        for (slot, tag) in generations.iter_mut().zip(query.tags()) {
+            let (generation, tag_lsn) = self.generation(tag, unknown_lsn).await;
+            *slot = generation;
+            lsn = lsn.max(tag_lsn);
         }
+        let key = FeedKey {
+            query: query.clone(),
+            generations,
+        };
+        (key, lsn)
     }
 
     /// Entries held now (posts, feed pages), after pending maintenance.

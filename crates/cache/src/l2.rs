@@ -6,12 +6,18 @@
 //!                   └miss─▶ SET lease NX PX ─won─▶ L3 ─▶ FILL script: only with the lease still
 //!                                         │                 ours and v >= floor and v > value
 //!                                         └lost─▶ poll the value until the lease window ends
-//! feeds:  GET gen:{tag}… ─▶ feed:{gens}:{query} ─miss─▶ L3 ─▶ SET PX  (a write INCRs the gens)
+//! feeds:  GEN gen:{tag}… ─▶ feed:{gens}:{query} ─miss─▶ L3 at ≥ the gens' LSN ─▶ SET PX
+//!         (a write bumps the gens: a new number, and the LSN its page sources must have replayed)
 //! ```
 //! The value, lease and floor keys of one post share the hash tag `{p<id>}`, so each script runs
 //! on one Redis Cluster shard. A delete leaves a versioned tombstone; the floor outlives an evicted
 //! or invalidated value long enough that a fill from a lagging replica cannot install an older
-//! version (memcache's lease rule and a version compare-and-set close the stale-fill race).
+//! version (memcache's lease rule and a version compare-and-set close the stale-fill race). Nothing
+//! below the floor is written either, so an event relayed late (v2 after v3) cannot bring v2 back.
+//!
+//! A generation is a hash: a random nonce drawn when it is created (so a generation lost to an
+//! eviction or a restart never repeats an old one and never makes an old page reachable), a counter,
+//! and the LSN of the newest write that bumped it. Generations expire a day after their last bump.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +48,10 @@ pub struct L2Config {
 const WRITE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 local v = tonumber(ARGV[1])
-if (not cur) or tonumber(string.match(cur, '^(%d+)')) < v then
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+if v >= floor and ((not cur) or tonumber(string.match(cur, '^(%d+)')) < v) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
-local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
 if floor < v then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4]) end
 redis.call('DEL', KEYS[2])
 return 1
@@ -53,16 +59,53 @@ return 1
 
 /// A reader's fill: only while it still holds the lease, and only a version at or above the
 /// floor and newer than the value. KEYS: value, lease, floor. ARGV: version, value, TTL ms, lease.
+/// Returns 1 filled, 0 the lease was voided, -1 a newer version is known (floor or value).
 const FILL: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
 redis.call('DEL', KEYS[2])
 local v = tonumber(ARGV[1])
-if tonumber(redis.call('GET', KEYS[3]) or '0') > v then return 0 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') > v then return -1 end
 local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(string.match(cur, '^(%d+)')) >= v then return 0 end
+if cur and tonumber(string.match(cur, '^(%d+)')) > v then return -1 end
+if cur and tonumber(string.match(cur, '^(%d+)')) == v then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
+
+/// Bumps a generation (created with a fresh nonce if missing); its LSN only rises.
+/// KEYS: generation. ARGV: a new nonce, the bumping write's LSN, TTL ms.
+const BUMP: &str = r"
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then redis.call('HSET', KEYS[1], 'l', 0) end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
+local l = tonumber(redis.call('HGET', KEYS[1], 'l') or '0')
+if tonumber(ARGV[2]) > l then redis.call('HSET', KEYS[1], 'l', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Reads a generation, creating it with a fresh nonce if missing (then nothing older than now
+/// can be reachable under it). KEYS: generation. ARGV: a new nonce, TTL ms. Returns e, n, l.
+const GENERATION: &str = r"
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'n', 0, 'l', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('HMGET', KEYS[1], 'e', 'n', 'l')
+";
+
+/// How long a generation outlives its last bump (far longer than any feed page).
+const GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// The value is in L2.
+    Yes,
+    /// A write voided the lease (or the same version is there already).
+    LeaseLost,
+    /// A newer version is known: the loaded one is stale, read again from a newer source.
+    Stale,
+}
 
 /// The shared tier. Cheap to clone.
 #[derive(Clone)]
@@ -71,6 +114,8 @@ pub struct L2 {
     config: L2Config,
     write: Arc<redis::Script>,
     fill: Arc<redis::Script>,
+    bump: Arc<redis::Script>,
+    generation: Arc<redis::Script>,
 }
 
 /// A won fill lease: proof that this reader may fill the key (until a write voids it).
@@ -134,6 +179,8 @@ impl L2 {
             config,
             write: Arc::new(redis::Script::new(WRITE)),
             fill: Arc::new(redis::Script::new(FILL)),
+            bump: Arc::new(redis::Script::new(BUMP)),
+            generation: Arc::new(redis::Script::new(GENERATION)),
         }
     }
 
@@ -192,17 +239,21 @@ impl L2 {
         Ok(won.map(|_| Lease(token)))
     }
 
-    /// Fills `entry` loaded from L3 under `lease`; `false` when a write voided the lease or a newer
+    /// Fills `entry` loaded from L3 under `lease`, unless a write voided the lease or a newer
     /// version is known.
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn fill(&self, entry: &CachedPost, lease: &Lease) -> Result<bool, RedisCallError> {
+    pub async fn fill(&self, entry: &CachedPost, lease: &Lease) -> Result<Filled, RedisCallError> {
         let filled = self
             .run(&self.fill, entry, &lease.0)
             .await
             .map_err(failed("fill a post"))?;
-        Ok(filled == 1)
+        Ok(match filled {
+            1 => Filled::Yes,
+            -1 => Filled::Stale,
+            _ => Filled::LeaseLost,
+        })
     }
 
     /// Runs WRITE or FILL on `entry`'s keys: version, encoded value, value TTL, then `last`.
@@ -224,7 +275,7 @@ impl L2 {
             .await
     }
 
-    /// Drops `id`'s cached value (its floor stays).
+    /// Drops `id`'s cached value and voids fills in flight (its floor stays).
     ///
     /// # Errors
     /// When Redis does not answer.
@@ -232,42 +283,57 @@ impl L2 {
         let _: i64 = self
             .conn
             .clone()
-            .del(value_key(id))
+            .del(&[value_key(id), lease_key(id)])
             .await
             .map_err(failed("DEL post"))?;
         Ok(())
     }
 
-    /// Makes every feed page built on `tags` unreachable in every pod's view of L2.
+    /// Makes every feed page built on `tags` unreachable in every pod's view of L2; the next pages
+    /// need a source that has replayed `lsn`.
     ///
     /// # Errors
-    /// When Redis does not answer.
-    pub async fn bump(&self, tags: &[TagKey]) -> Result<(), RedisCallError> {
+    /// When Redis does not answer or refuses the write.
+    pub async fn bump(&self, tags: &[TagKey], lsn: u64) -> Result<(), RedisCallError> {
         let mut conn = self.conn.clone();
         for tag in tags {
-            let _: i64 = conn
-                .incr(generation_key(tag), 1)
+            let _: i64 = self
+                .bump
+                .key(generation_key(tag))
+                .arg(format!("{:016x}", rand_token()))
+                .arg(lsn)
+                .arg(millis(GENERATION_TTL))
+                .invoke_async(&mut conn)
                 .await
-                .map_err(failed("INCR generation"))?;
+                .map_err(failed("bump a generation"))?;
         }
         Ok(())
     }
 
-    /// The L2 key of a feed page now. Read before querying L3, like L1's (see `L1::feed_key`).
+    /// The L2 key of a feed page now, and the LSN its source must have replayed. Read before
+    /// querying L3, like L1's (see `L1::feed_key`).
     ///
     /// # Errors
-    /// When Redis does not answer.
-    pub async fn feed_key(&self, query: &FeedQuery) -> Result<String, RedisCallError> {
+    /// When Redis does not answer or refuses the write.
+    pub async fn feed_key(&self, query: &FeedQuery) -> Result<(String, u64), RedisCallError> {
         let mut conn = self.conn.clone();
         let mut generations = Vec::with_capacity(2);
+        let mut lsn = 0;
         for tag in query.tags() {
-            let generation: Option<u64> = conn
-                .get(generation_key(&tag))
+            let (nonce, number, tag_lsn): (Option<String>, Option<u64>, Option<u64>) = self
+                .generation
+                .key(generation_key(&tag))
+                .arg(format!("{:016x}", rand_token()))
+                .arg(millis(GENERATION_TTL))
+                .invoke_async(&mut conn)
                 .await
-                .map_err(failed("GET generation"))?;
-            generations.push(generation.unwrap_or(0));
+                .map_err(failed("read a generation"))?;
+            let nonce = nonce.ok_or_else(|| RedisCallError::malformed("read a generation"))?;
+            generations.push(format!("{nonce}.{}", number.unwrap_or(0)));
+            lsn = lsn.max(tag_lsn.unwrap_or(0));
         }
-        Ok(format!("pc:feed:{generations:?}:{}", query.cache_key()))
+        let key = format!("pc:feed:{}:{}", generations.join("|"), query.cache_key());
+        Ok((key, lsn))
     }
 
     /// A cached feed page's ids.

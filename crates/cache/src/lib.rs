@@ -29,13 +29,14 @@ mod views;
 pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
 pub use freshness::{Freshness, L1_DISTRUSTED};
 pub use l1::{CachedPost, L1, L1Config};
-pub use l2::{L2, L2Config, Lease};
+pub use l2::{Filled, L2, L2Config, Lease};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Shared, Tier, Written};
 pub use redisconn::{RedisCallError, RedisConfig, RedisConn};
-pub use redislog::{Entry, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};
+pub use redislog::{Entry, Logged, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};
+pub use relay::EVENTLOG_GAPS;
 pub use sharedviews::{SharedViews, ViewBatch};
 pub use stats::{
     CACHE_REQUESTS, DB_QUERY_DURATION, DEGRADED, INVALIDATION_LAG, TierCounts, TierStats,

@@ -7,7 +7,8 @@
 //!                                                 a cool-down instead of each waiting out a timeout
 //! ```
 //! Every call has a response timeout, so a paused (SIGSTOP) Redis costs one timeout, then the
-//! breaker opens and the callers fall back to L3 without waiting (DESIGN §7: never hang). The
+//! breaker opens and the callers fall back to L3 without waiting (DESIGN §7: never hang). An error
+//! reply (OOM, READONLY, WRONGTYPE, CLUSTERDOWN…) opens it too. The
 //! `postcache_degraded{component="redis"}` flag follows the breaker.
 
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
+};
 use tokio::sync::OnceCell;
 
 use crate::stats::set_degraded;
@@ -27,6 +30,10 @@ const REDIS: &str = "redis";
 
 /// How long calls fail fast after a failure before one is let through again.
 const COOL_DOWN: Duration = Duration::from_millis(500);
+
+/// How long the degraded flag stays up after the last failure: a Redis that answers reads but
+/// refuses every write alternates failures and successes, and must not look healthy in between.
+const DEGRADED_HOLD: Duration = Duration::from_secs(5);
 
 /// Where Redis is and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -49,6 +56,12 @@ pub struct RedisCallError {
 }
 
 impl RedisCallError {
+    /// Whether the command may have run although it failed (a timeout, a connection dropped while
+    /// waiting): retrying a non-idempotent one elsewhere could apply it twice.
+    pub fn is_indeterminate(&self) -> bool {
+        self.source.is_timeout() || self.source.is_connection_dropped()
+    }
+
     /// A reply PostCache could not understand.
     pub(crate) fn malformed(step: &'static str) -> RedisCallError {
         RedisCallError {
@@ -69,6 +82,8 @@ struct Health {
     epoch: Instant,
     /// Milliseconds since `epoch` until which calls fail fast (0: closed).
     open_until: AtomicU64,
+    /// Milliseconds since `epoch` of the last failure (0: none).
+    failed_at: AtomicU64,
     degraded: AtomicBool,
     /// Whether this connection's failures set the `redis` degraded flag.
     reports: bool,
@@ -79,6 +94,7 @@ impl Health {
         Arc::new(Health {
             epoch: Instant::now(),
             open_until: AtomicU64::new(0),
+            failed_at: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             reports,
         })
@@ -93,15 +109,20 @@ impl Health {
     }
 
     fn record(&self, ok: bool) {
+        let now = self.now_ms();
         if ok {
             self.open_until.store(0, Ordering::Relaxed);
         } else {
-            let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
-            self.open_until.store(until, Ordering::Relaxed);
+            self.open_until
+                .store(now + COOL_DOWN.as_millis() as u64, Ordering::Relaxed);
+            self.failed_at.store(now.max(1), Ordering::Relaxed);
         }
-        if self.degraded.swap(!ok, Ordering::Relaxed) == ok && self.reports {
-            set_degraded(REDIS, !ok);
-            if ok {
+        let failed_at = self.failed_at.load(Ordering::Relaxed);
+        let degraded =
+            failed_at > 0 && now.saturating_sub(failed_at) < DEGRADED_HOLD.as_millis() as u64;
+        if self.degraded.swap(degraded, Ordering::Relaxed) != degraded && self.reports {
+            set_degraded(REDIS, degraded);
+            if !degraded {
                 tracing::info!("Redis answers again");
             } else {
                 tracing::warn!("Redis failed; serving without it until it answers again");
@@ -201,14 +222,23 @@ impl RedisConn {
                 }
             }
         };
-        // Replies Redis chose to give (a script's error, a wrong type) say nothing of its health.
+        // An error reply is a fault too (DESIGN §7): a Redis that refuses writes (OOM, read-only
+        // replica, a slot half migrated, a wrong type) leaves stale values behind just as a dead
+        // one does. Only NOSCRIPT is routine (the script is loaded and the call retried).
         let healthy = match &result {
-            Ok(_) => true,
-            Err(e) => !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()),
+            Ok(Reply::One(value)) => !is_fault(value),
+            Ok(Reply::Many(values)) => !values.iter().any(is_fault),
+            Err(e) => e.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
         };
         self.health.record(healthy);
         result
     }
+}
+
+/// Whether a reply is an error reply other than NOSCRIPT (error replies arrive as values, and
+/// become errors only when the caller converts them).
+fn is_fault(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.kind() != Some(ServerErrorKind::NoScript))
 }
 
 /// One request: a command or a slice of a pipeline.

@@ -11,6 +11,11 @@
 //! An outbox row is appended once: the writer appends it right after its commit, the relay appends
 //! what writers could not, and the PUBLISH script skips a row whose outbox position it already
 //! appended (an index beside the stream, trimmed with it).
+//!
+//! Every entry names the entry before it (`prev`, empty for the first entry of a stream), written
+//! in the same script as the entry itself. A follower that reads an entry whose `prev` is not the
+//! last entry it applied knows that the log lost entries (trimmed past it, deleted, flushed, or
+//! rolled back by a failover) and never skips them silently (DESIGN §7).
 
 use std::time::Duration;
 
@@ -46,7 +51,8 @@ const INVALIDATE: &str = "invalidate";
 const PUBLISH: &str = r"
 local known = redis.call('HGET', KEYS[2], ARGV[1])
 if known then return {known, 0} end
-local fields = {}
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local fields = {'prev', (last[1] and last[1][1]) or ''}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
 redis.call('HSET', KEYS[2], ARGV[1], id)
@@ -60,13 +66,26 @@ end
 return {id, 1}
 ";
 
+/// Appends an entry that is not an outbox row (heartbeat, invalidation), chained like PUBLISH's.
+/// KEYS: stream. ARGV: retention, then field/value pairs.
+const APPEND: &str = r"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local fields = {'prev', (last[1] and last[1][1]) or ''}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+";
+
 /// What the shared stream holds at a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// A committed change.
-    Change(Box<Change>),
-    /// The relay leader found every outbox row published (and appended) when it wrote this.
-    Heartbeat,
+    /// A committed change, and an LSN at or after its commit (0 on SQLite).
+    Change(Box<Change>, u64),
+    /// The relay leader found every outbox row published (and appended) when it wrote this; every
+    /// change it covers committed at or before `lsn` on the primary.
+    Heartbeat {
+        /// The primary's WAL position after the outbox was found empty.
+        lsn: u64,
+    },
     /// An operator invalidated these posts and feeds (`/v1/cache/invalidate` on some pod).
     Invalidate {
         /// Posts to drop from every L1.
@@ -74,6 +93,19 @@ pub enum Entry {
         /// Feeds (tag names, [`crate::TagKey::name`]) to make unreachable in every L1.
         tags: Vec<String>,
     },
+    /// An entry this version cannot read: a follower treats it as a gap (trusts nothing).
+    Unreadable,
+}
+
+/// One entry read from the stream: where it is, the entry before it, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// Its position (stream entry id).
+    pub position: Position,
+    /// The entry before it when it was appended (`None`: it was the stream's first).
+    pub prev: Option<Position>,
+    /// Its content.
+    pub entry: Entry,
 }
 
 /// A handle on the shared stream (cheap to clone; reconnects by itself).
@@ -83,6 +115,7 @@ pub struct RedisLog {
     /// A connection of its own for blocking reads, which would hold up every other command.
     reader: RedisConn,
     publish: std::sync::Arc<redis::Script>,
+    append: std::sync::Arc<redis::Script>,
     retention: usize,
     owner: String,
 }
@@ -108,6 +141,7 @@ impl RedisLog {
             conn,
             reader,
             publish: std::sync::Arc::new(redis::Script::new(PUBLISH)),
+            append: std::sync::Arc::new(redis::Script::new(APPEND)),
             retention: retention.max(1),
             owner,
         })
@@ -142,7 +176,11 @@ impl RedisLog {
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn publish(&self, row: &OutboxEvent) -> Result<(Position, bool), RedisCallError> {
+    pub async fn publish(
+        &self,
+        row: &OutboxEvent,
+        lsn: u64,
+    ) -> Result<(Position, bool), RedisCallError> {
         let committed = row.created_at.unix_timestamp_nanos().to_string();
         let fields = [
             ("kind", row.kind.clone()),
@@ -155,6 +193,7 @@ impl RedisLog {
                 "previous_tags",
                 row.previous_tags.clone().unwrap_or_default(),
             ),
+            ("lsn", lsn.to_string()),
         ];
         let mut call = self.publish.prepare_invoke();
         call.key(STREAM_KEY)
@@ -186,18 +225,24 @@ impl RedisLog {
             .map_err(failed("HEXISTS published"))
     }
 
-    /// Appends a heartbeat: call only after a relay round that left no outbox row unpublished.
+    /// Appends a heartbeat: call only after a relay round that left no outbox row unpublished,
+    /// with the primary's WAL position read after that round found the outbox empty.
     ///
     /// # Errors
-    /// When Redis does not answer.
-    pub async fn heartbeat(&self) -> Result<(), RedisCallError> {
-        let maxlen = redis::streams::StreamMaxlen::Approx(self.retention);
-        let _: String = self
-            .conn
-            .clone()
-            .xadd_maxlen(STREAM_KEY, maxlen, "*", &[("kind", HEARTBEAT)])
+    /// When Redis does not answer or refuses the write.
+    pub async fn heartbeat(&self, lsn: u64) -> Result<(), RedisCallError> {
+        self.append_entry(&[("kind", HEARTBEAT.to_owned()), ("lsn", lsn.to_string())])
             .await
-            .map_err(failed("append a heartbeat"))?;
+            .map_err(failed("append a heartbeat"))
+    }
+
+    async fn append_entry(&self, fields: &[(&str, String)]) -> redis::RedisResult<()> {
+        let mut call = self.append.prepare_invoke();
+        call.key(STREAM_KEY).arg(self.retention);
+        for (name, value) in fields {
+            call.arg(*name).arg(value);
+        }
+        let _: String = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
@@ -206,70 +251,51 @@ impl RedisLog {
     /// # Errors
     /// When Redis does not answer.
     pub async fn invalidate(&self, ids: &[PostId], tags: &[String]) -> Result<(), RedisCallError> {
-        let maxlen = redis::streams::StreamMaxlen::Approx(self.retention);
         let fields = [
             ("kind", INVALIDATE.to_owned()),
             ("ids", serde_json::to_string(ids).unwrap_or_default()),
             ("tags", serde_json::to_string(tags).unwrap_or_default()),
         ];
-        let _: String = self
-            .conn
-            .clone()
-            .xadd_maxlen(STREAM_KEY, maxlen, "*", &fields)
+        self.append_entry(&fields)
             .await
-            .map_err(failed("append an invalidation"))?;
-        Ok(())
+            .map_err(failed("append an invalidation"))
     }
 
-    /// Whether the stream still holds `position` (a follower that was away checks that the log
-    /// reaches back to where it stopped).
+    /// The newest entry's position (`None`: the stream is empty or gone).
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn reaches_back_to(&self, position: Position) -> Result<bool, RedisCallError> {
-        if position == Position::ZERO {
-            return Ok(true);
-        }
-        let at = position.to_string();
+    pub async fn newest(&self) -> Result<Option<Position>, RedisCallError> {
         let reply: StreamRangeReply = self
             .conn
             .clone()
-            .xrange_count(STREAM_KEY, &at, &at, 1)
+            .xrevrange_count(STREAM_KEY, "+", "-", 1)
             .await
-            .map_err(failed("XRANGE"))?;
-        Ok(!reply.ids.is_empty())
+            .map_err(failed("XREVRANGE"))?;
+        Ok(reply.ids.first().and_then(|e| Position::parse(&e.id)))
     }
 
-    /// The newest `retention` entries, oldest first, and the floor from which they are complete.
+    /// The newest `retention` entries, oldest first.
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn tail(&self) -> Result<(Position, Vec<(Position, Entry)>), RedisCallError> {
-        let mut conn = self.conn.clone();
-        let length: usize = conn.xlen(STREAM_KEY).await.map_err(failed("XLEN"))?;
-        let reply: StreamRangeReply = conn
+    pub async fn tail(&self) -> Result<Vec<Logged>, RedisCallError> {
+        let reply: StreamRangeReply = self
+            .conn
+            .clone()
             .xrevrange_count(STREAM_KEY, "+", "-", self.retention)
             .await
             .map_err(failed("XREVRANGE"))?;
-        let mut entries: Vec<(Position, Entry)> = reply.ids.iter().filter_map(decode).collect();
+        let mut entries: Vec<Logged> = reply.ids.iter().filter_map(decode).collect();
         entries.reverse();
-        // A stream shorter than the retention was never trimmed: everything since its start is
-        // known. Otherwise only what was loaded is.
-        let floor = match entries.first() {
-            Some((first, _)) if length >= self.retention => *first,
-            _ => Position { epoch: 0, seq: 0 },
-        };
-        Ok((floor, entries))
+        Ok(entries)
     }
 
     /// Entries after `last`, waiting up to half a second for one.
     ///
     /// # Errors
     /// When Redis does not answer.
-    pub async fn read_after(
-        &self,
-        last: Position,
-    ) -> Result<Vec<(Position, Entry)>, RedisCallError> {
+    pub async fn read_after(&self, last: Position) -> Result<Vec<Logged>, RedisCallError> {
         let options = redis::streams::StreamReadOptions::default()
             .count(500)
             .block(READ_BLOCK.as_millis() as usize);
@@ -288,7 +314,9 @@ impl RedisLog {
     }
 }
 
-fn decode(entry: &StreamId) -> Option<(Position, Entry)> {
+/// An entry as a follower sees it; `None` only for an id that is not a stream id. Content this
+/// version cannot read is [`Entry::Unreadable`], never dropped: the follower must know.
+fn decode(entry: &StreamId) -> Option<Logged> {
     let position = Position::parse(&entry.id)?;
     let text = |name: &str| -> Option<String> {
         match entry.map.get(name)? {
@@ -297,25 +325,36 @@ fn decode(entry: &StreamId) -> Option<(Position, Entry)> {
             _ => None,
         }
     };
-    match text("kind")?.as_str() {
-        HEARTBEAT => return Some((position, Entry::Heartbeat)),
-        INVALIDATE => {
-            let ids = serde_json::from_str(&text("ids")?).ok()?;
-            let tags = serde_json::from_str(&text("tags")?).ok()?;
-            return Some((position, Entry::Invalidate { ids, tags }));
+    let prev = text("prev").and_then(|p| Position::parse(&p));
+    let lsn = || text("lsn").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let content = || -> Option<Entry> {
+        match text("kind")?.as_str() {
+            HEARTBEAT => return Some(Entry::Heartbeat { lsn: lsn() }),
+            INVALIDATE => {
+                let ids = serde_json::from_str(&text("ids")?).ok()?;
+                let tags = serde_json::from_str(&text("tags")?).ok()?;
+                return Some(Entry::Invalidate { ids, tags });
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    let row = OutboxEvent {
-        position: 0,
-        post_id: text("post_id")?.parse().ok()?,
-        author_id: text("author_id")?,
-        kind: text("kind")?,
-        version: text("version")?.parse().ok()?,
-        payload: text("payload").filter(|p| !p.is_empty()),
-        created_at: OffsetDateTime::from_unix_timestamp_nanos(text("committed_at")?.parse().ok()?)
+        let row = OutboxEvent {
+            position: 0,
+            post_id: text("post_id")?.parse().ok()?,
+            author_id: text("author_id")?,
+            kind: text("kind")?,
+            version: text("version")?.parse().ok()?,
+            payload: text("payload").filter(|p| !p.is_empty()),
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(
+                text("committed_at")?.parse().ok()?,
+            )
             .ok()?,
-        previous_tags: text("previous_tags").filter(|t| !t.is_empty()),
+            previous_tags: text("previous_tags").filter(|t| !t.is_empty()),
+        };
+        Some(Entry::Change(Box::new(row.change()?), lsn()))
     };
-    Some((position, Entry::Change(Box::new(row.change()?))))
+    Some(Logged {
+        position,
+        prev,
+        entry: content().unwrap_or(Entry::Unreadable),
+    })
 }

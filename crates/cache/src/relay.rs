@@ -6,9 +6,12 @@
 //! lease holder: unpublished outbox rows ─▶ L2 + append (once) ─▶ mark ─▶ heartbeat if none left
 //!               Redis view counters ─▶ L3, one batch at a time, exactly once
 //! every pod:   XREAD ─▶ change: L1 (by version), generations, local log, applied position
-//!                    └▶ heartbeat: proof of freshness
-//!              cut off: distrust L1; back: replay from the applied position, or flush L1 if the
-//!              log no longer reaches back that far
+//!                    └▶ heartbeat: proof of freshness (and the LSN it vouches for)
+//!              an entry whose `prev` is not the last applied: a gap (trimmed past this pod,
+//!              deleted, flushed, a failover that lost entries): flush L1, distrust until the next
+//!              heartbeat, `resync` every subscriber, continue from the log as it is now
+//!              cut off: distrust L1; back: continue from the applied position (the chain shows
+//!              whether the log still reaches back that far)
 //! ```
 
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::eventlog::{Change, Position};
 use crate::l1::CachedPost;
 use crate::model::PostId;
 use crate::posts::{PRIMARY, Posts, PostsError, RelayError, Shared};
-use crate::redislog::{Entry, RedisLog};
+use crate::redislog::{Entry, Logged, RedisLog};
 use crate::stats::{INVALIDATION_LAG, set_degraded, timed};
 use crate::store::OutboxEvent;
 use crate::tags::TagKey;
@@ -34,6 +37,9 @@ const RELAY_BATCH: i64 = 500;
 
 /// Published outbox rows beyond this many newest are pruned.
 const OUTBOX_RETENTION: i64 = 10_000;
+
+/// Metric name: gaps the follower found in the shared event log.
+pub const EVENTLOG_GAPS: &str = "postcache_eventlog_gaps_total";
 
 /// Pause before the follower retries a failed read.
 const RETRY: Duration = Duration::from_millis(200);
@@ -112,37 +118,58 @@ impl Posts {
     /// The outbox relay for several pods, one round: appends unpublished outbox rows (ones their
     /// writer could not append) with their L2 write-through, marks them published, and, once
     /// none is left, appends a heartbeat: every change acknowledged before this round is in the
-    /// log before it. Call it only while holding the relay lease ([`RedisLog::hold_lease`]).
+    /// log before it, at or below the LSN it carries. Call it only while holding the relay lease
+    /// ([`RedisLog::hold_lease`]). A row that fails does not hold up the rows after it (each is
+    /// version-guarded, so order does not matter); it only holds up the heartbeat.
     ///
     /// # Errors
     /// When L3 or Redis fails; unpublished rows stay for the next round, and no heartbeat is
-    /// written, so followers stop trusting their L1 after the staleness bound.
+    /// written, so followers stop trusting their caches after the staleness bound.
     pub async fn relay_shared(&self, shared: &Shared) -> Result<usize, RelayError> {
         let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
             .await
             .map_err(RelayError::Store)?;
+        // Read after the scan: every row it found committed at or before this position.
+        let lsn = timed(PRIMARY, self.store.current_lsn())
+            .await
+            .map_err(RelayError::Store)?;
+        let mut relayed = Vec::with_capacity(rows.len());
+        let mut failure = None;
         for row in &rows {
-            self.relay_row(shared, row).await?;
+            match self.relay_row(shared, row, lsn).await {
+                Ok(()) => relayed.push(row.position),
+                Err(e) => {
+                    tracing::warn!(position = row.position, error = %e, "relaying an outbox row failed; it stays for the next round");
+                    failure = Some(e);
+                }
+            }
         }
-        if !rows.is_empty() {
-            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+        if !relayed.is_empty() {
             let now = OffsetDateTime::now_utc();
             timed(
                 PRIMARY,
-                self.store.mark_published(&positions, OUTBOX_RETENTION, now),
+                self.store.mark_published(&relayed, OUTBOX_RETENTION, now),
             )
             .await
             .map_err(RelayError::Store)?;
         }
+        if let Some(e) = failure {
+            return Err(e);
+        }
         if rows.len() < RELAY_BATCH as usize {
-            shared.log.heartbeat().await.map_err(RelayError::Redis)?;
+            shared.log.heartbeat(lsn).await.map_err(RelayError::Redis)?;
         }
         Ok(rows.len())
     }
 
     /// One row its writer may not have finished: nothing to do if it was appended (the writer
     /// appends only after writing through), else L2 and generations first, then the append.
-    async fn relay_row(&self, shared: &Shared, row: &OutboxEvent) -> Result<(), RelayError> {
+    async fn relay_row(
+        &self,
+        shared: &Shared,
+        row: &OutboxEvent,
+        lsn: u64,
+    ) -> Result<(), RelayError> {
         if shared
             .log
             .appended(row.position)
@@ -156,13 +183,27 @@ impl Posts {
             return Ok(());
         };
         let entry = entry_of(row.post_id, &change);
-        shared.l2.write(&entry).await.map_err(RelayError::Redis)?;
+        if let Err(e) = shared.l2.write(&entry).await {
+            // A value Redis refuses to compare (a wrong type, a corrupt entry) must not block the
+            // row for ever: drop it, then write again (a real outage fails both).
+            tracing::debug!(error = %e, "writing through failed; dropping the cached value and retrying");
+            shared
+                .l2
+                .invalidate(row.post_id)
+                .await
+                .map_err(RelayError::Redis)?;
+            shared.l2.write(&entry).await.map_err(RelayError::Redis)?;
+        }
         shared
             .l2
-            .bump(&affected_tags(&change))
+            .bump(&affected_tags(&change), lsn)
             .await
             .map_err(RelayError::Redis)?;
-        shared.log.publish(row).await.map_err(RelayError::Redis)?;
+        shared
+            .log
+            .publish(row, lsn)
+            .await
+            .map_err(RelayError::Redis)?;
         Ok(())
     }
 
@@ -187,24 +228,14 @@ impl Posts {
 
     /// Follows the shared stream until `stop` resolves: loads its tail into the local log, then
     /// applies each new entry to L1 and the local log, in order, recording the applied position
-    /// and heartbeats. On a failed read it stops trusting L1, and on reconnecting it replays
-    /// from where it stopped, or flushes L1 when the log no longer reaches back that far.
+    /// and heartbeats. Each entry must name the last one applied as its predecessor; when one does
+    /// not, entries were lost and the pod starts over from the log as it is (see the module docs).
+    /// On a failed read it stops trusting L1 until a heartbeat proves it fresh again.
     pub async fn follow(&self, shared: &RedisLog, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut last = loop {
             match shared.tail().await {
-                Ok((floor, entries)) => {
-                    self.log.start_at(floor);
-                    let mut last = floor;
-                    for (position, entry) in entries {
-                        last = position;
-                        if let Entry::Change(change) = entry {
-                            self.log.append_at(position, *change);
-                        }
-                    }
-                    self.freshness.advance(last);
-                    break last;
-                }
+                Ok(entries) => break self.load_tail(entries).await,
                 Err(e) => {
                     set_degraded(EVENTLOG, true);
                     tracing::warn!(error = %e, "reading the shared event log failed; retrying");
@@ -212,54 +243,40 @@ impl Posts {
                 }
             }
         };
-        let mut cut = false;
         loop {
-            if cut {
-                match shared.reaches_back_to(last).await {
-                    Ok(true) => cut = false,
-                    Ok(false) => {
-                        tracing::warn!(%last, "the event log no longer reaches back to this pod's position; flushing L1");
-                        self.l1.posts.invalidate_all();
-                        self.l1.feeds.invalidate_all();
-                        self.log.interrupt();
-                        last = Position::ZERO;
-                        cut = false;
-                    }
-                    Err(_) => {}
-                }
-            }
             let read = tokio::select! {
-                read = shared.read_after(last), if !cut => read,
-                () = tokio::time::sleep(RETRY), if cut => continue,
+                read = shared.read_after(last) => read,
                 () = &mut stop => return,
             };
             match read {
+                Ok(entries) if entries.is_empty() => {
+                    set_degraded(EVENTLOG, false);
+                    // A quiet log, or one recreated behind this pod's position (its new entries
+                    // sort before `last`, so no read returns them): look when no heartbeat came.
+                    if !self.freshness.trusts_l1()
+                        && let Ok(newest) = shared.newest().await
+                        && newest.unwrap_or(Position::ZERO) < last
+                    {
+                        let base = newest.unwrap_or(Position::ZERO);
+                        self.start_over(last, base);
+                        last = base;
+                    }
+                }
                 Ok(entries) => {
                     set_degraded(EVENTLOG, false);
-                    for (position, entry) in entries {
-                        last = position;
-                        match entry {
-                            Entry::Change(change) => {
-                                self.apply_remote(&change).await;
-                                self.log.append_at(position, *change);
-                            }
-                            Entry::Heartbeat => self.freshness.prove(),
-                            Entry::Invalidate { ids, tags } => {
-                                for id in ids {
-                                    self.l1.invalidate(id).await;
-                                }
-                                for tag in tags.iter().filter_map(|t| TagKey::parse(t)) {
-                                    self.l1.bump(tag).await;
-                                }
-                            }
+                    for logged in entries {
+                        let prev = logged.prev.unwrap_or(Position::ZERO);
+                        if prev != last {
+                            let base = logged.prev.unwrap_or_else(|| logged.position.before());
+                            self.start_over(last, base);
                         }
-                        self.freshness.advance(position);
+                        last = logged.position;
+                        self.apply_logged(logged).await;
                     }
                 }
                 Err(e) => {
                     set_degraded(EVENTLOG, true);
                     self.freshness.doubt();
-                    cut = true;
                     tracing::warn!(error = %e, "following the shared event log failed; L1 is not trusted until it is back");
                     tokio::select! { () = tokio::time::sleep(RETRY) => {}, () = &mut stop => return }
                 }
@@ -267,18 +284,90 @@ impl Posts {
         }
     }
 
+    /// The newest entries at start-up: into the local log (so subscribers can resume) and L1's
+    /// floors; not the proof of a heartbeat (an old one proves nothing now). Returns the position
+    /// to follow from.
+    async fn load_tail(&self, entries: Vec<Logged>) -> Position {
+        let mut last = Position::ZERO;
+        for (i, logged) in entries.into_iter().enumerate() {
+            let prev = logged.prev.unwrap_or_else(|| logged.position.before());
+            if i == 0 || prev != last {
+                // Resuming from before the first entry (or a break in the chain) could miss events.
+                self.log.restart_at(prev);
+            }
+            last = logged.position;
+            if let Entry::Change(change, lsn) = logged.entry {
+                self.freshness.note_lsn(lsn);
+                if let Ok(id) = change.post_id.parse::<PostId>() {
+                    self.l1.raise_floor(id, change.version).await;
+                }
+                self.log.append_at(last, *change);
+            }
+        }
+        self.freshness.rebase(last);
+        last
+    }
+
+    /// Entries were lost between `last` and `base`: no L1 entry can be proven fresh for anyone,
+    /// subscribers get `resync`, and the pod continues from `base` (a heartbeat after it proves it
+    /// complete again).
+    fn start_over(&self, last: Position, base: Position) {
+        tracing::warn!(%last, %base, "the shared event log lost entries this pod had not applied; flushing L1 and resyncing subscribers");
+        metrics::counter!(EVENTLOG_GAPS).increment(1);
+        self.l1.posts.invalidate_all();
+        self.l1.feeds.invalidate_all();
+        self.freshness.rebase(base);
+        self.log.restart_at(base);
+    }
+
+    /// One entry, in log order.
+    async fn apply_logged(&self, logged: Logged) {
+        let Logged {
+            position, entry, ..
+        } = logged;
+        match entry {
+            Entry::Change(change, lsn) => {
+                self.freshness.note_lsn(lsn);
+                if self.apply_remote(&change, lsn).await {
+                    self.log.append_at(position, *change);
+                } else {
+                    // Relayed late: a newer version was applied already. Delivering it now would
+                    // show subscribers v2 after v3 (G5 is per-post version order).
+                    tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
+                }
+            }
+            Entry::Heartbeat { lsn } => self.freshness.prove(lsn),
+            Entry::Invalidate { ids, tags } => {
+                for id in ids {
+                    self.l1.invalidate(id).await;
+                }
+                for tag in tags.iter().filter_map(|t| TagKey::parse(t)) {
+                    self.l1.bump(tag, 0).await;
+                }
+            }
+            Entry::Unreadable => {
+                // Written by a newer version, or damaged: what it changed is unknown.
+                self.start_over(position, position);
+            }
+        }
+        self.freshness.advance(position);
+    }
+
     /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
-    /// goes in unless a newer one is there, and the feeds it joins or leaves are invalidated.
-    async fn apply_remote(&self, change: &Change) {
+    /// goes in unless a newer one is known, and the feeds it joins or leaves are invalidated
+    /// (their next pages need a source that has replayed `lsn`). `false` when a newer version
+    /// was known already (the change is superseded).
+    async fn apply_remote(&self, change: &Change, lsn: u64) -> bool {
         let Ok(id) = change.post_id.parse::<PostId>() else {
-            return;
+            return true;
         };
-        self.l1.install(Arc::new(entry_of(id, change))).await;
+        let current = self.l1.install(Arc::new(entry_of(id, change))).await;
         for tag in affected_tags(change) {
-            self.l1.bump(tag).await;
+            self.l1.bump(tag, lsn).await;
         }
         let lag = OffsetDateTime::now_utc() - change.committed_at;
         metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
+        current
     }
 }
 

@@ -33,9 +33,14 @@ use crate::store::{Store, StoreError};
 use crate::token::ConsistencyToken;
 use crate::views::ViewBuffer;
 
-/// Loads that concurrent readers share while this pod cannot use L1: the post, and what the
-/// readers' tokens require (a reader never joins a load made for a weaker token).
-pub(crate) type FlightKey = (PostId, Option<(Position, u64)>);
+/// Loads that concurrent readers share on an L1 miss: the post, what the readers' tokens require
+/// (a reader never joins a load made for a weaker token), and whether this pod could prove itself
+/// fresh when the load began (one that could not reads only the newest source).
+pub(crate) type FlightKey = (PostId, Option<(Position, u64)>, bool);
+
+/// How long a finished load's result may still be joined (one whose first caller was cancelled
+/// before it could remove the entry must not pin an old result).
+const FLIGHT_TTL: Duration = Duration::from_millis(100);
 
 /// The `role` label of L3 writes.
 pub(crate) const PRIMARY: &str = "primary";
@@ -153,7 +158,7 @@ pub struct Posts {
     pub(crate) freshness: Freshness,
     /// Outbox positions this pod appended itself, to be marked published in one batch.
     pub(crate) to_mark: Mutex<Vec<i64>>,
-    /// Single flight for reads that bypass L1 (an entry lives only while its load runs).
+    /// Single flight for L1 misses (an entry lives only while its load runs).
     pub(crate) inflight: Cache<FlightKey, (Arc<CachedPost>, Tier)>,
 }
 
@@ -170,7 +175,10 @@ impl Posts {
             shared: None,
             freshness: Freshness::local(),
             to_mark: Mutex::new(Vec::new()),
-            inflight: Cache::builder().max_capacity(100_000).build(),
+            inflight: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FLIGHT_TTL)
+                .build(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{FeedPage, FlightKey, LEASE_POLL, Posts, PostsError, Read, Tier};
 use crate::eventlog::Position;
 use crate::l1::CachedPost;
-use crate::l2::L2;
+use crate::l2::{Filled, L2};
 use crate::model::{Cursor, FeedQuery, PostId};
 use crate::store::{ReadAt, StoreError};
 use crate::token::ConsistencyToken;
@@ -22,12 +22,25 @@ impl Posts {
         }
     }
 
-    /// L2, unless there is none, it failed recently, or the caller's write was not written
-    /// through (a token without a log position).
+    /// L2, unless there is none, it failed recently, this pod cannot prove it fresh (G3: without
+    /// the log's heartbeats nothing shows that a write did not fail to reach it), or the caller's
+    /// write was not written through (a token without a log position).
     fn l2_usable(&self, token: Option<&ConsistencyToken>) -> Option<&L2> {
         let shared = self.shared.as_ref()?;
         let written_through = token.is_none_or(|t| t.position != Position::ZERO);
-        (written_through && !shared.l2.is_down()).then_some(&shared.l2)
+        (written_through && self.freshness.trusts_l1() && !shared.l2.is_down())
+            .then_some(&shared.l2)
+    }
+
+    /// Where an L3 read for a caller holding `token` may run: a replica that has replayed the
+    /// caller's write, everything the log's last heartbeat vouched for, and `at_least`; or, on a
+    /// pod that cannot prove itself fresh, the newest data there is.
+    pub(crate) fn l3_at(&self, token: Option<&ConsistencyToken>, at_least: u64) -> ReadAt {
+        if self.shared.is_some() && !self.freshness.trusts_l1() {
+            return ReadAt::Latest;
+        }
+        let lsn = token.map_or(0, |t| t.lsn);
+        ReadAt::Replica(lsn.max(self.freshness.proven_lsn()).max(at_least))
     }
 
     /// Reads one post for a caller holding `token` (G1, G2) or none (G3): L1 if this pod can
@@ -40,24 +53,9 @@ impl Posts {
         id: PostId,
         token: Option<&ConsistencyToken>,
     ) -> Result<Read, PostsError> {
-        if !self.l1_usable(token) {
-            self.stats.l1.miss();
-            // Concurrent readers share one load; the entry goes as soon as the load is done, so
-            // later readers load again (they may need a newer version).
-            let key: FlightKey = (id, token.map(|t| (t.position, t.lsn)));
-            let shared = self
-                .inflight
-                .entry(key)
-                .or_try_insert_with(async { self.load(id, token).await })
-                .await?;
-            if shared.is_fresh() {
-                self.inflight.invalidate(&key).await;
-            }
-            let (entry, tier) = shared.into_value();
-            self.l1.install(Arc::clone(&entry)).await;
-            return Ok(Read { entry, tier });
-        }
-        if let Some(entry) = self.l1.posts.get(&id).await {
+        if self.l1_usable(token)
+            && let Some(entry) = self.l1.posts.get(&id).await
+        {
             self.stats.l1.hit();
             return Ok(Read {
                 entry,
@@ -65,23 +63,25 @@ impl Posts {
             });
         }
         self.stats.l1.miss();
-        let mut tier = Tier::L1; // stays so when this read joined another's load
-        let loaded = self
-            .l1
-            .posts
-            .entry(id)
-            .or_try_insert_with(async {
-                let (entry, from) = self.load(id, token).await?;
-                tier = from;
-                Ok::<_, StoreError>(entry)
-            })
+        // Concurrent readers share one load; the entry goes as soon as the load is done, so later
+        // readers load again (they may need a newer version).
+        let key: FlightKey = (
+            id,
+            token.map(|t| (t.position, t.lsn)),
+            self.freshness.trusts_l1(),
+        );
+        let shared = self
+            .inflight
+            .entry(key)
+            .or_try_insert_with(async { self.load(id, token).await })
             .await?;
-        let entry = loaded.into_value();
-        // A write may have landed while this fill ran; if so, its version is the floor.
-        let floor = self.l1.floor(id).await;
-        if entry.version < floor {
-            self.l1.evict_older_than(id, floor).await;
-            let fresh = self.load_l3(id, ReadAt::Primary).await?;
+        if shared.is_fresh() {
+            self.inflight.invalidate(&key).await;
+        }
+        let (entry, tier) = shared.into_value();
+        // A write may have landed while the load ran: an entry older than the floor is refused.
+        if !self.l1.install(Arc::clone(&entry)).await {
+            let fresh = self.load_l3(id, ReadAt::Latest).await?;
             self.l1.install(Arc::clone(&fresh)).await;
             return Ok(Read {
                 entry: fresh,
@@ -97,7 +97,7 @@ impl Posts {
         id: PostId,
         token: Option<&ConsistencyToken>,
     ) -> Result<(Arc<CachedPost>, Tier), StoreError> {
-        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+        let at = self.l3_at(token, 0);
         let Some(l2) = self.l2_usable(token) else {
             return Ok((self.load_l3(id, at).await?, Tier::L3));
         };
@@ -119,15 +119,22 @@ impl Posts {
                     return Ok((Arc::new(entry), Tier::L2));
                 }
                 let entry = self.load_l3(id, at).await?;
-                if let Ok(false) = l2.fill(&entry, &lease).await {
-                    // A write voided the lease or a newer version is known: prefer that one.
-                    if let Ok(Some(newer)) = l2.get(id).await
-                        && newer.version > entry.version
-                    {
-                        return Ok((Arc::new(newer), Tier::L2));
+                match l2.fill(&entry, &lease).await {
+                    Ok(Filled::Yes) | Err(_) => Ok((entry, Tier::L3)),
+                    Ok(lost) => {
+                        // A write voided the lease or a newer version is known: prefer that one.
+                        if let Ok(Some(newer)) = l2.get(id).await
+                            && newer.version > entry.version
+                        {
+                            return Ok((Arc::new(newer), Tier::L2));
+                        }
+                        if lost == Filled::Stale {
+                            // Newer than what the source had, and not in L2: the primary has it.
+                            return Ok((self.load_l3(id, ReadAt::Latest).await?, Tier::L3));
+                        }
+                        Ok((entry, Tier::L3))
                     }
                 }
-                Ok((entry, Tier::L3))
             }
             Ok(None) => {
                 let deadline = Instant::now() + l2.lease_window();
@@ -173,21 +180,21 @@ impl Posts {
     ) -> Result<FeedPage, PostsError> {
         let l1_usable = self.l1_usable(token);
         let (ids, tier) = if l1_usable {
-            let key = self.l1.feed_key(&query).await;
+            let (key, lsn) = self.l1.feed_key(&query, self.freshness.known_lsn()).await;
             let mut tier = Tier::L1;
             let list = self
                 .l1
                 .feeds
                 .entry(key)
                 .or_try_insert_with(async {
-                    let (ids, from) = self.load_feed(&query, token).await?;
+                    let (ids, from) = self.load_feed(&query, token, lsn).await?;
                     tier = from;
                     Ok::<_, StoreError>(ids)
                 })
                 .await?;
             (list.into_value(), tier)
         } else {
-            self.load_feed(&query, token).await?
+            self.load_feed(&query, token, 0).await?
         };
         let next = (ids.len() == usize::from(query.limit))
             .then(|| ids.last().map(|&id| Cursor(id)))
@@ -200,27 +207,30 @@ impl Posts {
         })
     }
 
-    /// A feed page's ids from L2 (keyed by its generations there) or L3.
+    /// A feed page's ids from L2 (keyed by its generations there) or L3, from a source that has
+    /// replayed every write that bumped those generations (and `lsn`, L1's view of them): a page
+    /// is shared, so it must hold what any reader of it could already have had acknowledged.
     async fn load_feed(
         &self,
         query: &FeedQuery,
         token: Option<&ConsistencyToken>,
+        lsn: u64,
     ) -> Result<(Arc<[PostId]>, Tier), StoreError> {
-        let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
         let l2 = self.l2_usable(token);
         let key = match l2 {
             Some(l2) => l2.feed_key(query).await.ok(),
             None => None,
         };
-        if let (Some(l2), Some(key)) = (l2, &key) {
+        if let (Some(l2), Some((key, _))) = (l2, &key) {
             if let Ok(Some(ids)) = l2.feed(key).await {
                 self.stats.l2.hit();
                 return Ok((ids.into(), Tier::L2));
             }
             self.stats.l2.miss();
         }
+        let at = self.l3_at(token, lsn.max(key.as_ref().map_or(0, |k| k.1)));
         let ids = self.store.feed_at(query, at).await?;
-        if let (Some(l2), Some(key)) = (l2, &key) {
+        if let (Some(l2), Some((key, _))) = (l2, &key) {
             let _ = l2.set_feed(key, &ids).await;
         }
         Ok((ids.into(), Tier::L3))
@@ -266,7 +276,7 @@ impl Posts {
             missing = still;
         }
         if !missing.is_empty() {
-            let at = ReadAt::Replica(token.map_or(0, |t| t.lsn));
+            let at = self.l3_at(token, 0);
             for stored in self.store.get_many_at(&missing, at).await? {
                 self.stats.l3.hit();
                 let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));

@@ -76,8 +76,9 @@ impl Posts {
             _ => TagKey::for_membership(&post.author_id, &post.tags),
         };
         for tag in &tags {
-            self.l1.bump(tag.clone()).await;
+            self.l1.bump(tag.clone(), lsn).await;
         }
+        self.freshness.note_lsn(lsn);
         // Alone, this process applied the write already; the outbox position tells writes apart.
         let mut appended = Position {
             epoch: 0,
@@ -88,7 +89,7 @@ impl Posts {
             // Appended implies written through: a pod that drops its L1 entry on the event and
             // refills from L2 must find this version. Otherwise the relay does both, in order.
             let written = match shared.l2.write(&entry).await {
-                Ok(()) => shared.l2.bump(&tags).await,
+                Ok(()) => shared.l2.bump(&tags, lsn).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = written {
@@ -104,7 +105,7 @@ impl Posts {
                     created_at: post.updated_at,
                     previous_tags: Some(serde_json::to_string(&previous_tags).unwrap_or_default()),
                 };
-                match shared.log.publish(&row).await {
+                match shared.log.publish(&row, lsn).await {
                     Ok((at, _)) => {
                         self.to_mark
                             .lock()
@@ -136,10 +137,17 @@ impl Posts {
         if self.get(id, None).await?.entry.post.is_none() {
             return Err(StoreError::NotFound(id).into());
         }
-        if let Some(shared) = &self.shared
-            && shared.views.count(id).await.is_ok()
-        {
-            return Ok(());
+        if let Some(shared) = &self.shared {
+            match shared.views.count(id).await {
+                Ok(()) => return Ok(()),
+                // The increment may have run (a timeout, a dropped connection): counting it here
+                // too could count it twice. A view is a signal: at most once beats twice.
+                Err(e) if e.is_indeterminate() => {
+                    tracing::debug!(error = %e, "a view count may or may not have reached Redis; not counted again");
+                    return Ok(());
+                }
+                Err(_) => {}
+            }
         }
         self.views.count(id);
         Ok(())
@@ -177,7 +185,7 @@ impl Posts {
     pub async fn invalidate_tags(&self, tags: Vec<TagKey>) {
         if let Some(shared) = &self.shared {
             let names: Vec<String> = tags.iter().map(TagKey::name).collect();
-            let done = match shared.l2.bump(&tags).await {
+            let done = match shared.l2.bump(&tags, self.freshness.known_lsn()).await {
                 Ok(()) => shared.log.invalidate(&[], &names).await,
                 Err(e) => Err(e),
             };
@@ -186,7 +194,7 @@ impl Posts {
             }
         }
         for tag in tags {
-            self.l1.bump(tag).await;
+            self.l1.bump(tag, 0).await;
         }
     }
 

@@ -157,6 +157,10 @@ pub enum ReadAt {
     Replica(u64),
     /// Only the primary (a replica answered with a version older than one already known).
     Primary,
+    /// The newest data there is: the primary, or, while the primary is unreachable (so nothing
+    /// new can be acknowledged), a replica. For a pod that cannot prove what its caller may
+    /// already have seen acknowledged (it lost the event log).
+    Latest,
 }
 
 /// L3. Implementations are cheap to share (`Arc<dyn Store>`); every method is one round of
@@ -268,6 +272,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The primary's WAL position now (0 where there is none, SQLite): every change committed
+    /// before the call is at or before it.
+    async fn current_lsn(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// Connections (in use, idle, max) of the pool, for metrics.
     fn pool_usage(&self) -> (u32, u32, u32);

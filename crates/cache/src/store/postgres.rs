@@ -97,6 +97,14 @@ impl PostgresStore {
         (&self.pool, "primary")
     }
 
+    /// Where a [`ReadAt::Latest`] read goes when the primary is unreachable.
+    async fn fallback(&self, at: ReadAt) -> Option<&PgPool> {
+        match (&self.replicas, at) {
+            (Some(replicas), ReadAt::Latest) => replicas.choose(0).await,
+            _ => None,
+        }
+    }
+
     async fn read_post(&self, pool: &PgPool, id: PostId) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(sql::GET)
             .bind(id)
@@ -117,6 +125,30 @@ impl PostgresStore {
             .await
             .map_err(StoreError::query("read posts"))?;
         Ok(rows.into_iter().map(StoredPost::from).collect())
+    }
+
+    async fn read_feed(
+        &self,
+        pool: &PgPool,
+        role: &'static str,
+        q: &FeedQuery,
+    ) -> Result<Vec<PostId>, StoreError> {
+        let before = q.cursor.map_or(i64::MAX, |c| c.0);
+        let limit = i64::from(q.limit);
+        let query = match (&q.tag, &q.author_id) {
+            (None, None) => sqlx::query_scalar(sql::FEED).bind(before),
+            (None, Some(author)) => sqlx::query_scalar(sql::FEED_BY_AUTHOR)
+                .bind(author)
+                .bind(before),
+            (Some(tag), None) => sqlx::query_scalar(sql::FEED_BY_TAG).bind(tag).bind(before),
+            (Some(tag), Some(author)) => sqlx::query_scalar(sql::FEED_BY_TAG_AND_AUTHOR)
+                .bind(tag)
+                .bind(author)
+                .bind(before),
+        };
+        timed(role, query.bind(limit).fetch_all(pool))
+            .await
+            .map_err(StoreError::query("read a feed page"))
     }
 
     /// The pool, for tests and diagnostics.
@@ -314,7 +346,13 @@ impl Store for PostgresStore {
 
     async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
         let (pool, role) = self.reader(at).await;
-        timed(role, self.read_post(pool, id)).await
+        match timed(role, self.read_post(pool, id)).await {
+            Err(e) if e.is_unavailable() => match self.fallback(at).await {
+                Some(replica) => timed("replica", self.read_post(replica, id)).await,
+                None => Err(e),
+            },
+            read => read,
+        }
     }
 
     async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
@@ -323,7 +361,13 @@ impl Store for PostgresStore {
 
     async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
         let (pool, role) = self.reader(at).await;
-        timed(role, self.read_posts(pool, ids)).await
+        match timed(role, self.read_posts(pool, ids)).await {
+            Err(e) if e.is_unavailable() => match self.fallback(at).await {
+                Some(replica) => timed("replica", self.read_posts(replica, ids)).await,
+                None => Err(e),
+            },
+            read => read,
+        }
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
@@ -342,22 +386,18 @@ impl Store for PostgresStore {
 
     async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
         let (pool, role) = self.reader(at).await;
-        let before = q.cursor.map_or(i64::MAX, |c| c.0);
-        let limit = i64::from(q.limit);
-        let query = match (&q.tag, &q.author_id) {
-            (None, None) => sqlx::query_scalar(sql::FEED).bind(before),
-            (None, Some(author)) => sqlx::query_scalar(sql::FEED_BY_AUTHOR)
-                .bind(author)
-                .bind(before),
-            (Some(tag), None) => sqlx::query_scalar(sql::FEED_BY_TAG).bind(tag).bind(before),
-            (Some(tag), Some(author)) => sqlx::query_scalar(sql::FEED_BY_TAG_AND_AUTHOR)
-                .bind(tag)
-                .bind(author)
-                .bind(before),
-        };
-        timed(role, query.bind(limit).fetch_all(pool))
-            .await
-            .map_err(StoreError::query("read a feed page"))
+        match self.read_feed(pool, role, q).await {
+            Err(e) if e.is_unavailable() => match self.fallback(at).await {
+                Some(replica) => self.read_feed(replica, "replica", q).await,
+                None => Err(e),
+            },
+            read => read,
+        }
+    }
+
+    async fn current_lsn(&self) -> Result<u64, StoreError> {
+        let mut conn = self.acquire().await?;
+        Self::lsn(&mut conn).await
     }
 
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use postcache_cache::{
-    CachedPost, EventLog, L1, L1Config, L2, L2Config, Posts, RedisConfig, RedisConn, RedisLog,
-    Shared, SharedViews, Store,
+    CachedPost, EventLog, Filled, L1, L1Config, L2, L2Config, Posts, RedisConfig, RedisConn,
+    RedisLog, Shared, SharedViews, Store,
 };
 use postcache_testkit::{Redis, RedisCluster};
 
@@ -68,18 +68,34 @@ async fn l2_refuses_stale_versions_and_voided_leases(l2: &L2) {
         "one loader per lease window"
     );
     l2.write(&post(id, 3)).await.unwrap();
-    assert!(!l2.fill(&post(id, 2), &lease).await.unwrap());
+    assert_eq!(
+        l2.fill(&post(id, 2), &lease).await.unwrap(),
+        Filled::LeaseLost
+    );
     assert_eq!(l2.get(id).await.unwrap().unwrap().version, 3);
 
     // Evicted value, a slow reader with a fresh lease and an old version (a lagging replica):
     // the floor left by the write refuses it.
     l2.invalidate(id).await.unwrap();
     let lease = l2.lease(id).await.unwrap().unwrap();
-    assert!(!l2.fill(&post(id, 2), &lease).await.unwrap());
+    assert_eq!(
+        l2.fill(&post(id, 2), &lease).await.unwrap(),
+        Filled::Stale,
+        "a fill below the floor is stale: the reader must read a newer source"
+    );
     assert_eq!(l2.get(id).await.unwrap(), None);
     let lease = l2.lease(id).await.unwrap().unwrap();
-    assert!(l2.fill(&post(id, 3), &lease).await.unwrap());
+    assert_eq!(l2.fill(&post(id, 3), &lease).await.unwrap(), Filled::Yes);
     assert_eq!(l2.get(id).await.unwrap().unwrap().version, 3);
+
+    // A change relayed late (v2 after v3) never comes back, even after v3 was evicted.
+    l2.invalidate(id).await.unwrap();
+    l2.write(&post(id, 2)).await.unwrap();
+    assert_eq!(
+        l2.get(id).await.unwrap(),
+        None,
+        "v2 is below the floor v3 left"
+    );
 
     // A delete leaves a versioned tombstone that older versions cannot overwrite.
     let tombstone = CachedPost {

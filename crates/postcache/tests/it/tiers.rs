@@ -40,6 +40,11 @@ impl Pods {
         &self.pods[i % self.pods.len()].1
     }
 
+    /// Pod `i`'s process id (for SIGSTOP/SIGCONT).
+    pub(crate) fn pid(&self, i: usize) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.pods[i].0.id() as i32)
+    }
+
     pub(crate) fn log(&self, i: usize) -> String {
         crate::stderr_of(self.pods[i].2.path())
     }

@@ -111,7 +111,7 @@ impl Subscription {
                 },
             };
             if event.event.kind == EventType::Resync {
-                // The log lost events (see `EventLog::interrupt`): this stream cannot go on whole.
+                // The log lost events (see `EventLog::restart_at`): this stream cannot go on whole.
                 self.closed = true;
                 return Some(resync(event.position, true));
             }

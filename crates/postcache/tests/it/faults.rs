@@ -1,0 +1,267 @@
+//! Freshness under faults, black-box: the scenarios that once broke G1/G3 (a feed page built from
+//! a lagging replica, an old token on a pod cut off from the log, a Redis that answers but refuses
+//! writes, a log that lost entries), each against real `postcache serve` pods, PostgreSQL with a
+//! streaming replica and Redis. Every read that starts more than Δ after a write was acknowledged
+//! must reflect it, whichever pod, token or tier answers.
+
+use std::time::{Duration, Instant};
+
+use postcache_testkit::{Postgres, Redis};
+use serde_json::Value;
+
+use crate::tiers::{Pods, Stack};
+
+/// Δ of G3 for these pods.
+const BOUND: Duration = Duration::from_millis(1000);
+
+/// How long each scenario keeps checking reads after Δ has passed.
+const WATCH: Duration = Duration::from_millis(2500);
+
+/// `redis-cli -p port args…`, its output.
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let port = redis.port().to_string();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits until every pod proves its caches fresh (a heartbeat of the shared log arrived).
+async fn wait_trusted(pods: &Pods, n: usize) {
+    for i in 0..n {
+        pods.wait_metric(i, "postcache_l1_distrusted", 0.0).await;
+    }
+}
+
+/// The ids of a feed page read through pod `i`, with `token` if given.
+async fn feed_ids(pods: &Pods, i: usize, query: &str, token: Option<&str>) -> Vec<String> {
+    let mut request = pods.http.get(format!("{}/v1/posts?{query}", pods.base(i)));
+    if let Some(token) = token {
+        request = request.header("x-postcache-token", token);
+    }
+    let reply = request.send().await.unwrap();
+    assert_eq!(reply.status(), 200, "feed through pod {i}");
+    let page: Value = reply.json().await.unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reads `id` on every pod, with and without `token`, until `WATCH` after Δ has passed since
+/// `acked`: every read that started later than `acked + Δ` must serve `version` or newer.
+async fn assert_reads_fresh(
+    pods: &Pods,
+    n: usize,
+    id: &str,
+    tokens: &[Option<&str>],
+    version: i64,
+    acked: Instant,
+) {
+    let until = acked + BOUND + WATCH;
+    while Instant::now() < until {
+        for i in 0..n {
+            for token in tokens {
+                let started = acked.elapsed();
+                let (seen, tier) = pods.read(i, id, *token).await;
+                assert!(
+                    seen >= version || started <= BOUND,
+                    "pod {i} served v{seen} from {tier} (token: {}) in a read that started \
+                     {started:?} after v{version} was acknowledged\n{}",
+                    token.is_some(),
+                    pods.log(i)
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A reader without a token on pod B builds a tag's feed page while the replica has not replayed
+/// a new post: the page must not be cached for readers who hold the writer's token, nor outlive Δ
+/// for anyone (it once stayed until the page's TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_page_is_never_built_from_a_replica_behind_its_generation() {
+    let pg = Postgres::start(1);
+    let db = pg.create_database();
+    let (primary, replica) = (pg.primary_url(&db), pg.replica_urls(&db).join(","));
+    let redis = Redis::start();
+    let url = redis.url();
+    let pods = Pods::start(
+        2,
+        &[
+            ("POSTCACHE_DATABASE_URL", primary.as_str()),
+            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+        ],
+    );
+    wait_trusted(&pods, 2).await;
+    let (seed, _) = pods.create(0, "ann", "seed").await;
+    let _ = pods
+        .http
+        .patch(format!("{}/v1/posts/{seed}", pods.base(0)))
+        .json(&serde_json::json!({"tags": ["t"]}))
+        .send()
+        .await
+        .unwrap();
+    // Both pods have read the feed (cached) once the replica caught up.
+    postcache_testkit::poll(Duration::from_secs(10), || {
+        let out = pg
+            .psql_replica(
+                0,
+                &db,
+                "SELECT count(*) FROM posts WHERE tags::text LIKE '%\"t\"%'",
+            )
+            .map_err(|e| e.to_string())?;
+        (out.trim() == "1").then_some(()).ok_or(out)
+    })
+    .unwrap();
+    for i in 0..2 {
+        assert_eq!(feed_ids(&pods, i, "tag=t", None).await, vec![seed.clone()]);
+    }
+
+    pg.psql_replica(0, &db, "SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let reply = pods
+        .http
+        .post(format!("{}/v1/posts", pods.base(0)))
+        .json(&serde_json::json!({"author_id": "bob", "title": "new", "body": "b", "tags": ["t"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let acked = Instant::now();
+    let token = reply.headers()["x-postcache-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let new_id = reply.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The tokenless reader gets there first, on the other pod.
+    let _ = feed_ids(&pods, 1, "tag=t", None).await;
+    for i in [0, 1] {
+        let ids = feed_ids(&pods, i, "tag=t", Some(&token)).await;
+        assert!(
+            ids.contains(&new_id),
+            "pod {i}: the writer's token read a feed page without its post: {ids:?}"
+        );
+    }
+    // Still paused: once Δ has passed, every reader sees the post, token or not.
+    let until = acked + BOUND + WATCH;
+    while Instant::now() < until {
+        for i in 0..2 {
+            let started = acked.elapsed();
+            let ids = feed_ids(&pods, i, "tag=t", None).await;
+            assert!(
+                ids.contains(&new_id) || started <= BOUND,
+                "pod {i}: a tokenless feed read {started:?} after the post was acknowledged \
+                 lacks it: {ids:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.psql_replica(0, &db, "SELECT pg_wal_replay_resume()")
+        .unwrap();
+}
+
+/// Pod B holds X in L1; Redis stops (SIGSTOP); X changes through pod A. A reader on B holding
+/// the token of X's creation (browsers always carry one) must not be answered from B's L1 once
+/// Δ has passed: an old token proves nothing about later writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_token_is_not_served_from_a_cache_cut_off_from_the_log() {
+    let Stack { pods, redis, .. } = Stack::start(2, &[]);
+    wait_trusted(&pods, 2).await;
+    let (id, created) = pods.create(0, "ann", "v1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods.read(1, &id, Some(&created)).await.1 != "l1" {
+        assert!(Instant::now() < deadline, "pod b never cached the post");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.process().pause();
+    let (version, _) = pods.update(0, &id, "v2").await;
+    let acked = Instant::now();
+    assert_reads_fresh(&pods, 2, &id, &[Some(&created), None], version, acked).await;
+    redis.process().resume();
+}
+
+/// Redis answers reads but refuses every write (out of memory with `noeviction`): a write still
+/// commits, and once Δ has passed no pod serves the old version from L1 or L2, with or without a
+/// token; Redis is reported degraded. When Redis accepts writes again, every pod converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_writes_is_a_fault_not_a_source_of_stale_reads() {
+    let Stack { pods, redis, .. } = Stack::start(2, &[]);
+    wait_trusted(&pods, 2).await;
+    let (id, created) = pods.create(0, "ann", "v1").await;
+    for i in 0..2 {
+        pods.read(i, &id, None).await;
+    }
+
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory", "1"]);
+    let (version, token) = pods.update(0, &id, "v2").await;
+    let acked = Instant::now();
+    assert_reads_fresh(
+        &pods,
+        2,
+        &id,
+        &[None, Some(&created), Some(&token)],
+        version,
+        acked,
+    )
+    .await;
+    pods.wait_metric(0, "postcache_degraded{component=\"redis\"}", 1.0)
+        .await;
+
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    let (version, _) = pods.update(1, &id, "v3").await;
+    wait_trusted(&pods, 2).await;
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pods.read(i, &id, None).await.0 < version {
+            assert!(Instant::now() < deadline, "pod {i} never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The stream loses entries a pod has not applied (here: deleted and recreated while the pod
+/// followed it, as a Redis restart without persistence or a FLUSHALL would): the pod must notice
+/// the gap, count it, stop answering from its L1, and send its subscribers `resync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_lost_entries_is_noticed_never_skipped() {
+    let Stack { pods, redis, .. } = Stack::start(2, &[]);
+    wait_trusted(&pods, 2).await;
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pods.read(1, &id, None).await.1 != "l1" {
+        assert!(Instant::now() < deadline, "pod b never cached the post");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Pod b stops; the log is wiped with the change to X in it; pod b resumes.
+    let (version, _) = {
+        let b = pods.pid(1);
+        nix::sys::signal::kill(b, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        redis_cli(&redis, &["CONFIG", "SET", "appendonly", "no"]);
+        let written = pods.update(0, &id, "v2").await;
+        redis_cli(&redis, &["DEL", "{postcache}:events"]);
+        nix::sys::signal::kill(b, nix::sys::signal::Signal::SIGCONT).unwrap();
+        written
+    };
+    let acked = Instant::now();
+    // The write-through of v2 went to L2, but pod b's L1 holds v1 and never saw the event.
+    assert_reads_fresh(&pods, 2, &id, &[None], version, acked).await;
+    let gaps = pods.metric(1, "postcache_eventlog_gaps_total").await;
+    assert!(
+        gaps.is_some_and(|g| g >= 1.0),
+        "pod b did not count the gap: {gaps:?}"
+    );
+}
