@@ -8,6 +8,7 @@ mod bench;
 mod browser;
 mod check;
 mod degraded;
+mod faults;
 mod footprint;
 mod monitoring;
 mod operator;
