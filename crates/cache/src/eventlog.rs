@@ -548,3 +548,59 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Positions over the whole range, and at the edges (seq 0, `u64::MAX`, small epochs).
+    fn position() -> impl Strategy<Value = Position> {
+        let part = || prop_oneof![any::<u64>(), 0..3u64, (u64::MAX - 2)..=u64::MAX];
+        (part(), part()).prop_map(|(epoch, seq)| Position { epoch, seq })
+    }
+
+    /// `p` moved by a few steps in either part, so that `q` lands next to `p.before()`.
+    fn near(p: Position) -> impl Strategy<Value = Position> {
+        (-2i64..=2, -2i64..=2).prop_map(move |(de, ds)| Position {
+            epoch: p.epoch.saturating_add_signed(de),
+            seq: p.seq.saturating_add_signed(ds),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_is_the_identity(p in position()) {
+            prop_assert_eq!(Position::parse(&p.to_string()), Some(p));
+        }
+
+        /// Never panics; whatever it accepts names the same position as Display's spelling.
+        #[test]
+        fn parse_accepts_only_epoch_dash_seq(s in prop_oneof![
+            "[0-9]{1,22}-[0-9]{1,22}",
+            "[0-9+ -]{0,24}",
+            any::<String>(),
+        ]) {
+            if let Some(p) = Position::parse(&s) {
+                let (epoch, seq) = s.split_once('-').expect("an accepted position has a dash");
+                prop_assert_eq!(epoch.parse::<u64>(), Ok(p.epoch), "{:?}", s);
+                prop_assert_eq!(seq.parse::<u64>(), Ok(p.seq), "{:?}", s);
+                prop_assert!(s.bytes().all(|b| b.is_ascii_digit() || b == b'-'), "{:?}", s);
+            }
+        }
+
+        /// `before` is the predecessor in the order positions sort in. `0-0` has none (no log
+        /// assigns it: Redis stream ids start at `0-1`, the in-process log at seq 1).
+        #[test]
+        fn nothing_sits_between_a_position_and_the_one_before_it(
+            (p, q) in position()
+                .prop_filter("0-0 has no predecessor", |p| *p != Position::ZERO)
+                .prop_flat_map(|p| (Just(p), prop_oneof![near(p), near(p.before()), position()]))
+        ) {
+            let b = p.before();
+            prop_assert!(b < p, "{} is not before {}", b, p);
+            prop_assert!(!(b < q && q < p), "{} sits between {} and {}", q, b, p);
+        }
+    }
+}

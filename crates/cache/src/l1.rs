@@ -230,3 +230,129 @@ impl L1 {
         (self.posts.entry_count(), self.feeds.entry_count())
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One step on a post's L1 state.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A fill or a write installs this version.
+        Install(PostId, i64),
+        /// An applied event records that this version exists (without a body to install).
+        RaiseFloor(PostId, i64),
+        /// Admin invalidation.
+        Invalidate(PostId),
+        /// moka dropping the entry on its own (capacity, TTL): the floor stays.
+        Evict(PostId),
+    }
+
+    /// Steps over three ids and versions 0..8, so that installs often fall below the floor.
+    fn op() -> impl Strategy<Value = Op> {
+        let id = || 1..4i64;
+        let version = || 0..8i64;
+        prop_oneof![
+            4 => (id(), version()).prop_map(|(id, v)| Op::Install(id, v)),
+            1 => (id(), version()).prop_map(|(id, v)| Op::RaiseFloor(id, v)),
+            1 => id().prop_map(Op::Invalidate),
+            1 => id().prop_map(Op::Evict),
+        ]
+    }
+
+    /// What L1 should hold for one id.
+    #[derive(Debug, Default)]
+    struct Expected {
+        floor: i64,
+        cached: Option<i64>,
+        /// The newest accepted install since the entry was last dropped.
+        accepted: Option<i64>,
+    }
+
+    fn entry(id: PostId, version: i64) -> Arc<CachedPost> {
+        Arc::new(CachedPost {
+            id,
+            version,
+            post: None,
+            json: Bytes::from(format!("v{version}")),
+        })
+    }
+
+    /// Runs `ops` on a fresh L1 and checks it against [`Expected`] after every step.
+    async fn follows_the_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let l1 = L1::new(L1Config {
+            max_entries: 1000,
+            ttl: Duration::from_secs(600),
+        });
+        let mut model: HashMap<PostId, Expected> = HashMap::new();
+        for op in ops {
+            let id = match op {
+                Op::Install(id, _) | Op::RaiseFloor(id, _) | Op::Invalidate(id) | Op::Evict(id) => {
+                    id
+                }
+            };
+            let m = model.entry(id).or_default();
+            let before = m.cached;
+            let mut installed = None;
+            match op {
+                Op::Install(_, v) => {
+                    let accepted = l1.install(entry(id, v)).await;
+                    installed = Some((v, accepted));
+                    prop_assert_eq!(accepted, v >= m.floor, "{:?} with floor {}", op, m.floor);
+                    if accepted {
+                        m.floor = v;
+                        m.cached = Some(m.cached.map_or(v, |c| c.max(v)));
+                        m.accepted = Some(m.accepted.map_or(v, |a| a.max(v)));
+                    }
+                }
+                Op::RaiseFloor(_, v) => {
+                    l1.raise_floor(id, v).await;
+                    m.floor = m.floor.max(v);
+                }
+                Op::Invalidate(_) => {
+                    l1.invalidate(id).await;
+                    (m.cached, m.accepted) = (None, None);
+                }
+                Op::Evict(_) => {
+                    l1.posts.invalidate(&id).await;
+                    (m.cached, m.accepted) = (None, None);
+                }
+            }
+            let cached = l1.posts.get(&id).await;
+            let version = cached.as_ref().map(|c| c.version);
+            prop_assert_eq!(version, m.cached, "after {:?}", op);
+            if let Some(c) = &cached {
+                prop_assert_eq!(
+                    &c.json,
+                    &entry(id, c.version).json,
+                    "the body of that version"
+                );
+            }
+            prop_assert_eq!(l1.floor(id).await, m.floor, "after {:?}", op);
+            // The invariants the model encodes, spelled out.
+            match installed {
+                Some((v, true)) => prop_assert!(version >= Some(v), "an accepted install shows"),
+                Some((_, false)) => {
+                    prop_assert_eq!(version, before, "a refused install never shows")
+                }
+                None => {}
+            }
+            prop_assert!(version >= m.accepted, "never below an accepted install");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn l1_installs_follow_the_floor_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+            rt.block_on(follows_the_model(ops))?;
+        }
+    }
+}

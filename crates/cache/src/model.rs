@@ -195,3 +195,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn cursors_of_post_ids_round_trip(id in prop_oneof![1..=i64::MAX, 1..300i64]) {
+            prop_assert_eq!(Cursor::decode(&Cursor(id).encode()), Some(Cursor(id)));
+        }
+
+        /// Never panics; whatever it accepts is a positive id and [`Cursor::encode`]'s spelling
+        /// of it, up to leading zeros.
+        #[test]
+        fn decode_accepts_only_encoded_cursors(s in prop_oneof![
+            "c1\\.[0-9a-f]{0,18}",
+            "c[0-9]\\.[0-9a-fA-Fx+-]{0,18}",
+            any::<String>(),
+        ]) {
+            if let Some(cursor) = Cursor::decode(&s) {
+                prop_assert!(cursor.0 > 0, "{:?}", s);
+                let hex = s.strip_prefix("c1.").expect("an accepted cursor has the prefix");
+                let encoded = cursor.encode();
+                prop_assert_eq!(format!("c1.{}", hex.trim_start_matches('0')), encoded, "{:?}", s);
+            }
+        }
+    }
+}

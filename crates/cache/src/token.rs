@@ -119,3 +119,90 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Positions and LSNs over the whole range, and small ones so that ties and zeros occur.
+    fn token() -> impl Strategy<Value = ConsistencyToken> {
+        let wide = (any::<u64>(), any::<u64>(), any::<u64>());
+        let small = (0..3u64, 0..3u64, 0..3u64);
+        prop_oneof![wide, small].prop_map(|(epoch, seq, lsn)| ConsistencyToken {
+            position: Position { epoch, seq },
+            lsn,
+        })
+    }
+
+    /// Strings near the grammar (with overlong fields, leading zeros, upper-case hex), the
+    /// legacy form, a token's alphabet in any order, and anything at all.
+    fn token_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,22}-[0-9]{1,22}\\.[0-9a-fA-F]{1,18}",
+            "[0-9]{1,22}\\.[0-9a-fA-F]{1,18}",
+            "[0-9a-gA-G.+ -]{0,30}",
+            any::<String>(),
+        ]
+    }
+
+    /// Display's spelling of the number `digits` names in `radix`: no leading zeros, lower case.
+    fn canonical(digits: &str, radix: u32) -> String {
+        let trimmed = digits.trim_start_matches('0');
+        let trimmed = if trimmed.is_empty() { "0" } else { trimmed };
+        if radix == 16 {
+            trimmed.to_ascii_lowercase()
+        } else {
+            trimmed.to_owned()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_is_the_identity(t in token()) {
+            prop_assert_eq!(ConsistencyToken::parse(&t.to_string()), Some(t));
+        }
+
+        /// `parse` never panics, and what it accepts is Display's output (or the legacy
+        /// `<n>.<lsn>`, read as position unknown) up to leading zeros and the case of hex digits.
+        #[test]
+        fn parse_accepts_only_displayed_or_legacy_tokens(s in token_like()) {
+            let Some(t) = ConsistencyToken::parse(&s) else {
+                return Ok(());
+            };
+            let (position, lsn) = s.split_once('.').expect("an accepted token has a dot");
+            prop_assert_eq!(canonical(lsn, 16), format!("{:x}", t.lsn), "{:?}", s);
+            match position.split_once('-') {
+                Some((epoch, seq)) => prop_assert_eq!(
+                    format!("{}-{}.{}", canonical(epoch, 10), canonical(seq, 10), canonical(lsn, 16)),
+                    t.to_string()
+                ),
+                None => {
+                    prop_assert!(
+                        !position.is_empty()
+                            && position.len() <= 20
+                            && position.bytes().all(|b| b.is_ascii_digit()),
+                        "{:?} is neither displayed nor legacy",
+                        s
+                    );
+                    prop_assert_eq!(t.position, Position::ZERO);
+                }
+            }
+        }
+
+        #[test]
+        fn max_is_a_join(a in token(), b in token(), c in token()) {
+            let m = a.max(b);
+            prop_assert_eq!(m, b.max(a));
+            prop_assert_eq!(a.max(b.max(c)), m.max(c));
+            prop_assert_eq!(a.max(a), a);
+            for t in [a, b] {
+                prop_assert!(m.position >= t.position && m.lsn >= t.lsn, "{} < {}", m, t);
+            }
+            // The least such token: each part is one of the inputs', nothing newer is invented.
+            prop_assert!([a.position, b.position].contains(&m.position));
+            prop_assert!([a.lsn, b.lsn].contains(&m.lsn));
+        }
+    }
+}

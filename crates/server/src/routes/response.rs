@@ -110,3 +110,66 @@ mod tests {
         assert_eq!(parse("3, \"x\""), Vec::<Option<i64>>::new());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn an_etag_parses_back_to_its_version(version in any::<i64>(), weak in any::<bool>()) {
+            let tag = etag(version);
+            prop_assert_eq!(etag_versions(&tag), vec![Some(version)]);
+            let weak = if weak { "W/" } else { "" };
+            let list = format!("{weak}{}, *", tag.to_str().expect("ASCII"));
+            prop_assert_eq!(
+                etag_versions(&HeaderValue::from_str(&list).expect("a valid header")),
+                vec![Some(version), None]
+            );
+        }
+
+        /// Lists of ETags, as clients send them in `If-Match`, parse to their versions in order.
+        #[test]
+        fn etag_lists_parse_to_their_versions(
+            tags in proptest::collection::vec((any::<Option<i64>>(), any::<bool>()), 0..6)
+        ) {
+            let list: Vec<String> = tags
+                .iter()
+                .map(|(version, weak)| match (version, weak) {
+                    (None, _) => "*".to_owned(),
+                    (Some(v), true) => format!("W/\"{v}\""),
+                    (Some(v), false) => format!("\"{v}\""),
+                })
+                .collect();
+            let value = HeaderValue::from_str(&list.join(" ,\t")).expect("a valid header");
+            let versions: Vec<Option<i64>> = tags.iter().map(|(v, _)| *v).collect();
+            prop_assert_eq!(etag_versions(&value), versions);
+        }
+
+        /// Any header value (bytes that are not text included) parses without panicking, and
+        /// every version it yields was written in it, in quotes (spelled as `str::parse` reads
+        /// it: `"+3"` and `"03"` also name version 3).
+        #[test]
+        fn any_header_value_parses_without_panicking(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..40),
+                "[W/\"0-9*, +-]{0,30}".prop_map(String::into_bytes),
+            ]
+        ) {
+            let Ok(value) = HeaderValue::from_bytes(&raw) else {
+                return Ok(());
+            };
+            let text = value.to_str().unwrap_or_default();
+            for version in etag_versions(&value).into_iter().flatten() {
+                prop_assert!(
+                    text.split('"').any(|piece| piece.parse() == Ok(version)),
+                    "{} read from {:?}",
+                    version,
+                    text
+                );
+            }
+        }
+    }
+}
