@@ -97,20 +97,19 @@ fn finals(history: &History) -> Vec<Final> {
         .into_iter()
         .map(|post| {
             let writes: Vec<_> = history.writes_to(post).collect();
-            let unknown =
-                |w: &&&crate::history::Op| matches!(w.outcome, Outcome::Indeterminate { .. });
+            let unknown: Vec<&OpKind> = writes
+                .iter()
+                .filter(|w| matches!(w.outcome, Outcome::Indeterminate { .. }))
+                .map(|w| &w.kind)
+                .collect();
             Final {
                 post: post.to_owned(),
                 acked: Expected::from_writes(writes.iter().copied().filter(|w| w.acked())),
-                unknown_updates: writes
+                unknown_updates: unknown
                     .iter()
-                    .filter(unknown)
-                    .filter(|w| matches!(w.kind, OpKind::Update { .. }))
+                    .filter(|k| matches!(k, OpKind::Update { .. }))
                     .count() as i64,
-                maybe_deleted: writes
-                    .iter()
-                    .filter(unknown)
-                    .any(|w| matches!(w.kind, OpKind::Delete { .. })),
+                maybe_deleted: unknown.iter().any(|k| matches!(k, OpKind::Delete { .. })),
                 last_ack_ms: writes
                     .iter()
                     .filter(|w| w.acked())
