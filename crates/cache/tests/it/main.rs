@@ -5,6 +5,7 @@
 #![allow(missing_docs)] // a test binary, not an API
 
 mod gated;
+mod model;
 mod plans;
 mod races;
 mod shared;
