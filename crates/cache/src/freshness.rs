@@ -13,10 +13,11 @@
 //!                           about later writes, so a cut-off pod answers no one from memory)
 //! ```
 //! A pod with an in-process log (the embedded default) applies every write itself before it
-//! answers, so it always trusts its L1.
+//! answers, so it always trusts its L1 — provided it is alone: on PostgreSQL without Redis it
+//! trusts L1 only while it holds the database's lone-process lock ([`Freshness::exclusive`]).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::eventlog::Position;
@@ -30,6 +31,8 @@ pub const L1_DISTRUSTED: &str = "postcache_l1_distrusted";
 pub struct Freshness {
     /// `None`: single process, every change is applied before it is acknowledged.
     bound: Option<Duration>,
+    /// `Some`: single process only while this says so (it holds the lone-process lock).
+    alone: Option<AtomicBool>,
     applied: Mutex<Position>,
     started: Instant,
     /// Milliseconds after `started` of the last heartbeat applied (0: none yet).
@@ -46,12 +49,30 @@ impl Freshness {
     pub fn local() -> Freshness {
         Freshness {
             bound: None,
+            alone: None,
             applied: Mutex::new(Position::ZERO),
             started: Instant::now(),
             proven_ms: AtomicU64::new(0),
             proven_lsn: AtomicU64::new(0),
             known_lsn: AtomicU64::new(0),
         }
+    }
+
+    /// A process without a shared log on a database others could write to: its L1 is trusted
+    /// only while [`Freshness::set_alone`] says no other process writes.
+    pub fn exclusive() -> Freshness {
+        Freshness {
+            alone: Some(AtomicBool::new(false)),
+            ..Freshness::local()
+        }
+    }
+
+    /// Records whether this process is the only one writing (see [`Freshness::exclusive`]);
+    /// returns the previous value.
+    pub fn set_alone(&self, alone: bool) -> bool {
+        self.alone
+            .as_ref()
+            .is_some_and(|a| a.swap(alone, Ordering::Relaxed))
     }
 
     /// A pod following a shared log: L1 is trusted only while the last heartbeat is younger than
@@ -66,6 +87,9 @@ impl Freshness {
     /// Whether this pod can prove its caches fresh within the bound (a recent heartbeat, no gap
     /// since). A read without a token may then be answered from L1, and any read from L2.
     pub fn trusts_l1(&self) -> bool {
+        if let Some(alone) = &self.alone {
+            return alone.load(Ordering::Relaxed);
+        }
         let Some(bound) = self.bound else {
             return true;
         };
@@ -77,7 +101,7 @@ impl Freshness {
     /// token says nothing about later writes, G3) and has applied the write behind the token.
     pub fn covers(&self, token: &ConsistencyToken) -> bool {
         if self.bound.is_none() {
-            return true;
+            return self.trusts_l1();
         }
         self.trusts_l1() && token.position != Position::ZERO && self.applied() >= token.position
     }
@@ -159,6 +183,17 @@ mod tests {
         let f = Freshness::local();
         assert!(f.trusts_l1());
         assert!(f.covers(&ConsistencyToken::default()));
+    }
+
+    #[test]
+    fn a_lone_process_trusts_its_cache_only_while_alone() {
+        let f = Freshness::exclusive();
+        let token = ConsistencyToken::default();
+        assert!(!f.trusts_l1() && !f.covers(&token), "not known to be alone yet");
+        assert!(!f.set_alone(true));
+        assert!(f.trusts_l1() && f.covers(&token));
+        assert!(f.set_alone(false));
+        assert!(!f.trusts_l1() && !f.covers(&token));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::ops::compute::{CompResult, Op};
 use postcache_api::EventType;
 use time::OffsetDateTime;
 
@@ -301,7 +302,9 @@ impl Posts {
                 if let Ok(id) = change.post_id.parse::<PostId>() {
                     self.l1.raise_floor(id, change.version).await;
                 }
-                self.log.append_at(last, *change);
+                if self.newest_delivered(&change).await {
+                    self.log.append_at(last, *change);
+                }
             }
         }
         self.freshness.rebase(last);
@@ -328,11 +331,13 @@ impl Posts {
         match entry {
             Entry::Change(change, lsn) => {
                 self.freshness.note_lsn(lsn);
-                if self.apply_remote(&change, lsn).await {
+                self.apply_remote(&change, lsn).await;
+                if self.newest_delivered(&change).await {
                     self.log.append_at(position, *change);
                 } else {
-                    // Relayed late: a newer version was applied already. Delivering it now would
-                    // show subscribers v2 after v3 (G5 is per-post version order).
+                    // Overtaken in the log by a newer version of its post (two writers racing
+                    // to append, or a row relayed late): delivering it now would show subscribers
+                    // v2 after v3. The newer event carries the whole post (G5, DESIGN §5).
                     tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
                 }
             }
@@ -353,21 +358,41 @@ impl Posts {
         self.freshness.advance(position);
     }
 
-    /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
-    /// goes in unless a newer one is known, and the feeds it joins or leaves are invalidated
-    /// (their next pages need a source that has replayed `lsn`). `false` when a newer version
-    /// was known already (the change is superseded).
-    async fn apply_remote(&self, change: &Change, lsn: u64) -> bool {
+    /// Whether `change` is newer than every event of its post delivered so far (and records it).
+    async fn newest_delivered(&self, change: &Change) -> bool {
         let Ok(id) = change.post_id.parse::<PostId>() else {
             return true;
         };
-        let current = self.l1.install(Arc::new(entry_of(id, change))).await;
+        let version = change.version;
+        let outcome = self
+            .delivered
+            .entry(id)
+            .and_compute_with(|cur| async move {
+                match cur {
+                    Some(cur) if *cur.value() >= version => Op::Nop,
+                    _ => Op::Put(version),
+                }
+            })
+            .await;
+        matches!(
+            outcome,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        )
+    }
+
+    /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
+    /// goes in unless a newer one is known, and the feeds it joins or leaves are invalidated
+    /// (their next pages need a source that has replayed `lsn`).
+    async fn apply_remote(&self, change: &Change, lsn: u64) {
+        let Ok(id) = change.post_id.parse::<PostId>() else {
+            return;
+        };
+        self.l1.install(Arc::new(entry_of(id, change))).await;
         for tag in affected_tags(change) {
             self.l1.bump(tag, lsn).await;
         }
         let lag = OffsetDateTime::now_utc() - change.committed_at;
         metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
-        current
     }
 }
 

@@ -134,6 +134,29 @@ pub(crate) async fn maintain(
     }
 }
 
+/// Takes or checks the lone-process lock (PostgreSQL without Redis) and trusts L1 accordingly.
+pub(crate) async fn check_alone(posts: &Posts) {
+    let alone = posts.store().hold_alone().await.unwrap_or(false);
+    posts.set_alone(alone);
+    postcache_cache::set_degraded("eventlog", !alone);
+}
+
+/// Keeps checking the lone-process lock every `interval` (a lost session loses the lock, and
+/// another process may take it).
+pub(crate) async fn stay_alone(
+    posts: Arc<Posts>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        check_alone(&posts).await;
+    }
+}
+
 /// Polls the read replicas' replay positions and lag (a no-op loop without replicas).
 pub(crate) async fn watch_replicas(posts: Arc<Posts>, mut stop: watch::Receiver<bool>) {
     if posts.store().replica_pool_usage().is_none() {

@@ -88,10 +88,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let log = Arc::new(EventLog::new(args.eventlog_retention, args.realtime_queue));
     let mut posts = Posts::new(store, l1, log);
     let shared = shared_tiers(&args)?;
+    let lone_lock = shared.is_none() && database_kind(&args.database_url) == "postgres";
     if let Some(shared) = shared.clone() {
         posts = posts.with_shared(shared, staleness_trust(&args));
+    } else if lone_lock {
+        // Several processes on one PostgreSQL without Redis would each trust an L1 that misses
+        // the others' writes: only the holder of the lone-process lock trusts its L1.
+        posts = posts.guarded_by_lone_lock();
     }
     let posts = Arc::new(posts);
+    if lone_lock {
+        background::check_alone(&posts).await;
+    }
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
@@ -139,6 +147,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 .await
         })
     });
+    if lone_lock {
+        tokio::spawn(background::stay_alone(
+            Arc::clone(&posts),
+            heartbeat,
+            stop_rx.clone(),
+        ));
+    }
     let maintenance = tokio::spawn(background::maintain(
         Arc::clone(&posts),
         limit,

@@ -38,6 +38,9 @@ use crate::views::ViewBuffer;
 /// fresh when the load began (one that could not reads only the newest source).
 pub(crate) type FlightKey = (PostId, Option<(Position, u64)>, bool);
 
+/// Posts whose newest delivered version is remembered (far more than the log retains).
+const DELIVERED_CAPACITY: u64 = 200_000;
+
 /// How long a finished load's result may still be joined (one whose first caller was cancelled
 /// before it could remove the entry must not pin an old result).
 const FLIGHT_TTL: Duration = Duration::from_millis(100);
@@ -158,6 +161,9 @@ pub struct Posts {
     pub(crate) freshness: Freshness,
     /// Outbox positions this pod appended itself, to be marked published in one batch.
     pub(crate) to_mark: Mutex<Vec<i64>>,
+    /// Per post, the newest version delivered to this pod's subscribers (from the shared log):
+    /// an event overtaken in the log by a newer version of its post is superseded.
+    pub(crate) delivered: Cache<PostId, i64>,
     /// Single flight for L1 misses (an entry lives only while its load runs).
     pub(crate) inflight: Cache<FlightKey, (Arc<CachedPost>, Tier)>,
 }
@@ -175,6 +181,10 @@ impl Posts {
             shared: None,
             freshness: Freshness::local(),
             to_mark: Mutex::new(Vec::new()),
+            delivered: Cache::builder()
+                .max_capacity(DELIVERED_CAPACITY)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             inflight: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(FLIGHT_TTL)
@@ -188,6 +198,30 @@ impl Posts {
         self.shared = Some(shared);
         self.freshness = Freshness::shared(staleness);
         self
+    }
+
+    /// A process on a database that others could write to without a shared log: L1 is trusted
+    /// only while [`Posts::set_alone`] says this process is the only one.
+    pub fn guarded_by_lone_lock(mut self) -> Posts {
+        self.freshness = Freshness::exclusive();
+        self
+    }
+
+    /// Records whether this process holds the lone-process lock. On taking it, L1 is emptied
+    /// first: entries cached while another process wrote may be stale.
+    pub fn set_alone(&self, alone: bool) {
+        if alone && !self.freshness.trusts_l1() {
+            self.l1.posts.invalidate_all();
+            self.l1.feeds.invalidate_all();
+        }
+        let was = self.freshness.set_alone(alone);
+        if was != alone {
+            if alone {
+                tracing::info!("no other process serves this database: L1 is trusted");
+            } else {
+                tracing::warn!("another process serves this database without a shared event log: L1 is not trusted (set POSTCACHE_REDIS_URL on every pod)");
+            }
+        }
     }
 
     /// What this pod can prove about its L1.

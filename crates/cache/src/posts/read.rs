@@ -36,7 +36,7 @@ impl Posts {
     /// caller's write, everything the log's last heartbeat vouched for, and `at_least`; or, on a
     /// pod that cannot prove itself fresh, the newest data there is.
     pub(crate) fn l3_at(&self, token: Option<&ConsistencyToken>, at_least: u64) -> ReadAt {
-        if self.shared.is_some() && !self.freshness.trusts_l1() {
+        if !self.freshness.trusts_l1() {
             return ReadAt::Latest;
         }
         let lsn = token.map_or(0, |t| t.lsn);

@@ -273,6 +273,13 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Whether this process is the only one serving this database without a shared event log
+    /// (then its L1 sees every write): every such process holds a shared lock on a session of its
+    /// own, and this counts the holders. Always `true` where only one process can write (SQLite).
+    async fn hold_alone(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// The primary's WAL position now (0 where there is none, SQLite): every change committed
     /// before the call is at or before it.
     async fn current_lsn(&self) -> Result<u64, StoreError> {

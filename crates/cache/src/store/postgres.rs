@@ -50,7 +50,13 @@ pub mod sql {
 pub struct PostgresStore {
     pool: PgPool,
     replicas: Option<Arc<Replicas>>,
+    /// The session holding this process's share of the process lock (see `hold_alone`).
+    alone: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
+
+/// Advisory lock that every process serving this database without a shared event log holds
+/// shared: the number of holders is the number of such processes.
+const ALONE_LOCK: (i32, i32) = (0x706f_7374, 0x6361_6368); // "postcach"
 
 impl PostgresStore {
     /// Connects and migrates (sqlx takes an advisory lock: one migrating process at a time).
@@ -78,6 +84,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             replicas: None,
+            alone: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -392,6 +399,39 @@ impl Store for PostgresStore {
                 None => Err(e),
             },
             read => read,
+        }
+    }
+
+    async fn hold_alone(&self) -> Result<bool, StoreError> {
+        let mut held = self.alone.lock().await;
+        if held.is_none() {
+            let mut conn = self.acquire().await?.detach();
+            sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+                .bind(ALONE_LOCK.0)
+                .bind(ALONE_LOCK.1)
+                .execute(&mut conn)
+                .await
+                .map_err(StoreError::query("take the process lock"))?;
+            *held = Some(conn);
+        }
+        let Some(conn) = held.as_mut() else {
+            return Ok(false);
+        };
+        let holders: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 \
+             AND objid = $2 AND objsubid = 2 AND granted",
+        )
+        .bind(ALONE_LOCK.0)
+        .bind(ALONE_LOCK.1)
+        .fetch_one(&mut *conn)
+        .await;
+        match holders {
+            Ok(holders) => Ok(holders == 1),
+            Err(e) => {
+                // The session (and the lock with it) is gone: take it again next time.
+                *held = None;
+                Err(StoreError::query("count the processes")(e))
+            }
         }
     }
 

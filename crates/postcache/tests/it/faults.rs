@@ -265,3 +265,48 @@ async fn a_log_that_lost_entries_is_noticed_never_skipped() {
         "pod b did not count the gap: {gaps:?}"
     );
 }
+
+/// Two processes on one PostgreSQL database and no Redis (a misconfiguration, or a rolling
+/// update): neither can see the other's writes, so neither trusts its L1 while the other runs;
+/// both read the database and say so (`postcache_degraded{component="eventlog"} 1`). When one
+/// dies, the survivor caches again (with an emptied L1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_without_a_shared_log_never_serve_each_others_old_versions() {
+    let pg = Postgres::shared();
+    let database = pg.primary_url(&pg.create_database());
+    let pods = Pods::start(2, &[("POSTCACHE_DATABASE_URL", database.as_str())]);
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    pods.read(1, &id, None).await;
+    for i in 0..2 {
+        pods.wait_metric(i, "postcache_degraded{component=\"eventlog\"}", 1.0)
+            .await;
+    }
+    for round in 0..20 {
+        let writer = round % 2;
+        let (version, _) = pods.update(writer, &id, &format!("r{round}")).await;
+        for i in 0..2 {
+            let (seen, tier) = pods.read(i, &id, None).await;
+            assert_eq!(
+                seen, version,
+                "pod {i} served v{seen} from {tier} after v{version}"
+            );
+        }
+    }
+    for i in 0..2 {
+        assert_eq!(
+            pods.read(i, &id, None).await.1,
+            "l3",
+            "pod {i} caches nothing"
+        );
+    }
+
+    nix::sys::signal::kill(pods.pid(0), nix::sys::signal::Signal::SIGKILL).unwrap();
+    pods.wait_metric(1, "postcache_degraded{component=\"eventlog\"}", 0.0)
+        .await;
+    pods.read(1, &id, None).await;
+    assert_eq!(
+        pods.read(1, &id, None).await.1,
+        "l1",
+        "the survivor caches now"
+    );
+}
