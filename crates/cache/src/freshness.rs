@@ -42,6 +42,9 @@ pub struct Freshness {
     proven_lsn: AtomicU64,
     /// The highest commit LSN seen in the log.
     known_lsn: AtomicU64,
+    /// Every change committed at or before this LSN is in the log this pod applied (the last
+    /// heartbeat's `covered`).
+    covered_lsn: AtomicU64,
 }
 
 impl Freshness {
@@ -55,6 +58,7 @@ impl Freshness {
             proven_ms: AtomicU64::new(0),
             proven_lsn: AtomicU64::new(0),
             known_lsn: AtomicU64::new(0),
+            covered_lsn: AtomicU64::new(0),
         }
     }
 
@@ -98,12 +102,25 @@ impl Freshness {
     }
 
     /// Whether L1 may answer a caller holding `token`: this pod can prove itself fresh (an old
-    /// token says nothing about later writes, G3) and has applied the write behind the token.
+    /// token says nothing about later writes, G3) and has applied the write behind the token —
+    /// by its log position, or, for a write whose event was not appended at once (position
+    /// `0-0`), because a heartbeat vouched for its LSN.
     pub fn covers(&self, token: &ConsistencyToken) -> bool {
         if self.bound.is_none() {
             return self.trusts_l1();
         }
-        self.trusts_l1() && token.position != Position::ZERO && self.applied() >= token.position
+        self.trusts_l1()
+            && if token.position == Position::ZERO {
+                self.in_log(token.lsn)
+            } else {
+                self.applied() >= token.position
+            }
+    }
+
+    /// Whether every change committed at or before `lsn` is in the log this pod applied (so it
+    /// was written through to L2 too).
+    pub fn in_log(&self, lsn: u64) -> bool {
+        lsn != 0 && self.covered_lsn.load(Ordering::Relaxed) >= lsn
     }
 
     /// The last log position applied here.
@@ -136,10 +153,11 @@ impl Freshness {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
     }
 
-    /// Records a heartbeat: the log proved this pod complete as of now, for every change
-    /// committed at or before `lsn`.
-    pub fn prove(&self, lsn: u64) {
+    /// Records a heartbeat: the log proved this pod complete as of now; every change it covers
+    /// committed at or before `lsn`, and every change committed at or before `covered` is in it.
+    pub fn prove(&self, lsn: u64, covered: u64) {
         self.proven_lsn.fetch_max(lsn, Ordering::Relaxed);
+        self.covered_lsn.fetch_max(covered, Ordering::Relaxed);
         self.note_lsn(lsn);
         self.proven_ms
             .store(self.now_ms().max(1), Ordering::Relaxed);
@@ -189,7 +207,10 @@ mod tests {
     fn a_lone_process_trusts_its_cache_only_while_alone() {
         let f = Freshness::exclusive();
         let token = ConsistencyToken::default();
-        assert!(!f.trusts_l1() && !f.covers(&token), "not known to be alone yet");
+        assert!(
+            !f.trusts_l1() && !f.covers(&token),
+            "not known to be alone yet"
+        );
         assert!(!f.set_alone(true));
         assert!(f.trusts_l1() && f.covers(&token));
         assert!(f.set_alone(false));
@@ -200,7 +221,7 @@ mod tests {
     fn a_shared_pod_trusts_l1_only_after_a_heartbeat() {
         let f = Freshness::shared(Duration::from_millis(750));
         assert!(!f.trusts_l1(), "no heartbeat yet");
-        f.prove(7);
+        f.prove(7, 5);
         assert_eq!(f.proven_lsn(), 7);
         assert!(f.trusts_l1());
         f.doubt();
@@ -220,7 +241,7 @@ mod tests {
             !f.covers(&token),
             "applied, but not proven fresh: an old token proves nothing"
         );
-        f.prove(9);
+        f.prove(9, 8);
         assert!(f.covers(&token));
         f.advance(at(3));
         assert_eq!(f.applied(), at(5), "positions only move forward");
@@ -230,8 +251,10 @@ mod tests {
         };
         assert!(
             !f.covers(&unknown),
-            "a write whose position is unknown is never covered"
+            "a write whose position is unknown is covered only once a heartbeat vouches for it"
         );
+        f.prove(9, 9);
+        assert!(f.covers(&unknown));
         f.rebase(at(2));
         assert_eq!(f.applied(), at(2), "a gap moves the applied position back");
         assert!(!f.covers(&token) && !f.trusts_l1(), "and forgets the proof");

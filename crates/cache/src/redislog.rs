@@ -80,11 +80,14 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
 pub enum Entry {
     /// A committed change, and an LSN at or after its commit (0 on SQLite).
     Change(Box<Change>, u64),
-    /// The relay leader found every outbox row published (and appended) when it wrote this; every
-    /// change it covers committed at or before `lsn` on the primary.
+    /// The relay leader found every outbox row published (and appended) when it wrote this.
     Heartbeat {
-        /// The primary's WAL position after the outbox was found empty.
+        /// The primary's WAL position after the outbox was found empty: every change the
+        /// heartbeat covers committed at or before it (a read source this new reflects them).
         lsn: u64,
+        /// The primary's WAL position before the outbox was read: every change committed at or
+        /// before it is in the log before this heartbeat (a token up to here is covered).
+        covered: u64,
     },
     /// An operator invalidated these posts and feeds (`/v1/cache/invalidate` on some pod).
     Invalidate {
@@ -230,10 +233,14 @@ impl RedisLog {
     ///
     /// # Errors
     /// When Redis does not answer or refuses the write.
-    pub async fn heartbeat(&self, lsn: u64) -> Result<(), RedisCallError> {
-        self.append_entry(&[("kind", HEARTBEAT.to_owned()), ("lsn", lsn.to_string())])
-            .await
-            .map_err(failed("append a heartbeat"))
+    pub async fn heartbeat(&self, lsn: u64, covered: u64) -> Result<(), RedisCallError> {
+        self.append_entry(&[
+            ("kind", HEARTBEAT.to_owned()),
+            ("lsn", lsn.to_string()),
+            ("covered", covered.to_string()),
+        ])
+        .await
+        .map_err(failed("append a heartbeat"))
     }
 
     async fn append_entry(&self, fields: &[(&str, String)]) -> redis::RedisResult<()> {
@@ -329,7 +336,13 @@ fn decode(entry: &StreamId) -> Option<Logged> {
     let lsn = || text("lsn").and_then(|l| l.parse().ok()).unwrap_or(0);
     let content = || -> Option<Entry> {
         match text("kind")?.as_str() {
-            HEARTBEAT => return Some(Entry::Heartbeat { lsn: lsn() }),
+            HEARTBEAT => {
+                let covered = text("covered").and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Some(Entry::Heartbeat {
+                    lsn: lsn(),
+                    covered,
+                });
+            }
             INVALIDATE => {
                 let ids = serde_json::from_str(&text("ids")?).ok()?;
                 let tags = serde_json::from_str(&text("tags")?).ok()?;

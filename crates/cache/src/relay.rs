@@ -127,6 +127,10 @@ impl Posts {
     /// When L3 or Redis fails; unpublished rows stay for the next round, and no heartbeat is
     /// written, so followers stop trusting their caches after the staleness bound.
     pub async fn relay_shared(&self, shared: &Shared) -> Result<usize, RelayError> {
+        // Read before the scan: every change committed up to here is among the rows it finds.
+        let covered = timed(PRIMARY, self.store.current_lsn())
+            .await
+            .map_err(RelayError::Store)?;
         let rows = timed(PRIMARY, self.store.unpublished(RELAY_BATCH))
             .await
             .map_err(RelayError::Store)?;
@@ -158,7 +162,11 @@ impl Posts {
             return Err(e);
         }
         if rows.len() < RELAY_BATCH as usize {
-            shared.log.heartbeat(lsn).await.map_err(RelayError::Redis)?;
+            shared
+                .log
+                .heartbeat(lsn, covered)
+                .await
+                .map_err(RelayError::Redis)?;
         }
         Ok(rows.len())
     }
@@ -341,7 +349,7 @@ impl Posts {
                     tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
                 }
             }
-            Entry::Heartbeat { lsn } => self.freshness.prove(lsn),
+            Entry::Heartbeat { lsn, covered } => self.freshness.prove(lsn, covered),
             Entry::Invalidate { ids, tags } => {
                 for id in ids {
                     self.l1.invalidate(id).await;

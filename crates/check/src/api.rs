@@ -30,8 +30,14 @@ impl Api {
         }
     }
 
-    fn write(&self, request: RequestBuilder) -> RequestBuilder {
+    /// A write as a browser sends it: with the session's token (the cookie does that), so that
+    /// the token it gets back covers this write and every earlier one.
+    fn write(&self, request: RequestBuilder, token: Option<&str>) -> RequestBuilder {
         let request = request.timeout(self.timeout);
+        let request = match token {
+            Some(token) => request.header(TOKEN_HEADER, token),
+            None => request,
+        };
         match &self.bearer {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -45,11 +51,15 @@ impl Api {
         author: &str,
         tag: &str,
         title: &str,
+        token: Option<&str>,
     ) -> (Outcome, Option<String>) {
         let body = serde_json::json!({
             "author_id": author, "title": title, "body": "written by postcache check", "tags": [tag],
         });
-        let request = self.write(self.http.post(format!("{base}/v1/posts")).json(&body));
+        let request = self.write(
+            self.http.post(format!("{base}/v1/posts")).json(&body),
+            token,
+        );
         written(request.send().await, StatusCode::CREATED).await
     }
 
@@ -59,19 +69,26 @@ impl Api {
         base: &str,
         post: &str,
         title: &str,
+        token: Option<&str>,
     ) -> (Outcome, Option<String>) {
         let body = serde_json::json!({ "title": title });
         let request = self.write(
             self.http
                 .patch(format!("{base}/v1/posts/{post}"))
                 .json(&body),
+            token,
         );
         written(request.send().await, StatusCode::OK).await
     }
 
     /// `DELETE /v1/posts/{id}`.
-    pub(crate) async fn delete(&self, base: &str, post: &str) -> (Outcome, Option<String>) {
-        let request = self.write(self.http.delete(format!("{base}/v1/posts/{post}")));
+    pub(crate) async fn delete(
+        &self,
+        base: &str,
+        post: &str,
+        token: Option<&str>,
+    ) -> (Outcome, Option<String>) {
+        let request = self.write(self.http.delete(format!("{base}/v1/posts/{post}")), token);
         match request.send().await {
             Ok(r) if r.status() == StatusCode::NO_CONTENT => (Outcome::Deleted, token_of(&r)),
             Ok(r) => (refused(r.status()), None),

@@ -315,7 +315,7 @@ async fn clean_up(api: &Api, urls: &Arc<[String]>, history: &History, tag: &str)
 /// Deletes `post` through the first URL that manages it (404 counts: already gone).
 async fn delete_anywhere(api: &Api, urls: &[String], post: &str) -> bool {
     for base in urls {
-        match api.delete(base, post).await.0 {
+        match api.delete(base, post, None).await.0 {
             Outcome::Deleted | Outcome::Rejected { status: 404 } => return true,
             _ => {}
         }

@@ -306,12 +306,14 @@ async fn perform(
         Choice::Create => {
             shared.pool().in_play += 1;
             let author = &shared.names.authors[client];
-            let (outcome, new) = api.create(base, author, &shared.names.tag, &title).await;
+            let (outcome, new) = api
+                .create(base, author, &shared.names.tag, &title, token.as_deref())
+                .await;
             *token = new.or(token.take());
             (OpKind::Create, outcome)
         }
         Choice::Update(post) => {
-            let (outcome, new) = api.update(base, &post, &title).await;
+            let (outcome, new) = api.update(base, &post, &title, token.as_deref()).await;
             *token = new.or(token.take());
             (OpKind::Update { post }, outcome)
         }
@@ -322,7 +324,7 @@ async fn perform(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(post.clone());
-            let (outcome, new) = api.delete(base, &post).await;
+            let (outcome, new) = api.delete(base, &post, token.as_deref()).await;
             *token = new.or(token.take());
             (OpKind::Delete { post }, outcome)
         }

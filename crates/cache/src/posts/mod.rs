@@ -219,8 +219,36 @@ impl Posts {
             if alone {
                 tracing::info!("no other process serves this database: L1 is trusted");
             } else {
-                tracing::warn!("another process serves this database without a shared event log: L1 is not trusted (set POSTCACHE_REDIS_URL on every pod)");
+                tracing::warn!(
+                    "another process serves this database without a shared event log: L1 is not trusted (set POSTCACHE_REDIS_URL on every pod)"
+                );
             }
+        }
+    }
+
+    /// The token to answer a write with, given the token the client sent with it: later than both,
+    /// except that a write of this client whose event is still waiting in the outbox (position
+    /// `0-0`, not yet vouched for by a heartbeat) keeps the position unknown, since a position
+    /// appended later need not be past it (G1 across a Redis outage).
+    pub fn merge_token(
+        &self,
+        sent: Option<ConsistencyToken>,
+        written: ConsistencyToken,
+    ) -> ConsistencyToken {
+        let Some(sent) = sent else {
+            return written;
+        };
+        let pending = |t: &ConsistencyToken| {
+            self.shared.is_some() && t.position == Position::ZERO && !self.freshness.in_log(t.lsn)
+        };
+        let merged = sent.max(written);
+        if pending(&sent) || pending(&written) {
+            ConsistencyToken {
+                position: Position::ZERO,
+                lsn: merged.lsn,
+            }
+        } else {
+            merged
         }
     }
 

@@ -27,7 +27,8 @@ impl Posts {
     /// write was not written through (a token without a log position).
     fn l2_usable(&self, token: Option<&ConsistencyToken>) -> Option<&L2> {
         let shared = self.shared.as_ref()?;
-        let written_through = token.is_none_or(|t| t.position != Position::ZERO);
+        let written_through =
+            token.is_none_or(|t| t.position != Position::ZERO || self.freshness.in_log(t.lsn));
         (written_through && self.freshness.trusts_l1() && !shared.l2.is_down())
             .then_some(&shared.l2)
     }

@@ -2,7 +2,8 @@
 //! (no duplicate, no reordering), and every acknowledged write's event arrives.
 //!
 //! A `resync` says "events before me may be missing": it resets the order check, and excuses any
-//! write sent before it arrived. Only a subscriber connected at the end is held to completeness
+//! write sent before it arrived. An event overtaken by a newer version of its post is superseded
+//! (DESIGN G5: the newer event carries the whole post). Only a subscriber connected at the end is held to completeness
 //! (one whose pod went away did not "stay connected"), and only for writes sent after its first
 //! stream opened.
 
@@ -65,6 +66,9 @@ pub fn missing(history: &History, logs: &[StreamLog], urls: &[String]) -> Vec<Vi
             continue;
         };
         let mut received: BTreeSet<(Change, &str, Option<i64>)> = BTreeSet::new();
+        // Per post, the newest version delivered: an event overtaken by a newer version of its
+        // post (racing writers, a late relay) is superseded, and the newer one carries the post.
+        let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
         let mut last_resync = None;
         for delivered in &log.delivered {
             match delivered {
@@ -75,6 +79,8 @@ pub fn missing(history: &History, logs: &[StreamLog], urls: &[String]) -> Vec<Vi
                     version,
                     ..
                 } => {
+                    let newest = newest.entry(post.as_str()).or_insert(*version);
+                    *newest = (*newest).max(*version);
                     let version = (*change != Change::Deleted).then_some(*version);
                     received.insert((*change, post, version));
                 }
@@ -84,7 +90,8 @@ pub fn missing(history: &History, logs: &[StreamLog], urls: &[String]) -> Vec<Vi
             let Some((change, post, version)) = expected_event(op) else {
                 continue;
             };
-            let excused = last_resync.is_some_and(|r| r >= op.invoked);
+            let superseded = version.is_some_and(|v| newest.get(post).is_some_and(|&n| n > v));
+            let excused = last_resync.is_some_and(|r| r >= op.invoked) || superseded;
             if op.invoked < connected || excused || received.contains(&(change, post, version)) {
                 continue;
             }

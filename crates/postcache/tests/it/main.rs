@@ -11,6 +11,7 @@ mod degraded;
 mod faults;
 mod footprint;
 mod monitoring;
+mod nemesis;
 mod operator;
 mod pods;
 mod serve;

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use postcache_api::{ErrorBody, FeedPage, Post};
-use postcache_cache::{Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
+use postcache_cache::{ConsistencyToken, Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
 
 use super::response::{TIER_HEADER, add_token, etag_versions, post_headers, read_token};
 use crate::auth::Authorized;
@@ -28,10 +28,12 @@ const MAX_LIMIT: u16 = 100;
 pub(crate) async fn create(
     _: Authorized,
     State(posts): State<Arc<Posts>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreatePost>,
 ) -> Result<Response, ApiError> {
     let written = posts.create(body.validate()?).await?;
-    let mut response = written_response(StatusCode::CREATED, &written);
+    let token = client_token(&posts, &headers, &written);
+    let mut response = written_response(StatusCode::CREATED, &written, token);
     let location = format!("/v1/posts/{}", written.entry.id);
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -85,7 +87,8 @@ pub(crate) async fn update(
     let id = id_param(&id)?;
     let expected = if_match(&headers)?;
     let written = posts.update(id, body.validate()?, expected).await?;
-    Ok(written_response(StatusCode::OK, &written))
+    let token = client_token(&posts, &headers, &written);
+    Ok(written_response(StatusCode::OK, &written, token))
 }
 
 /// Delete a post; later reads answer 404.
@@ -104,7 +107,7 @@ pub(crate) async fn delete(
     let id = id_param(&id)?;
     let written = posts.delete(id, if_match(&headers)?).await?;
     let mut out = HeaderMap::new();
-    add_token(&mut out, written.token);
+    add_token(&mut out, client_token(&posts, &headers, &written));
     Ok((StatusCode::NO_CONTENT, out).into_response())
 }
 
@@ -165,9 +168,16 @@ pub(crate) async fn count_view(
     Ok(StatusCode::ACCEPTED)
 }
 
-fn written_response(status: StatusCode, written: &Written) -> Response {
+/// The token a write answers with: the write's, merged with the one the client sent (header or
+/// cookie), so that a client's token always covers all its writes (see `Posts::merge_token`). A
+/// malformed token sent with a write is ignored: the write stands on its own.
+fn client_token(posts: &Posts, headers: &HeaderMap, written: &Written) -> ConsistencyToken {
+    posts.merge_token(read_token(headers).ok().flatten(), written.token)
+}
+
+fn written_response(status: StatusCode, written: &Written, token: ConsistencyToken) -> Response {
     let mut headers = post_headers(&written.entry, None);
-    add_token(&mut headers, written.token);
+    add_token(&mut headers, token);
     (status, headers, written.entry.json.clone()).into_response()
 }
 
