@@ -153,14 +153,17 @@ impl Freshness {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
     }
 
-    /// Records a heartbeat: the log proved this pod complete as of now; every change it covers
-    /// committed at or before `lsn`, and every change committed at or before `covered` is in it.
-    pub fn prove(&self, lsn: u64, covered: u64) {
+    /// Records a heartbeat: the log proved this pod complete as of `at_ms` (Unix ms, when the
+    /// relay began the round: a heartbeat that took long to arrive proves less); every change it
+    /// covers committed at or before `lsn`, and every change committed at or before `covered` is
+    /// in it. Pods' clocks are assumed to agree to well within the staleness bound (NTP).
+    pub fn prove(&self, lsn: u64, covered: u64, at_ms: u64) {
         self.proven_lsn.fetch_max(lsn, Ordering::Relaxed);
         self.covered_lsn.fetch_max(covered, Ordering::Relaxed);
         self.note_lsn(lsn);
-        self.proven_ms
-            .store(self.now_ms().max(1), Ordering::Relaxed);
+        let age = unix_ms().saturating_sub(at_ms);
+        let proven = self.now_ms().saturating_sub(age).max(1);
+        self.proven_ms.fetch_max(proven, Ordering::Relaxed);
     }
 
     /// Records a commit LSN seen in the log.
@@ -184,8 +187,19 @@ impl Freshness {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        // Starts past any plausible heartbeat age, so that subtracting one never reaches 0.
+        self.started.elapsed().as_millis() as u64 + STARTED_MS
     }
+}
+
+/// The monotonic clock's reading at start: ages up to this are representable.
+const STARTED_MS: u64 = 1 << 40;
+
+/// The wall clock, Unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -221,11 +235,26 @@ mod tests {
     fn a_shared_pod_trusts_l1_only_after_a_heartbeat() {
         let f = Freshness::shared(Duration::from_millis(750));
         assert!(!f.trusts_l1(), "no heartbeat yet");
-        f.prove(7, 5);
+        f.prove(7, 5, unix_ms());
         assert_eq!(f.proven_lsn(), 7);
         assert!(f.trusts_l1());
         f.doubt();
         assert!(!f.trusts_l1());
+    }
+
+    #[test]
+    fn a_heartbeat_proves_the_log_as_of_its_round_not_its_arrival() {
+        let f = Freshness::shared(Duration::from_millis(750));
+        // Delayed by a paused Redis or follower: written 2 s ago, received now.
+        f.prove(7, 5, unix_ms() - 2_000);
+        assert!(!f.trusts_l1(), "an old heartbeat proves nothing now");
+        f.prove(8, 6, unix_ms() - 100);
+        assert!(f.trusts_l1());
+        f.prove(9, 7, unix_ms() - 5_000);
+        assert!(
+            f.trusts_l1(),
+            "a late old heartbeat does not take a newer proof away"
+        );
     }
 
     #[test]
@@ -241,7 +270,7 @@ mod tests {
             !f.covers(&token),
             "applied, but not proven fresh: an old token proves nothing"
         );
-        f.prove(9, 8);
+        f.prove(9, 8, unix_ms());
         assert!(f.covers(&token));
         f.advance(at(3));
         assert_eq!(f.applied(), at(5), "positions only move forward");
@@ -253,7 +282,7 @@ mod tests {
             !f.covers(&unknown),
             "a write whose position is unknown is covered only once a heartbeat vouches for it"
         );
-        f.prove(9, 9);
+        f.prove(9, 9, unix_ms());
         assert!(f.covers(&unknown));
         f.rebase(at(2));
         assert_eq!(f.applied(), at(2), "a gap moves the applied position back");

@@ -72,6 +72,15 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
+/// Drops the value and any fill lease, and raises the floor. KEYS: value, lease, floor. ARGV:
+/// version, floor TTL ms.
+const SUPERSEDE: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2])
+local floor = tonumber(redis.call('GET', KEYS[3]) or '0')
+if floor < tonumber(ARGV[1]) then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
+return 1
+";
+
 /// Bumps a generation (created with a fresh nonce if missing); its LSN only rises.
 /// KEYS: generation. ARGV: a new nonce, the bumping write's LSN, TTL ms.
 const BUMP: &str = r"
@@ -116,6 +125,7 @@ pub struct L2 {
     fill: Arc<redis::Script>,
     bump: Arc<redis::Script>,
     generation: Arc<redis::Script>,
+    supersede: Arc<redis::Script>,
 }
 
 /// A won fill lease: proof that this reader may fill the key (until a write voids it).
@@ -181,6 +191,7 @@ impl L2 {
             fill: Arc::new(redis::Script::new(FILL)),
             bump: Arc::new(redis::Script::new(BUMP)),
             generation: Arc::new(redis::Script::new(GENERATION)),
+            supersede: Arc::new(redis::Script::new(SUPERSEDE)),
         }
     }
 
@@ -289,6 +300,26 @@ impl L2 {
         Ok(())
     }
 
+    /// A change relayed late (its writer could not write it through): drops the cached value
+    /// rather than writing the change's content, which may be older than versions written since
+    /// (whose floors a Redis that lost data no longer has), and raises the floor to `version`.
+    ///
+    /// # Errors
+    /// When Redis does not answer or refuses the write.
+    pub async fn supersede(&self, id: PostId, version: i64) -> Result<(), RedisCallError> {
+        let _: i64 = self
+            .supersede
+            .key(value_key(id))
+            .key(lease_key(id))
+            .key(floor_key(id))
+            .arg(version)
+            .arg(millis(self.config.floor_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(failed("supersede a post"))?;
+        Ok(())
+    }
+
     /// Makes every feed page built on `tags` unreachable in every pod's view of L2; the next pages
     /// need a source that has replayed `lsn`.
     ///
@@ -348,6 +379,20 @@ impl L2 {
             .await
             .map_err(failed("GET feed"))?;
         Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok()))
+    }
+
+    /// Drops a cached feed page.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn drop_feed(&self, key: &str) -> Result<(), RedisCallError> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .del(key)
+            .await
+            .map_err(failed("DEL feed"))?;
+        Ok(())
     }
 
     /// Caches a feed page's ids under `key`.

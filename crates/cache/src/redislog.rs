@@ -78,8 +78,16 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
 /// What the shared stream holds at a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// A committed change, and an LSN at or after its commit (0 on SQLite).
-    Change(Box<Change>, u64),
+    /// A committed change.
+    Change {
+        /// What changed.
+        change: Box<Change>,
+        /// An LSN at or after its commit (0 on SQLite).
+        lsn: u64,
+        /// Appended by the relay, not by its writer: later writes to the post may have been
+        /// appended before it, so its content may be older than what the post is now.
+        relayed: bool,
+    },
     /// The relay leader found every outbox row published (and appended) when it wrote this.
     Heartbeat {
         /// The primary's WAL position after the outbox was found empty: every change the
@@ -88,6 +96,10 @@ pub enum Entry {
         /// The primary's WAL position before the outbox was read: every change committed at or
         /// before it is in the log before this heartbeat (a token up to here is covered).
         covered: u64,
+        /// When the relay began the round (Unix ms, its clock): the heartbeat proves the log
+        /// complete as of then, not as of when it reached Redis or a follower (a paused client,
+        /// a `CLIENT PAUSE`, a slow follower can delay it by seconds).
+        at_ms: u64,
     },
     /// An operator invalidated these posts and feeds (`/v1/cache/invalidate` on some pod).
     Invalidate {
@@ -183,6 +195,7 @@ impl RedisLog {
         &self,
         row: &OutboxEvent,
         lsn: u64,
+        relayed: bool,
     ) -> Result<(Position, bool), RedisCallError> {
         let committed = row.created_at.unix_timestamp_nanos().to_string();
         let fields = [
@@ -197,6 +210,7 @@ impl RedisLog {
                 row.previous_tags.clone().unwrap_or_default(),
             ),
             ("lsn", lsn.to_string()),
+            ("relayed", u8::from(relayed).to_string()),
         ];
         let mut call = self.publish.prepare_invoke();
         call.key(STREAM_KEY)
@@ -233,11 +247,17 @@ impl RedisLog {
     ///
     /// # Errors
     /// When Redis does not answer or refuses the write.
-    pub async fn heartbeat(&self, lsn: u64, covered: u64) -> Result<(), RedisCallError> {
+    pub async fn heartbeat(
+        &self,
+        lsn: u64,
+        covered: u64,
+        at_ms: u64,
+    ) -> Result<(), RedisCallError> {
         self.append_entry(&[
             ("kind", HEARTBEAT.to_owned()),
             ("lsn", lsn.to_string()),
             ("covered", covered.to_string()),
+            ("at", at_ms.to_string()),
         ])
         .await
         .map_err(failed("append a heartbeat"))
@@ -337,10 +357,11 @@ fn decode(entry: &StreamId) -> Option<Logged> {
     let content = || -> Option<Entry> {
         match text("kind")?.as_str() {
             HEARTBEAT => {
-                let covered = text("covered").and_then(|c| c.parse().ok()).unwrap_or(0);
+                let number = |name: &str| text(name).and_then(|c| c.parse().ok()).unwrap_or(0);
                 return Some(Entry::Heartbeat {
                     lsn: lsn(),
-                    covered,
+                    covered: number("covered"),
+                    at_ms: number("at"),
                 });
             }
             INVALIDATE => {
@@ -363,7 +384,11 @@ fn decode(entry: &StreamId) -> Option<Logged> {
             .ok()?,
             previous_tags: text("previous_tags").filter(|t| !t.is_empty()),
         };
-        Some(Entry::Change(Box::new(row.change()?), lsn()))
+        Some(Entry::Change {
+            change: Box::new(row.change()?),
+            lsn: lsn(),
+            relayed: text("relayed").is_some_and(|r| r == "1"),
+        })
     };
     Some(Logged {
         position,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! every pod:   mark its own appended outbox rows published (batched)
-//! lease holder: unpublished outbox rows ─▶ L2 + append (once) ─▶ mark ─▶ heartbeat if none left
+//! lease holder: unpublished outbox rows ─▶ L2 (drop + floor) + append (once, marked relayed)
+//!               ─▶ mark ─▶ heartbeat if none left
 //!               Redis view counters ─▶ L3, one batch at a time, exactly once
 //! every pod:   XREAD ─▶ change: L1 (by version), generations, local log, applied position
 //!                    └▶ heartbeat: proof of freshness (and the LSN it vouches for)
@@ -24,7 +25,7 @@ use time::OffsetDateTime;
 use crate::eventlog::{Change, Position};
 use crate::l1::CachedPost;
 use crate::model::PostId;
-use crate::posts::{PRIMARY, Posts, PostsError, RelayError, Shared};
+use crate::posts::{Fill, PRIMARY, Posts, PostsError, RelayError, Shared};
 use crate::redislog::{Entry, Logged, RedisLog};
 use crate::stats::{INVALIDATION_LAG, set_degraded, timed};
 use crate::store::OutboxEvent;
@@ -127,6 +128,7 @@ impl Posts {
     /// When L3 or Redis fails; unpublished rows stay for the next round, and no heartbeat is
     /// written, so followers stop trusting their caches after the staleness bound.
     pub async fn relay_shared(&self, shared: &Shared) -> Result<usize, RelayError> {
+        let at_ms = crate::freshness::unix_ms();
         // Read before the scan: every change committed up to here is among the rows it finds.
         let covered = timed(PRIMARY, self.store.current_lsn())
             .await
@@ -164,7 +166,7 @@ impl Posts {
         if rows.len() < RELAY_BATCH as usize {
             shared
                 .log
-                .heartbeat(lsn, covered)
+                .heartbeat(lsn, covered, at_ms)
                 .await
                 .map_err(RelayError::Redis)?;
         }
@@ -191,18 +193,14 @@ impl Posts {
             tracing::warn!(position = row.position, kind = %row.kind, "skipping an outbox row of unknown kind");
             return Ok(());
         };
-        let entry = entry_of(row.post_id, &change);
-        if let Err(e) = shared.l2.write(&entry).await {
-            // A value Redis refuses to compare (a wrong type, a corrupt entry) must not block the
-            // row for ever: drop it, then write again (a real outage fails both).
-            tracing::debug!(error = %e, "writing through failed; dropping the cached value and retrying");
-            shared
-                .l2
-                .invalidate(row.post_id)
-                .await
-                .map_err(RelayError::Redis)?;
-            shared.l2.write(&entry).await.map_err(RelayError::Redis)?;
-        }
+        // Late: newer versions may have been written through since, and their floors lost with
+        // a Redis that lost data, so the row's content is not written; the value is dropped and
+        // the floor raised (the next reader loads the post as it is now).
+        shared
+            .l2
+            .supersede(row.post_id, row.version)
+            .await
+            .map_err(RelayError::Redis)?;
         shared
             .l2
             .bump(&affected_tags(&change), lsn)
@@ -210,7 +208,7 @@ impl Posts {
             .map_err(RelayError::Redis)?;
         shared
             .log
-            .publish(row, lsn)
+            .publish(row, lsn, true)
             .await
             .map_err(RelayError::Redis)?;
         Ok(())
@@ -267,7 +265,7 @@ impl Posts {
                         && newest.unwrap_or(Position::ZERO) < last
                     {
                         let base = newest.unwrap_or(Position::ZERO);
-                        self.start_over(last, base);
+                        self.start_over(last, base).await;
                         last = base;
                     }
                 }
@@ -277,7 +275,7 @@ impl Posts {
                         let prev = logged.prev.unwrap_or(Position::ZERO);
                         if prev != last {
                             let base = logged.prev.unwrap_or_else(|| logged.position.before());
-                            self.start_over(last, base);
+                            self.start_over(last, base).await;
                         }
                         last = logged.position;
                         self.apply_logged(logged).await;
@@ -305,7 +303,7 @@ impl Posts {
                 self.log.restart_at(prev);
             }
             last = logged.position;
-            if let Entry::Change(change, lsn) = logged.entry {
+            if let Entry::Change { change, lsn, .. } = logged.entry {
                 self.freshness.note_lsn(lsn);
                 if let Ok(id) = change.post_id.parse::<PostId>() {
                     self.l1.raise_floor(id, change.version).await;
@@ -322,13 +320,28 @@ impl Posts {
     /// Entries were lost between `last` and `base`: no L1 entry can be proven fresh for anyone,
     /// subscribers get `resync`, and the pod continues from `base` (a heartbeat after it proves it
     /// complete again).
-    fn start_over(&self, last: Position, base: Position) {
+    ///
+    /// Redis lost data with the entries (a restart, FLUSHALL): the floors that guarded L2 are
+    /// gone, so what this pod filled into L2 since then, from a source only as new as its last
+    /// heartbeat, may be older than a write whose floor was lost. Those fills are dropped again.
+    async fn start_over(&self, last: Position, base: Position) {
         tracing::warn!(%last, %base, "the shared event log lost entries this pod had not applied; flushing L1 and resyncing subscribers");
         metrics::counter!(EVENTLOG_GAPS).increment(1);
         self.l1.posts.invalidate_all();
         self.l1.feeds.invalidate_all();
         self.freshness.rebase(base);
         self.log.restart_at(base);
+        if let Some(shared) = &self.shared {
+            for fill in self.fills.take() {
+                let dropped = match &fill {
+                    Fill::Post(id) => shared.l2.invalidate(*id).await,
+                    Fill::Feed(key) => shared.l2.drop_feed(key).await,
+                };
+                if let Err(e) = dropped {
+                    tracing::warn!(error = %e, ?fill, "dropping a recent L2 fill after a gap failed");
+                }
+            }
+        }
     }
 
     /// One entry, in log order.
@@ -337,9 +350,13 @@ impl Posts {
             position, entry, ..
         } = logged;
         match entry {
-            Entry::Change(change, lsn) => {
+            Entry::Change {
+                change,
+                lsn,
+                relayed,
+            } => {
                 self.freshness.note_lsn(lsn);
-                self.apply_remote(&change, lsn).await;
+                self.apply_remote(&change, lsn, relayed).await;
                 if self.newest_delivered(&change).await {
                     self.log.append_at(position, *change);
                 } else {
@@ -349,7 +366,11 @@ impl Posts {
                     tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
                 }
             }
-            Entry::Heartbeat { lsn, covered } => self.freshness.prove(lsn, covered),
+            Entry::Heartbeat {
+                lsn,
+                covered,
+                at_ms,
+            } => self.freshness.prove(lsn, covered, at_ms),
             Entry::Invalidate { ids, tags } => {
                 for id in ids {
                     self.l1.invalidate(id).await;
@@ -360,7 +381,7 @@ impl Posts {
             }
             Entry::Unreadable => {
                 // Written by a newer version, or damaged: what it changed is unknown.
-                self.start_over(position, position);
+                self.start_over(position, position).await;
             }
         }
         self.freshness.advance(position);
@@ -390,12 +411,19 @@ impl Posts {
 
     /// A change committed by any pod, applied to this pod's L1: the new version (or tombstone)
     /// goes in unless a newer one is known, and the feeds it joins or leaves are invalidated
-    /// (their next pages need a source that has replayed `lsn`).
-    async fn apply_remote(&self, change: &Change, lsn: u64) {
+    /// (their next pages need a source that has replayed `lsn`). A change the relay appended
+    /// late may be older than the post now (its newer versions' events, and their floors, may be
+    /// gone with a Redis that lost data): it only drops the post, which is then read again.
+    async fn apply_remote(&self, change: &Change, lsn: u64, relayed: bool) {
         let Ok(id) = change.post_id.parse::<PostId>() else {
             return;
         };
-        self.l1.install(Arc::new(entry_of(id, change))).await;
+        if relayed {
+            self.l1.raise_floor(id, change.version).await;
+            self.l1.invalidate(id).await;
+        } else {
+            self.l1.install(Arc::new(entry_of(id, change))).await;
+        }
         for tag in affected_tags(change) {
             self.l1.bump(tag, lsn).await;
         }

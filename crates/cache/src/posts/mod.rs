@@ -148,6 +148,54 @@ pub struct Shared {
     pub views: SharedViews,
 }
 
+/// One fill of L2 by this pod (see [`RecentFills`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// A post's value.
+    Post(PostId),
+    /// A feed page, by its L2 key.
+    Feed(String),
+}
+
+/// How long a fill is remembered: past the staleness bound and a heartbeat's delivery, a gap in
+/// the log has been noticed or this pod has stopped trusting (and filling) L2.
+const FILL_MEMORY: Duration = Duration::from_secs(5);
+
+/// At most this many fills are remembered (beyond, the oldest are forgotten).
+const FILL_MEMORY_ENTRIES: usize = 50_000;
+
+/// The L2 fills this pod made lately: the ones a gap in the log makes suspect.
+#[derive(Debug, Default)]
+pub(crate) struct RecentFills(Mutex<std::collections::VecDeque<(std::time::Instant, Fill)>>);
+
+impl RecentFills {
+    /// Remembers a fill made now.
+    pub(crate) fn record(&self, fill: Fill) {
+        let now = std::time::Instant::now();
+        let mut fills = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while fills
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > FILL_MEMORY)
+            || fills.len() >= FILL_MEMORY_ENTRIES
+        {
+            fills.pop_front();
+        }
+        fills.push_back((now, fill));
+    }
+
+    /// The fills remembered, forgotten here.
+    pub(crate) fn take(&self) -> Vec<Fill> {
+        let mut fills = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fills.drain(..).map(|(_, fill)| fill).collect()
+    }
+}
+
 /// The posts service without HTTP: L1 in front of L2 and L3, views written back.
 pub struct Posts {
     pub(crate) store: Arc<dyn Store>,
@@ -161,6 +209,8 @@ pub struct Posts {
     pub(crate) freshness: Freshness,
     /// Outbox positions this pod appended itself, to be marked published in one batch.
     pub(crate) to_mark: Mutex<Vec<i64>>,
+    /// L2 fills made lately (dropped again when the log shows Redis lost data).
+    pub(crate) fills: RecentFills,
     /// Per post, the newest version delivered to this pod's subscribers (from the shared log):
     /// an event overtaken in the log by a newer version of its post is superseded.
     pub(crate) delivered: Cache<PostId, i64>,
@@ -181,6 +231,7 @@ impl Posts {
             shared: None,
             freshness: Freshness::local(),
             to_mark: Mutex::new(Vec::new()),
+            fills: RecentFills::default(),
             delivered: Cache::builder()
                 .max_capacity(DELIVERED_CAPACITY)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())

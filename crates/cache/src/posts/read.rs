@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{FeedPage, FlightKey, LEASE_POLL, Posts, PostsError, Read, Tier};
+use super::{FeedPage, Fill, FlightKey, LEASE_POLL, Posts, PostsError, Read, Tier};
 use crate::eventlog::Position;
 use crate::l1::CachedPost;
 use crate::l2::{Filled, L2};
@@ -121,7 +121,11 @@ impl Posts {
                 }
                 let entry = self.load_l3(id, at).await?;
                 match l2.fill(&entry, &lease).await {
-                    Ok(Filled::Yes) | Err(_) => Ok((entry, Tier::L3)),
+                    Ok(Filled::Yes) => {
+                        self.fills.record(Fill::Post(id));
+                        Ok((entry, Tier::L3))
+                    }
+                    Err(_) => Ok((entry, Tier::L3)),
                     Ok(lost) => {
                         // A write voided the lease or a newer version is known: prefer that one.
                         if let Ok(Some(newer)) = l2.get(id).await
@@ -231,8 +235,10 @@ impl Posts {
         }
         let at = self.l3_at(token, lsn.max(key.as_ref().map_or(0, |k| k.1)));
         let ids = self.store.feed_at(query, at).await?;
-        if let (Some(l2), Some((key, _))) = (l2, &key) {
-            let _ = l2.set_feed(key, &ids).await;
+        if let (Some(l2), Some((key, _))) = (l2, &key)
+            && l2.set_feed(key, &ids).await.is_ok()
+        {
+            self.fills.record(Fill::Feed(key.clone()));
         }
         Ok((ids.into(), Tier::L3))
     }

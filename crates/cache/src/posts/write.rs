@@ -105,7 +105,7 @@ impl Posts {
                     created_at: post.updated_at,
                     previous_tags: Some(serde_json::to_string(&previous_tags).unwrap_or_default()),
                 };
-                match shared.log.publish(&row, lsn).await {
+                match shared.log.publish(&row, lsn, false).await {
                     Ok((at, _)) => {
                         self.to_mark
                             .lock()

@@ -104,10 +104,15 @@ impl PostgresStore {
         (&self.pool, "primary")
     }
 
-    /// Where a [`ReadAt::Latest`] read goes when the primary is unreachable.
-    async fn fallback(&self, at: ReadAt) -> Option<&PgPool> {
+    /// Where a read goes when the pool it used (`failed`) is unreachable: a replica's reads go
+    /// to the primary; a [`ReadAt::Latest`] read goes to a replica while the primary is down
+    /// (nothing new can be acknowledged then).
+    async fn fallback(&self, at: ReadAt, failed: &str) -> Option<(&PgPool, &'static str)> {
+        if failed == "replica" {
+            return Some((&self.pool, "primary"));
+        }
         match (&self.replicas, at) {
-            (Some(replicas), ReadAt::Latest) => replicas.choose(0).await,
+            (Some(replicas), ReadAt::Latest) => replicas.choose(0).await.map(|p| (p, "replica")),
             _ => None,
         }
     }
@@ -354,8 +359,8 @@ impl Store for PostgresStore {
     async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
         let (pool, role) = self.reader(at).await;
         match timed(role, self.read_post(pool, id)).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at).await {
-                Some(replica) => timed("replica", self.read_post(replica, id)).await,
+            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
+                Some((pool, role)) => timed(role, self.read_post(pool, id)).await,
                 None => Err(e),
             },
             read => read,
@@ -369,8 +374,8 @@ impl Store for PostgresStore {
     async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
         let (pool, role) = self.reader(at).await;
         match timed(role, self.read_posts(pool, ids)).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at).await {
-                Some(replica) => timed("replica", self.read_posts(replica, ids)).await,
+            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
+                Some((pool, role)) => timed(role, self.read_posts(pool, ids)).await,
                 None => Err(e),
             },
             read => read,
@@ -394,8 +399,8 @@ impl Store for PostgresStore {
     async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
         let (pool, role) = self.reader(at).await;
         match self.read_feed(pool, role, q).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at).await {
-                Some(replica) => self.read_feed(replica, "replica", q).await,
+            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
+                Some((pool, role)) => self.read_feed(pool, role, q).await,
                 None => Err(e),
             },
             read => read,

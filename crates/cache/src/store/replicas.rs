@@ -150,9 +150,9 @@ impl Replicas {
                         Some(_) => since_last_replay_ms.max(0) as u64,
                         None => member.lag_ms.load(Ordering::Relaxed),
                     };
-                    member
-                        .replay_lsn
-                        .fetch_max(replay as u64, Ordering::Relaxed);
+                    // Stored, not maxed: a replica that crashed and restarted replays again from
+                    // its last restart point, so its position can go back.
+                    member.replay_lsn.store(replay as u64, Ordering::Relaxed);
                     member.lag_ms.store(lag, Ordering::Relaxed);
                     member.healthy.store(true, Ordering::Relaxed);
                     metrics::gauge!(REPLICA_LAG, "replica" => member.name.clone())
@@ -184,9 +184,7 @@ impl Replicas {
             let replay: Result<(i64, i64), _> =
                 sqlx::query_as(REPLAY).fetch_one(&member.pool).await;
             if let Ok((replay, _)) = replay {
-                member
-                    .replay_lsn
-                    .fetch_max(replay as u64, Ordering::Relaxed);
+                member.replay_lsn.store(replay as u64, Ordering::Relaxed);
                 if replay as u64 >= lsn {
                     return Some(&member.pool);
                 }

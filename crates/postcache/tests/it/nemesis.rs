@@ -344,7 +344,11 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// One deployment at a time: two at once on two cores measure the machine, not the product.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run(cluster: bool) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let seed = env_u64("POSTCACHE_FAULTS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
