@@ -145,7 +145,7 @@ fn floor_key(id: PostId) -> String {
 }
 
 fn generation_key(tag: &TagKey) -> String {
-    format!("pc:gen:{}", tag.name())
+    format!("pc:g:{}", tag.name())
 }
 
 /// `{version}\n{json}`; a tombstone or unknown id has nothing after the newline.
