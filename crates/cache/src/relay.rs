@@ -296,6 +296,10 @@ impl Posts {
     /// to follow from.
     async fn load_tail(&self, entries: Vec<Logged>) -> Position {
         let mut last = Position::ZERO;
+        if entries.is_empty() {
+            // An empty stream: positions are Redis's, whatever this pod's clock says.
+            self.log.start_at(Position::ZERO);
+        }
         for (i, logged) in entries.into_iter().enumerate() {
             let prev = logged.prev.unwrap_or_else(|| logged.position.before());
             if i == 0 || prev != last {

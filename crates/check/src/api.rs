@@ -98,8 +98,20 @@ impl Api {
 
     /// `GET /v1/posts/{id}`, with the session's token when given.
     pub(crate) async fn get(&self, base: &str, post: &str, token: Option<&str>) -> Outcome {
+        self.get_tiered(base, post, token).await.0
+    }
+
+    /// [`Api::get`], and the tier that answered (`X-PostCache-Tier`).
+    pub(crate) async fn get_tiered(
+        &self,
+        base: &str,
+        post: &str,
+        token: Option<&str>,
+    ) -> (Outcome, Option<String>) {
         let request = self.read(format!("{base}/v1/posts/{post}"), token);
-        match request.send().await {
+        let sent = request.send().await;
+        let tier = tier_of(&sent);
+        let outcome = match sent {
             Ok(r) if r.status() == StatusCode::OK => match r.json::<serde_json::Value>().await {
                 Ok(body) => body["version"].as_i64().map_or_else(
                     || Outcome::Indeterminate {
@@ -112,7 +124,8 @@ impl Api {
             Ok(r) if r.status() == StatusCode::NOT_FOUND => Outcome::Absent,
             Ok(r) => failed_read(r.status()),
             Err(e) => indeterminate(&e),
-        }
+        };
+        (outcome, tier)
     }
 
     /// One page (limit 100) of the run's tag feed or an author's feed.
@@ -123,6 +136,17 @@ impl Api {
         feed: &Feed,
         token: Option<&str>,
     ) -> Outcome {
+        self.list_tiered(base, tag, feed, token).await.0
+    }
+
+    /// [`Api::list`], and the tier that answered the page's ids (`X-PostCache-Tier`).
+    pub(crate) async fn list_tiered(
+        &self,
+        base: &str,
+        tag: &str,
+        feed: &Feed,
+        token: Option<&str>,
+    ) -> (Outcome, Option<String>) {
         let query = match feed {
             Feed::Tag => ("tag", tag),
             Feed::Author(author) => ("author_id", author.as_str()),
@@ -130,14 +154,17 @@ impl Api {
         let request = self
             .read(format!("{base}/v1/posts"), token)
             .query(&[query, ("limit", "100")]);
-        match request.send().await {
+        let sent = request.send().await;
+        let tier = tier_of(&sent);
+        let outcome = match sent {
             Ok(r) if r.status() == StatusCode::OK => match r.json::<serde_json::Value>().await {
                 Ok(body) => page_of(&body),
                 Err(e) => indeterminate(&e),
             },
             Ok(r) => failed_read(r.status()),
             Err(e) => indeterminate(&e),
-        }
+        };
+        (outcome, tier)
     }
 
     fn read(&self, url: String, token: Option<&str>) -> RequestBuilder {
@@ -147,6 +174,12 @@ impl Api {
             None => request,
         }
     }
+}
+
+/// The `X-PostCache-Tier` of an answer, if any.
+fn tier_of(sent: &reqwest::Result<reqwest::Response>) -> Option<String> {
+    let value = sent.as_ref().ok()?.headers().get("x-postcache-tier")?;
+    value.to_str().ok().map(str::to_owned)
 }
 
 async fn written(

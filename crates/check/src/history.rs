@@ -141,6 +141,9 @@ pub struct Op {
     /// What came back.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// For a read: the tier that answered (`l1`, `l2`, `l3`), when the service said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 impl Op {

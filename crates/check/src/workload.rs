@@ -302,6 +302,7 @@ async fn perform(
     let api = &shared.api;
     let invoked = shared.clock.now();
     let title = format!("check c{client} #{n}");
+    let mut tier = None;
     let (kind, outcome) = match choice {
         Choice::Create => {
             shared.pool().in_play += 1;
@@ -330,13 +331,15 @@ async fn perform(
         }
         Choice::Get(post, with_token) => {
             let sent = token.as_deref().filter(|_| with_token);
-            let outcome = api.get(base, &post, sent).await;
+            let (outcome, served_by) = api.get_tiered(base, &post, sent).await;
+            tier = served_by;
             let token = sent.is_some();
             (OpKind::Get { post, token }, outcome)
         }
         Choice::List(feed, with_token) => {
             let sent = token.as_deref().filter(|_| with_token);
-            let outcome = api.list(base, &shared.names.tag, &feed, sent).await;
+            let (outcome, served_by) = api.list_tiered(base, &shared.names.tag, &feed, sent).await;
+            tier = served_by;
             let token = sent.is_some();
             (OpKind::List { feed, token }, outcome)
         }
@@ -350,6 +353,7 @@ async fn perform(
         completed,
         kind,
         outcome,
+        tier,
     }
 }
 

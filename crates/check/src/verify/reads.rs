@@ -229,7 +229,10 @@ fn violation(
         post: post.to_owned(),
         op: op.kind.name().to_owned(),
         expected: expected.to_string(),
-        seen: seen.to_string(),
+        seen: match &op.tier {
+            Some(tier) => format!("{seen} (served by {tier})"),
+            None => seen.to_string(),
+        },
         invoked_ms: op.invoked as f64 / 1000.0,
         completed_ms: op.completed as f64 / 1000.0,
     }
@@ -249,6 +252,7 @@ mod tests {
             completed: at_ms * MS + MS,
             kind,
             outcome,
+            tier: None,
         }
     }
 

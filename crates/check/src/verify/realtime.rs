@@ -160,6 +160,7 @@ mod tests {
             completed: at + 1,
             kind,
             outcome,
+            tier: None,
         }
     }
 
