@@ -363,3 +363,68 @@ async fn a_view_whose_increment_timed_out_is_never_counted_twice() {
         "50 views sent while Redis was paused were stored as {views}"
     );
 }
+
+/// The first SSE frame's JSON (heartbeat comments skipped) of `GET /v1/events` on `base`,
+/// resuming after `last_event_id`.
+async fn first_event(http: &reqwest::Client, base: &str, last_event_id: &str) -> Value {
+    let mut reply = http
+        .get(format!("{base}/v1/events"))
+        .header("last-event-id", last_event_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let mut buffer = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(data) = buffer.lines().find_map(|l| l.strip_prefix("data:")) {
+            return serde_json::from_str(data.trim()).unwrap();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, reply.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// The stream is deleted (a Redis restart without persistence would do the same) and a pod
+/// starts afterwards: a subscriber resuming with an event id of the old stream must get `resync`,
+/// not a silent gap, even from a pod that never saw the old stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_lost_stream_is_answered_with_resync() {
+    let pg = Postgres::shared();
+    let database = pg.primary_url(&pg.create_database());
+    let redis = Redis::start();
+    let url = redis.url();
+    let env = [
+        ("POSTCACHE_DATABASE_URL", database.as_str()),
+        ("POSTCACHE_REDIS_URL", url.as_str()),
+    ];
+    let first = Pods::start(1, &env);
+    wait_trusted(&first, 1).await;
+    let (id, _) = first.create(0, "ann", "before").await;
+    // The event id a subscriber of the old stream last saw.
+    let old_id = redis_cli(
+        &redis,
+        &["XREVRANGE", "{postcache}:events", "+", "-", "COUNT", "1"],
+    );
+    let old_id = old_id.lines().next().unwrap().to_owned();
+    assert!(old_id.contains('-'), "a stream entry id: {old_id:?}");
+    redis_cli(&redis, &["DEL", "{postcache}:events"]);
+    first.update(0, &id, "after").await;
+
+    let second = Pods::start(1, &env);
+    wait_trusted(&second, 1).await;
+    for pods in [&first, &second] {
+        let event = first_event(&pods.http, pods.base(0), &old_id).await;
+        assert_eq!(
+            event["type"],
+            "resync",
+            "resuming after {old_id} of a lost stream on {}: {event}",
+            pods.base(0)
+        );
+    }
+}
