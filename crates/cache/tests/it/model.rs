@@ -15,8 +15,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use postcache_cache::{CachedPost, Filled, L2, L2Config, Lease, RedisConfig, RedisConn};
+use postcache_cache::{Filled, L2, L2Config, Lease, RedisConfig, RedisConn};
 use postcache_testkit::{Redis, RedisCluster};
+
+use crate::shared::post;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -82,23 +84,6 @@ fn l2_config() -> L2Config {
         lease: Duration::from_secs(600),
         floor_ttl: Duration::from_secs(600),
     }
-}
-
-/// A live post of `version` whose title names the version (so a read shows which body it got).
-fn post(id: i64, version: i64) -> CachedPost {
-    let mut live = CachedPost::live(postcache_api::Post {
-        id: id.to_string(),
-        author_id: "ann".into(),
-        title: format!("v{version}"),
-        body: "b".into(),
-        tags: vec![],
-        version,
-        views: 0,
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:00:00Z".into(),
-    });
-    live.id = id;
-    live
 }
 
 /// A Redis call of the test that failed: the case fails with the step.

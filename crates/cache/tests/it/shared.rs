@@ -32,7 +32,8 @@ fn conn(nodes: Vec<String>, cluster: bool) -> (RedisConn, RedisConfig) {
     (RedisConn::open(&config).unwrap(), config)
 }
 
-fn post(id: i64, version: i64) -> CachedPost {
+/// A live post of `version` whose title names the version (so a read shows which body it got).
+pub(crate) fn post(id: i64, version: i64) -> CachedPost {
     let mut live = CachedPost::live(postcache_api::Post {
         id: id.to_string(),
         author_id: "ann".into(),

@@ -12,6 +12,7 @@ use crate::{serve, wait_exit, wait_healthy};
 
 #[test]
 fn the_demo_page_works_in_chromium() {
+    let _turn = crate::HEAVY.blocking_lock();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use postcache_testkit::{Postgres, Redis};
+use postcache_testkit::Postgres;
 
-use crate::tiers::{Pods, Stack};
+use crate::tiers::{Pods, ReplicatedStack, Stack};
 
 /// `token` with its log position dropped: the form a write gets when Redis failed, which only L3
 /// (a replica that replayed the LSN, else the primary) may answer.
@@ -17,17 +17,14 @@ fn without_position(token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_faults_move_reads_and_a_dead_primary_fails_writes_fast() {
-    let pg = Postgres::start(1);
-    let db = pg.create_database();
-    let (primary, replica) = (pg.primary_url(&db), pg.replica_urls(&db).join(","));
-    let redis = Redis::start();
-    let url = redis.url();
-    let pods = Pods::start(
+    let ReplicatedStack {
+        pods,
+        pg,
+        db,
+        redis: _redis,
+    } = ReplicatedStack::start(
         1,
         &[
-            ("POSTCACHE_DATABASE_URL", primary.as_str()),
-            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
             ("POSTCACHE_MAX_REPLICA_LAG_SECONDS", "1"),
             ("POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", "1000"),
             ("POSTCACHE_VIEWS_FLUSH_MS", "200"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use postcache_testkit::{Postgres, Redis};
 use serde_json::Value;
 
-use crate::tiers::{Pods, Stack};
+use crate::tiers::{Pods, ReplicatedStack, Stack};
 
 /// Δ of G3 for these pods.
 const BOUND: Duration = Duration::from_millis(1000);
@@ -87,19 +87,12 @@ async fn assert_reads_fresh(
 /// for anyone (it once stayed until the page's TTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_page_is_never_built_from_a_replica_behind_its_generation() {
-    let pg = Postgres::start(1);
-    let db = pg.create_database();
-    let (primary, replica) = (pg.primary_url(&db), pg.replica_urls(&db).join(","));
-    let redis = Redis::start();
-    let url = redis.url();
-    let pods = Pods::start(
-        2,
-        &[
-            ("POSTCACHE_DATABASE_URL", primary.as_str()),
-            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
-            ("POSTCACHE_REDIS_URL", url.as_str()),
-        ],
-    );
+    let ReplicatedStack {
+        pods,
+        pg,
+        db,
+        redis: _redis,
+    } = ReplicatedStack::start(2, &[]);
     wait_trusted(&pods, 2).await;
     let (seed, _) = pods.create(0, "ann", "seed").await;
     let _ = pods

@@ -24,6 +24,10 @@ use std::time::Duration;
 
 use postcache_testkit::poll;
 
+/// Held by the tests that load both cores for long or are sensitive to it (the fault harness,
+/// the browser scenarios): they run one at a time, the rest of the suite around them.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `postcache serve` child that is killed if the test ends (or panics) without stopping it.
 pub struct Served(Child);
 

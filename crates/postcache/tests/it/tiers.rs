@@ -165,6 +165,38 @@ impl Stack {
     }
 }
 
+/// `n` pods on a PostgreSQL of their own with a streaming replica (its replay can be paused) and
+/// a Redis of their own, with `env` besides.
+pub(crate) struct ReplicatedStack {
+    pub(crate) pods: Pods,
+    pub(crate) pg: Postgres,
+    pub(crate) db: String,
+    pub(crate) redis: Redis,
+}
+
+impl ReplicatedStack {
+    pub(crate) fn start(n: usize, env: &[(&str, &str)]) -> ReplicatedStack {
+        let pg = Postgres::start(1);
+        let db = pg.create_database();
+        let (primary, replica) = (pg.primary_url(&db), pg.replica_urls(&db).join(","));
+        let redis = Redis::start();
+        let url = redis.url();
+        let mut all = vec![
+            ("POSTCACHE_DATABASE_URL", primary.as_str()),
+            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
+            ("POSTCACHE_REDIS_URL", url.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let pods = Pods::start(n, &all);
+        ReplicatedStack {
+            pods,
+            pg,
+            db,
+            redis,
+        }
+    }
+}
+
 fn header(reply: &reqwest::Response, name: &str) -> String {
     reply.headers()[name].to_str().unwrap().to_owned()
 }
