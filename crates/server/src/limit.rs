@@ -52,7 +52,9 @@ pub(crate) async fn enforce(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(limit) = limit {
+    if let Some(limit) = limit
+        && !UNLIMITED.contains(&request.uri().path())
+    {
         let client = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -63,6 +65,11 @@ pub(crate) async fn enforce(
     }
     next.run(request).await
 }
+
+/// Routes no client limit applies to: the kubelet's probes and Prometheus's scrape come from one
+/// address each, and behind a proxy every user shares the proxy's, so one abuser must not fail a
+/// pod's probes or blind its monitoring.
+const UNLIMITED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 #[cfg(test)]
 mod tests {

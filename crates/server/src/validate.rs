@@ -115,7 +115,29 @@ pub(crate) fn tag(field: &str, value: String) -> Result<String, ApiError> {
     }
 }
 
+/// A control character: every one in a title (a single line); in a body, all but tab, line feed
+/// and carriage return. NUL would also fail at PostgreSQL, which refuses it in text.
+fn control(value: &str, multiline: bool) -> Option<char> {
+    value
+        .chars()
+        .find(|&c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
+}
+
+fn no_control(field: &str, value: &str, multiline: bool) -> Result<(), ApiError> {
+    match control(value, multiline) {
+        Some(c) => Err(ApiError::invalid_field(
+            Some(field.into()),
+            format!(
+                "`{field}` must not contain control characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn title(value: String) -> Result<String, ApiError> {
+    no_control("title", &value, false)?;
     let chars = value.chars().count();
     if value.trim().is_empty() || chars > MAX_TITLE_CHARS {
         return Err(ApiError::invalid_field(
@@ -129,6 +151,7 @@ fn title(value: String) -> Result<String, ApiError> {
 }
 
 fn body(value: String) -> Result<String, ApiError> {
+    no_control("body", &value, true)?;
     if value.trim().is_empty() || value.len() > MAX_BODY_BYTES {
         return Err(ApiError::invalid_field(
             Some("body".into()),
@@ -176,13 +199,18 @@ mod tests {
     fn accepts_a_good_post_and_dedups_tags() {
         let post = create("ann", "Hello", "World", &["rust", "k8s", "rust"]).unwrap();
         assert_eq!(post.tags, vec!["rust", "k8s"]);
+        let lines = create("ann", "Hello", "one\ttab\r\ntwo", &[]).unwrap();
+        assert_eq!(
+            lines.body, "one\ttab\r\ntwo",
+            "a body may have lines and tabs"
+        );
     }
 
     #[test]
     fn each_bad_field_is_named() {
         let long_title = "t".repeat(201);
         let long_body = "b".repeat(64 * 1024 + 1);
-        let cases: [(&str, &str, &str, &[&str], &str); 7] = [
+        let cases: [(&str, &str, &str, &[&str], &str); 10] = [
             ("", "t", "b", &[], "author_id"),
             ("a b", "t", "b", &[], "author_id"),
             ("a", " ", "b", &[], "title"),
@@ -190,6 +218,9 @@ mod tests {
             ("a", "t", &long_body, &[], "body"),
             ("a", "t", "b", &["Rust"], "tags[0]"),
             ("a", "t", "b", &["x"; 11], "tags"),
+            ("a", "t\u{0}", "b", &[], "title"),
+            ("a", "line\nbreak", "b", &[], "title"),
+            ("a", "t", "nul \u{0} inside", &[], "body"),
         ];
         for (author, title, body, tags, field) in cases {
             let err = create(author, title, body, tags).unwrap_err();

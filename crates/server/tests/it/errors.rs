@@ -269,6 +269,20 @@ fn cases() -> Vec<Case> {
             Some(r#"{"tags":["everything"]}"#),
         )
         .expect(S::UNPROCESSABLE_ENTITY, "invalid_field", Some("tags[0]")),
+        case(
+            "a NUL in a title (PostgreSQL refuses it in text)",
+            M::POST,
+            "/v1/posts",
+            Some(r#"{"author_id":"ann","title":"a\u0000b","body":"b"}"#),
+        )
+        .expect(S::UNPROCESSABLE_ENTITY, "invalid_field", Some("title")),
+        case(
+            "a NUL in a patched body",
+            M::PATCH,
+            "/v1/posts/{id}",
+            Some(r#"{"body":"x\u0000y"}"#),
+        )
+        .expect(S::UNPROCESSABLE_ENTITY, "invalid_field", Some("body")),
         case("views of a bad id", M::POST, "/v1/posts/x/views", None).expect(
             S::BAD_REQUEST,
             "bad_request",

@@ -75,5 +75,16 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         assert_eq!(limited.error().0, "rate_limited");
         let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        // The same address flooding: probes and the scrape still answer (one abuser behind a
+        // proxy must not take the pod out of its Service or out of Prometheus's sight).
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            for _ in 0..20 {
+                assert_eq!(app.get(path).await.status, StatusCode::OK, "{path}");
+            }
+        }
+        assert_eq!(
+            app.get("/v1/posts").await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 }
