@@ -139,6 +139,9 @@ impl StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(source),
+            sqlx::Error::Database(ref e) if e.code().is_some_and(|c| transient(&c)) => {
+                StoreError::Unavailable(source)
+            }
             source => StoreError::Query { step, source },
         }
     }
@@ -147,6 +150,18 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+}
+
+/// Whether a PostgreSQL error (by SQLSTATE) may pass if retried later: a connection failure (class
+/// 08), a read-only server (25006: a primary being demoted, mid-failover), an administrator or
+/// crash shutdown or a server still starting (57P01–57P03), a serialization failure or deadlock
+/// (40001, 40P01), too many connections (53300). The caller answers 503 with `Retry-After`.
+pub fn transient(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || matches!(
+            sqlstate,
+            "25006" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300"
+        )
 }
 
 /// Where an L3 read may run.
@@ -419,4 +434,21 @@ pub(crate) fn apply_patch(
     post.version += 1;
     post.updated_at = now;
     Ok(post)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_shutdown_and_conflict_states_are_worth_a_retry() {
+        for code in [
+            "08006", "08001", "25006", "57P01", "57P03", "40001", "40P01", "53300",
+        ] {
+            assert!(transient(code), "{code}");
+        }
+        for code in ["23505", "22P02", "42P01", "25P02"] {
+            assert!(!transient(code), "{code}");
+        }
+    }
 }

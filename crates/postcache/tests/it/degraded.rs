@@ -206,3 +206,44 @@ async fn with_redis_down_writes_commit_and_tokens_are_honoured_from_l3() {
         assert_eq!(ready.status(), 200, "readiness stays up without Redis");
     }
 }
+
+/// PostgreSQL refusing a write for a reason that passes (a serialization failure, a server that
+/// turned read-only mid-failover): 503 with `Retry-After`, never a 500; once it passes, writes
+/// work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_database_refusals_answer_503_with_retry_after() {
+    let pg = Postgres::shared();
+    let db = pg.create_database();
+    let database = pg.primary_url(&db);
+    let pods = Pods::start(1, &[("POSTCACHE_DATABASE_URL", database.as_str())]);
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    let refuse = |code: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '{code}'; END $$; \
+             DROP TRIGGER IF EXISTS refuse ON posts; \
+             CREATE TRIGGER refuse BEFORE UPDATE ON posts FOR EACH ROW EXECUTE FUNCTION refuse();"
+        )
+    };
+    for code in ["40001", "25006"] {
+        pg.psql_primary(&db, &refuse(code)).unwrap();
+        let reply = pods
+            .http
+            .patch(format!("{}/v1/posts/{id}", pods.base(0)))
+            .json(&serde_json::json!({"title": "refused"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 503, "SQLSTATE {code}");
+        assert!(
+            reply.headers().contains_key("retry-after"),
+            "SQLSTATE {code}: no Retry-After"
+        );
+        let body: serde_json::Value = reply.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    pg.psql_primary(&db, "DROP TRIGGER refuse ON posts")
+        .unwrap();
+    let (version, _) = pods.update(0, &id, "v2").await;
+    assert_eq!(version, 2, "the refused writes changed nothing");
+}
