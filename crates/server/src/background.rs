@@ -22,6 +22,9 @@ use crate::metrics;
 /// How long the relay lease lasts without renewal (a dead leader's successor waits this long).
 const RELAY_LEASE: Duration = Duration::from_secs(2);
 
+/// How long the lone-process check may take.
+const ALONE_CHECK: Duration = Duration::from_secs(1);
+
 /// How often replica positions are polled.
 const REPLICA_POLL: Duration = Duration::from_millis(200);
 
@@ -109,7 +112,10 @@ pub(crate) async fn maintain(
         if let Err(e) = posts.flush_views().await {
             tracing::warn!(error = %e, "flushing views failed; they stay buffered for the next flush");
         }
-        let healthy = posts.store().ping().await.is_ok();
+        let healthy = matches!(
+            tokio::time::timeout(interval, posts.store().ping()).await,
+            Ok(Ok(()))
+        );
         postcache_cache::set_degraded("primary", !healthy);
         metrics::record_pool("primary", posts.store().pool_usage());
         if let Some(usage) = posts.store().replica_pool_usage() {
@@ -136,7 +142,11 @@ pub(crate) async fn maintain(
 
 /// Takes or checks the lone-process lock (PostgreSQL without Redis) and trusts L1 accordingly.
 pub(crate) async fn check_alone(posts: &Posts) {
-    let alone = posts.store().hold_alone().await.unwrap_or(false);
+    // No answer in time is no proof of being alone.
+    let alone = matches!(
+        tokio::time::timeout(ALONE_CHECK, posts.store().hold_alone()).await,
+        Ok(Ok(true))
+    );
     posts.set_alone(alone);
     postcache_cache::set_degraded("eventlog", !alone);
 }

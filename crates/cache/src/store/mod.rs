@@ -269,6 +269,11 @@ pub trait Store: Send + Sync + 'static {
     /// Polls the read replicas' replay positions (no-op without replicas).
     async fn refresh_replicas(&self) {}
 
+    /// Read replicas that answered their last poll (0 without replicas).
+    fn answering_replicas(&self) -> usize {
+        0
+    }
+
     /// Connections (in use, idle, max) of the replica pools, if there are replicas.
     fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
         None

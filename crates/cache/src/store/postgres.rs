@@ -392,6 +392,10 @@ impl Store for PostgresStore {
         }
     }
 
+    fn answering_replicas(&self) -> usize {
+        self.replicas.as_ref().map_or(0, |r| r.answering())
+    }
+
     fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
         self.replicas.as_ref().map(|r| r.pool_usage())
     }

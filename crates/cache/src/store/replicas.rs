@@ -78,6 +78,9 @@ pub struct Replicas {
     next: AtomicUsize,
 }
 
+/// How long one poll of a server may take.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
 const REPLAY: &str = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
      COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, 0)::bigint";
 
@@ -132,15 +135,26 @@ impl Replicas {
     /// Polls every replica (and the primary's WAL position) once; sets the lag gauges and the
     /// `replica` degraded flag (any replica down or past the lag limit).
     pub async fn refresh(&self, primary: &PgPool) {
-        let primary_lsn: Option<i64> =
+        // A black-holed server (not a reset one) would hold the poll for ever.
+        let primary_lsn: Option<i64> = tokio::time::timeout(
+            POLL_TIMEOUT,
             sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
-                .fetch_one(primary)
-                .await
-                .ok();
+                .fetch_one(primary),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
         let mut degraded = false;
         for member in &self.members {
-            let polled: Result<(i64, i64), _> =
-                sqlx::query_as(REPLAY).fetch_one(&member.pool).await;
+            let polled: Result<(i64, i64), String> = match tokio::time::timeout(
+                POLL_TIMEOUT,
+                sqlx::query_as(REPLAY).fetch_one(&member.pool),
+            )
+            .await
+            {
+                Ok(polled) => polled.map_err(|e| e.to_string()),
+                Err(_) => Err("no answer in time".to_owned()),
+            };
             match polled {
                 Ok((replay, since_last_replay_ms)) => {
                     // With the primary unreachable nothing new can be replayed: the replica is as
@@ -191,6 +205,14 @@ impl Replicas {
             }
         }
         None
+    }
+
+    /// Replicas that answered the last poll (they can serve reads while the primary cannot).
+    pub fn answering(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.healthy.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Connections (in use, idle, max) over all replica pools.

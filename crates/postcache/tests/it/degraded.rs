@@ -247,3 +247,73 @@ async fn transient_database_refusals_answer_503_with_retry_after() {
     let (version, _) = pods.update(0, &id, "v2").await;
     assert_eq!(version, 2, "the refused writes changed nothing");
 }
+
+/// The primary black-holed (SIGSTOP: no reset, no answer): readiness stays up while a replica
+/// answers (`degraded`), so a Service keeps the pods and reads go on; it fails only when no tier
+/// can answer reads; the primary's degraded flag rises although its ping never returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_primary_leaves_readiness_up_while_a_replica_answers() {
+    let ReplicatedStack {
+        pods,
+        pg,
+        redis: _redis,
+        ..
+    } = ReplicatedStack::start(1, &[]);
+    let (id, _) = pods.create(0, "ann", "v1").await;
+    pods.read(0, &id, None).await;
+    let ready = |expect: u16| {
+        let (http, base) = (pods.http.clone(), pods.base(0).to_owned());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let reply = http.get(format!("{base}/readyz")).send().await.unwrap();
+                let status = reply.status().as_u16();
+                let body = reply.text().await.unwrap();
+                if status == expect {
+                    return body;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "/readyz stayed {status} ({body}), expected {expect}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(ready(200).await.contains("\"ready\""));
+
+    // Every process of the primary: the postmaster and its backends.
+    let stop_primary = |signal: &str| {
+        let pid = pg.primary().pid().unwrap().to_string();
+        let _ = std::process::Command::new("pkill")
+            .args([signal, "-P", &pid])
+            .status();
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+    };
+    stop_primary("-STOP");
+    let body = ready(200).await;
+    pods.wait_metric(0, "postcache_degraded{component=\"primary\"}", 1.0)
+        .await;
+    let started = Instant::now();
+    let (version, _) = pods.read(0, &id, None).await;
+    assert_eq!(version, 1, "reads go on");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a read waited {:?} on a black-holed primary",
+        started.elapsed()
+    );
+    let body = if body.contains("degraded") {
+        body
+    } else {
+        ready(200).await
+    };
+    assert!(body.contains("degraded"), "{body}");
+
+    pg.replica(0).kill();
+    ready(503).await;
+    pg.replica(0).restart();
+    stop_primary("-CONT");
+    ready(200).await;
+}

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
-/// How long readiness waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long readiness waits for the primary (under the kubelet's default probe timeout, 1 s).
+const READY_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive")))]
@@ -23,16 +23,26 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The pod can serve: the database answers. (Caches being down is a degraded mode, not unready.)
+/// The pod can serve reads: the primary answers, or (degraded: writes fail fast with 503) a read
+/// replica does. Readiness fails only when no tier can answer (DESIGN §7): a primary that is down
+/// or slow must not take every pod out of its Service and turn a degraded read path into an
+/// outage. (Caches being down is a degraded mode, not unready.)
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "Ready (`status`: `ready`, or `degraded` when only replicas answer)"),
+        (status = 503, body = ErrorBody)))]
 pub(crate) async fn readyz(State(posts): State<Arc<Posts>>) -> Result<Json<Value>, ApiError> {
-    match tokio::time::timeout(READY_TIMEOUT, posts.store().ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!(
-            "the database does not answer: {e}"
+    let primary = match tokio::time::timeout(READY_TIMEOUT, posts.store().ping()).await {
+        Ok(Ok(())) => return Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => format!("the primary does not answer: {e}"),
+        Err(_) => "the primary did not answer in time".to_owned(),
+    };
+    match posts.store().answering_replicas() {
+        0 => Err(ApiError::unavailable(format!(
+            "{primary}, and no read replica does"
         ))),
-        Err(_) => Err(ApiError::unavailable("the database did not answer in time")),
+        replicas => Ok(Json(
+            json!({"status": "degraded", "primary": primary, "replicas_answering": replicas}),
+        )),
     }
 }
 
