@@ -50,9 +50,11 @@ impl Auth {
         if !self.is_enabled() {
             return true;
         }
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let Some(given) = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
         else {
             return false;
         };
@@ -96,6 +98,12 @@ mod tests {
         let auth = Auth::new(["alpha".to_owned(), " beta ".to_owned(), String::new()]);
         assert!(auth.allows(Some("Bearer alpha")));
         assert!(auth.allows(Some("Bearer beta")));
+        assert!(
+            auth.allows(Some("bearer beta")),
+            "the scheme is case-insensitive"
+        );
+        assert!(auth.allows(Some("BEARER alpha")));
+        assert!(!auth.allows(Some("Basic alpha")));
         for bad in [
             None,
             Some(""),

@@ -124,7 +124,8 @@ pub struct ServeArgs {
     pub rate_limit_burst: u32,
 
     /// How often buffered view counts are flushed to the database (the loss window on a crash).
-    #[arg(long, env = "POSTCACHE_VIEWS_FLUSH_MS", default_value_t = 1000)]
+    #[arg(long, env = "POSTCACHE_VIEWS_FLUSH_MS", default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub views_flush_ms: u64,
 
     /// Events the in-process event log keeps for subscribers that reconnect (`Last-Event-ID`);

@@ -135,6 +135,25 @@ fn listening_beyond_loopback_needs_tokens_or_an_explicit_opt_out() {
     assert!(wait_exit(&mut allowed).success());
 }
 
+/// A zero flush interval once panicked the maintenance task, which then died silently: it is
+/// refused at start with the option named, before anything is touched.
+#[test]
+fn a_zero_flush_interval_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut refused = serve(
+        dir.path(),
+        &[
+            ("POSTCACHE_LISTEN", listen.as_str()),
+            ("POSTCACHE_VIEWS_FLUSH_MS", "0"),
+        ],
+    );
+    assert!(!wait_exit(&mut refused).success());
+    let message = stderr_of(dir.path());
+    assert!(message.contains("views-flush-ms"), "{message}");
+    assert!(!dir.path().join("postcache.db").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_ends_open_realtime_streams_instead_of_waiting_for_them() {
     use futures_util::StreamExt;

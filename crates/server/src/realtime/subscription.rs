@@ -159,9 +159,37 @@ pub(crate) fn parse_topics(value: Option<&str>) -> Result<Vec<Topic>, String> {
     topics
         .into_iter()
         .map(|t| {
-            Topic::parse(t.trim()).ok_or_else(|| {
+            let topic = Topic::parse(t.trim()).ok_or_else(|| {
                 format!("`{t:.40}` is not a topic (posts, author:{{id}}, post:{{id}})")
-            })
+            })?;
+            // Ids by the rules of the API itself: every distinct topic costs a channel.
+            let valid = match &topic {
+                Topic::Posts => true,
+                Topic::Author(id) => crate::validate::author_id("topics", id.clone()).is_ok(),
+                Topic::Post(id) => postcache_cache::parse_post_id(id).is_some(),
+            };
+            if valid {
+                Ok(topic)
+            } else {
+                Err(format!(
+                    "`{t:.40}` names no valid id (author ids as in posts, post ids as in /v1/posts/{{id}})"
+                ))
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::*;
+
+    #[test]
+    fn topic_ids_follow_the_api_rules() {
+        assert!(parse_topics(Some("posts,author:ann,post:42")).is_ok());
+        for bad in ["post:notanumber", "author:a b", "post:-1"] {
+            assert!(parse_topics(Some(bad)).is_err(), "{bad}");
+        }
+        let long = format!("author:{}", "a".repeat(60_000));
+        assert!(parse_topics(Some(&long)).is_err());
+    }
 }
