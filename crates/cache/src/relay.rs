@@ -174,7 +174,8 @@ impl Posts {
     }
 
     /// One row its writer may not have finished: nothing to do if it was appended (the writer
-    /// appends only after writing through), else L2 and generations first, then the append.
+    /// appends only after writing through), else L2 (the value dropped, the floor raised) and
+    /// generations first, then the append, marked relayed.
     async fn relay_row(
         &self,
         shared: &Shared,

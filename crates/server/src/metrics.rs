@@ -94,6 +94,10 @@ fn describe() {
         Unit::Seconds,
         "How far each read replica's replay is behind the primary."
     );
+    describe_counter!(
+        postcache_cache::EVENTLOG_GAPS,
+        "Gaps found in the shared event log (entries lost before this pod applied them)."
+    );
     describe_gauge!(
         postcache_cache::L1_DISTRUSTED,
         "1 while this pod serves without trusting its in-process cache (cut off from the event log)."

@@ -117,6 +117,23 @@ impl PostgresStore {
         }
     }
 
+    /// Runs `read` where `at` allows, timed under the pool's role; if that pool is unreachable,
+    /// once more where [`PostgresStore::fallback`] says.
+    async fn read_at<'a, T, F, Fut>(&'a self, at: ReadAt, read: F) -> Result<T, StoreError>
+    where
+        F: Fn(&'a PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let (pool, role) = self.reader(at).await;
+        match timed(role, read(pool)).await {
+            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
+                Some((pool, role)) => timed(role, read(pool)).await,
+                None => Err(e),
+            },
+            done => done,
+        }
+    }
+
     async fn read_post(&self, pool: &PgPool, id: PostId) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(sql::GET)
             .bind(id)
@@ -139,12 +156,7 @@ impl PostgresStore {
         Ok(rows.into_iter().map(StoredPost::from).collect())
     }
 
-    async fn read_feed(
-        &self,
-        pool: &PgPool,
-        role: &'static str,
-        q: &FeedQuery,
-    ) -> Result<Vec<PostId>, StoreError> {
+    async fn read_feed(&self, pool: &PgPool, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
         let before = q.cursor.map_or(i64::MAX, |c| c.0);
         let limit = i64::from(q.limit);
         let query = match (&q.tag, &q.author_id) {
@@ -158,7 +170,9 @@ impl PostgresStore {
                 .bind(author)
                 .bind(before),
         };
-        timed(role, query.bind(limit).fetch_all(pool))
+        query
+            .bind(limit)
+            .fetch_all(pool)
             .await
             .map_err(StoreError::query("read a feed page"))
     }
@@ -357,14 +371,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
-        let (pool, role) = self.reader(at).await;
-        match timed(role, self.read_post(pool, id)).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
-                Some((pool, role)) => timed(role, self.read_post(pool, id)).await,
-                None => Err(e),
-            },
-            read => read,
-        }
+        self.read_at(at, |pool| self.read_post(pool, id)).await
     }
 
     async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
@@ -372,14 +379,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
-        let (pool, role) = self.reader(at).await;
-        match timed(role, self.read_posts(pool, ids)).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
-                Some((pool, role)) => timed(role, self.read_posts(pool, ids)).await,
-                None => Err(e),
-            },
-            read => read,
-        }
+        self.read_at(at, |pool| self.read_posts(pool, ids)).await
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
@@ -401,14 +401,7 @@ impl Store for PostgresStore {
     }
 
     async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
-        let (pool, role) = self.reader(at).await;
-        match self.read_feed(pool, role, q).await {
-            Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
-                Some((pool, role)) => self.read_feed(pool, role, q).await,
-                None => Err(e),
-            },
-            read => read,
-        }
+        self.read_at(at, |pool| self.read_feed(pool, q)).await
     }
 
     async fn hold_alone(&self) -> Result<bool, StoreError> {

@@ -72,22 +72,22 @@ enum Fault {
 }
 
 /// The Redis under test.
-enum Store {
+enum RedisUnderTest {
     Standalone(Redis),
     Cluster(RedisCluster),
 }
 
-impl Store {
+impl RedisUnderTest {
     fn nodes(&self) -> usize {
         match self {
-            Store::Standalone(_) => 1,
-            Store::Cluster(_) => 6,
+            RedisUnderTest::Standalone(_) => 1,
+            RedisUnderTest::Cluster(_) => 6,
         }
     }
 
     fn cli(&self, node: usize, args: &[&str]) -> String {
         match self {
-            Store::Standalone(redis) => {
+            RedisUnderTest::Standalone(redis) => {
                 let out = std::process::Command::new("redis-cli")
                     .args(["-p", &redis.port().to_string()])
                     .args(args)
@@ -95,14 +95,14 @@ impl Store {
                     .unwrap();
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
-            Store::Cluster(cluster) => cluster.cli(node, args).unwrap_or_else(|e| e),
+            RedisUnderTest::Cluster(cluster) => cluster.cli(node, args).unwrap_or_else(|e| e),
         }
     }
 
     fn process(&self, node: usize) -> &postcache_testkit::Process {
         match self {
-            Store::Standalone(redis) => redis.process(),
-            Store::Cluster(cluster) => cluster.node(node),
+            RedisUnderTest::Standalone(redis) => redis.process(),
+            RedisUnderTest::Cluster(cluster) => cluster.node(node),
         }
     }
 
@@ -166,7 +166,7 @@ impl Pod {
 struct Deployment {
     pg: Postgres,
     db: String,
-    redis: Store,
+    redis: RedisUnderTest,
     pods: Vec<std::sync::Mutex<Pod>>,
 }
 
@@ -175,13 +175,13 @@ impl Deployment {
         let pg = Postgres::start(1);
         let db = pg.create_database();
         let redis = if cluster {
-            Store::Cluster(RedisCluster::start())
+            RedisUnderTest::Cluster(RedisCluster::start())
         } else {
-            Store::Standalone(Redis::start())
+            RedisUnderTest::Standalone(Redis::start())
         };
         let redis_url = match &redis {
-            Store::Standalone(r) => r.url(),
-            Store::Cluster(c) => c.urls().join(","),
+            RedisUnderTest::Standalone(r) => r.url(),
+            RedisUnderTest::Cluster(c) => c.urls().join(","),
         };
         let env: Vec<(String, String)> = [
             ("POSTCACHE_DATABASE_URL", pg.primary_url(&db)),
