@@ -207,10 +207,7 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     };
     let children = desired(pc, &inputs);
     let mut writes = apply_children(client, &ns, &children).await?;
-    if let Some(job) = plan.as_ref().and_then(|p| p.finished_job) {
-        let resource = ApiResource::erase::<Job>(&());
-        apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
-    }
+    let finished_job = plan.as_ref().and_then(|p| p.finished_job);
     for deleted in prune(client, &ns, pc, &uid, &children, apis).await? {
         writes.written.push(("deleted", deleted));
     }
@@ -222,6 +219,12 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
     if new != old {
         publish_transitions(pc, ctx, &old, &new).await;
         write_status(client, pc, &ns, &old, &new).await?;
+    }
+    // Only once the status records that its step is done: the reconcile the deletion triggers
+    // must not read the old step and create the Job again (it once ran twice, a copy left behind).
+    if let Some(job) = finished_job {
+        let resource = ApiResource::erase::<Job>(&());
+        apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
     }
     let busy = new.phase != Some(crate::Phase::Ready);
     Ok(Action::requeue(if busy {
