@@ -103,6 +103,14 @@ struct Ring {
     epoch: u64,
     events: VecDeque<Arc<LoggedEvent>>,
     retention: usize,
+    /// Estimated bytes held by `events`, and their bound.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// Estimated bytes an event holds: its JSON, the post's strings beside it, and the structs.
+fn weight(event: &LoggedEvent) -> usize {
+    2 * event.json.len() + event.author_id.len() + 256
 }
 
 /// One change to append, whatever assigns its position.
@@ -158,9 +166,18 @@ impl EventLog {
                 epoch,
                 events: VecDeque::new(),
                 retention: retention.max(1),
+                bytes: 0,
+                max_bytes: usize::MAX,
             }),
             live,
         }
+    }
+
+    /// Retention is also bounded by `max_bytes` of events (estimated; the newest event is always
+    /// kept).
+    pub fn with_max_bytes(self, max_bytes: u64) -> EventLog {
+        self.lock().max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        self
     }
 
     /// Appends a change at the next position of this log's own sequence (the embedded default).
@@ -219,9 +236,13 @@ impl EventLog {
             committed_at,
         });
         ring.head = position;
+        ring.bytes += weight(&logged);
         ring.events.push_back(Arc::clone(&logged));
-        while ring.events.len() > ring.retention {
+        while ring.events.len() > ring.retention
+            || (ring.bytes > ring.max_bytes && ring.events.len() > 1)
+        {
             if let Some(evicted) = ring.events.pop_front() {
+                ring.bytes -= weight(&evicted);
                 ring.floor = evicted.position;
             }
         }
@@ -251,6 +272,7 @@ impl EventLog {
         let mut ring = self.lock();
         let had_events = !ring.events.is_empty() || ring.head != base;
         ring.events.clear();
+        ring.bytes = 0;
         ring.floor = base;
         ring.head = base;
         if !had_events {
@@ -364,6 +386,41 @@ mod tests {
 
     fn append(log: &EventLog, n: i64) -> Arc<LoggedEvent> {
         log.append(change(n))
+    }
+
+    #[test]
+    fn retention_is_bounded_in_bytes_too_and_a_resume_from_before_it_resyncs() {
+        let log = EventLog::new(10_000, 16).with_max_bytes(64 * 1024);
+        let big = |n: i64| Change {
+            post: Some(postcache_api::Post {
+                id: n.to_string(),
+                author_id: "ann".into(),
+                title: "t".into(),
+                body: "x".repeat(8 * 1024),
+                tags: Vec::new(),
+                version: 1,
+                views: 0,
+                created_at: "2026-11-30T00:00:00Z".into(),
+                updated_at: "2026-11-30T00:00:00Z".into(),
+            }),
+            ..change(n)
+        };
+        let first = log.append(big(1)).position;
+        for n in 2..=100 {
+            log.append(big(n));
+        }
+        let ring = log.lock();
+        assert!(
+            ring.events.len() < 10,
+            "{} events of 8 KiB kept under 64 KiB",
+            ring.events.len()
+        );
+        assert!(ring.bytes <= 64 * 1024, "{}", ring.bytes);
+        drop(ring);
+        assert!(matches!(
+            log.subscribe(Some(first), None).1,
+            Backlog::Gone { .. }
+        ));
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::tags::TagKey;
 pub struct L1Config {
     /// Posts and feed pages each hold at most this many entries.
     pub max_entries: u64,
+    /// Posts and feed pages each hold at most this many bytes (estimated).
+    pub max_bytes: u64,
     /// Safety net: an entry older than this is dropped even if nothing invalidated it.
     pub ttl: Duration,
 }
@@ -48,6 +50,11 @@ pub struct CachedPost {
 }
 
 impl CachedPost {
+    /// Estimated bytes held: the JSON, the post's strings beside it, and the structs.
+    pub fn weight(&self) -> usize {
+        2 * self.json.len() + 192
+    }
+
     /// The cache form of what L3 returned (`None`: the id does not exist).
     pub fn from_store(id: PostId, stored: Option<&StoredPost>) -> CachedPost {
         match stored {
@@ -87,6 +94,14 @@ pub(crate) struct FeedKey {
     generations: [u64; 2],
 }
 
+impl FeedKey {
+    /// Estimated bytes of the key.
+    fn weight(&self) -> usize {
+        let FeedQuery { author_id, tag, .. } = &self.query;
+        128 + author_id.as_ref().map_or(0, String::len) + tag.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Generations are drawn from one counter, so a generation evicted and later re-created never
 /// equals an old one and can never make a stale list reachable again.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -104,14 +119,28 @@ pub struct L1 {
 impl L1 {
     /// An empty L1 with the given bounds.
     pub fn new(config: L1Config) -> L1 {
-        let L1Config { max_entries, ttl } = config;
+        let L1Config {
+            max_entries,
+            max_bytes,
+            ttl,
+        } = config;
+        // One capacity bounds both: the budget is in bytes, and no entry weighs less than its
+        // share of the entry bound, so there are never more than `max_entries` either.
+        let max_entries = max_entries.max(1);
+        let max_bytes = max_bytes.max(max_entries);
+        let least = u32::try_from(max_bytes.div_ceil(max_entries)).unwrap_or(u32::MAX);
+        let weigh = move |bytes: usize| u32::try_from(bytes).unwrap_or(u32::MAX).max(least);
         L1 {
             posts: Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |_, post: &Arc<CachedPost>| weigh(post.weight()))
                 .time_to_live(ttl)
                 .build(),
             feeds: Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |key: &FeedKey, ids: &Arc<[PostId]>| {
+                    weigh(key.weight() + 8 * ids.len())
+                })
                 .time_to_live(ttl)
                 .build(),
             // A floor only matters while a fill is in flight; a generous TTL covers any fill.
@@ -282,10 +311,54 @@ mod proptests {
         })
     }
 
+    fn sized(id: PostId, bytes: usize) -> Arc<CachedPost> {
+        Arc::new(CachedPost {
+            id,
+            version: 1,
+            post: None,
+            json: Bytes::from(vec![b'x'; bytes]),
+        })
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_in_bytes_and_in_entries() {
+        let l1 = L1::new(L1Config {
+            max_entries: 10_000,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(600),
+        });
+        for id in 1..=200 {
+            l1.install(sized(id, 64 * 1024)).await;
+        }
+        l1.posts.run_pending_tasks().await;
+        let held: usize = l1.posts.iter().map(|(_, p)| p.json.len()).sum();
+        assert!(
+            held <= 1 << 20,
+            "{held} bytes of 64 KiB posts held under a 1 MiB bound"
+        );
+        assert!(l1.posts.entry_count() > 0, "it still caches what fits");
+
+        let small = L1::new(L1Config {
+            max_entries: 10,
+            max_bytes: 1 << 30,
+            ttl: Duration::from_secs(600),
+        });
+        for id in 1..=200 {
+            small.install(sized(id, 100)).await;
+        }
+        small.posts.run_pending_tasks().await;
+        assert!(
+            small.posts.entry_count() <= 10,
+            "{}",
+            small.posts.entry_count()
+        );
+    }
+
     /// Runs `ops` on a fresh L1 and checks it against [`Expected`] after every step.
     async fn follows_the_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let l1 = L1::new(L1Config {
             max_entries: 1000,
+            max_bytes: 1 << 30,
             ttl: Duration::from_secs(600),
         });
         let mut model: HashMap<PostId, Expected> = HashMap::new();

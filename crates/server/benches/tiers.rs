@@ -12,8 +12,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
-use postcache_cache::{EventLog, L1, L1Config, NewPost, Posts};
-use postcache_server::{Auth, Realtime, app};
+use postcache_cache::{EventLog, L1, L1Config, NewPost, PoolConfig, Posts};
+use postcache_server::{Auth, Http, Realtime, TokenKeys, app};
 use tower::ServiceExt;
 
 fn new_post(i: u64) -> NewPost {
@@ -33,13 +33,14 @@ fn tiers(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("bench.db").display());
     let posts = rt.block_on(async {
-        let store = postcache_cache::connect(&url, 8, Duration::from_secs(5))
+        let store = postcache_cache::connect(&url, &PoolConfig::new(8, Duration::from_secs(5)))
             .await
             .unwrap();
         Arc::new(Posts::new(
             store,
             L1::new(L1Config {
                 max_entries: 100_000,
+                max_bytes: 1 << 30,
                 ttl: Duration::from_secs(600),
             }),
             Arc::new(EventLog::new(10_000, 1024)),
@@ -47,7 +48,12 @@ fn tiers(c: &mut Criterion) {
     });
     let id = rt.block_on(posts.create(new_post(0))).unwrap().entry.id;
     let realtime = Realtime::new(Arc::clone(posts.log()), 100, Duration::from_secs(15));
-    let router = app(Arc::clone(&posts), Auth::default(), None, realtime);
+    let router = app(
+        Arc::clone(&posts),
+        Auth::default(),
+        Http::new(TokenKeys::new(&["a benchmark's token key"]).unwrap()),
+        realtime,
+    );
 
     c.bench_function("l1_hit/posts_get", |b| {
         b.to_async(&rt)

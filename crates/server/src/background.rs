@@ -25,6 +25,10 @@ const RELAY_LEASE: Duration = Duration::from_secs(2);
 /// How long the lone-process check may take.
 const ALONE_CHECK: Duration = Duration::from_secs(1);
 
+/// Longest one relay round may take: a black-holed primary (no reset, no reply) must not hold
+/// the loop for ever. A round cut short leaves its rows in the outbox for the next one.
+const ROUND_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How often replica positions are polled.
 const REPLICA_POLL: Duration = Duration::from_millis(200);
 
@@ -38,11 +42,15 @@ pub(crate) async fn relay_outbox(posts: Arc<Posts>, mut stop: watch::Receiver<bo
             _ = stop.wait_for(|stop| *stop) => return,
         }
         loop {
-            match posts.relay().await {
-                Ok(n) if n > 0 => continue, // a full batch may have more behind it
-                Ok(_) => break,
-                Err(e) => {
+            match tokio::time::timeout(ROUND_DEADLINE, posts.relay()).await {
+                Ok(Ok(n)) if n > 0 => continue, // a full batch may have more behind it
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the outbox relay failed; retrying");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!("the outbox relay did not finish in time; retrying");
                     break;
                 }
             }
@@ -65,11 +73,20 @@ pub(crate) async fn relay_to_shared_log(
             () = tokio::time::sleep(heartbeat) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = posts.mark_appended().await {
-            tracing::warn!(error = %e, "marking appended events failed; retrying");
+        match tokio::time::timeout(ROUND_DEADLINE, posts.mark_appended()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "marking appended events failed; retrying"),
+            Err(_) => tracing::warn!("marking appended events did not finish in time; retrying"),
         }
         match shared.log.hold_lease(RELAY_LEASE).await {
-            Ok(true) => lead_round(&posts, &shared).await,
+            Ok(true) => {
+                if tokio::time::timeout(ROUND_DEADLINE, lead_round(&posts, &shared))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the relay round did not finish in time; retrying");
+                }
+            }
             Ok(false) => {} // another pod relays
             Err(e) => {
                 tracing::debug!(error = %e, "Redis unavailable; events wait in the outbox")
@@ -122,7 +139,7 @@ pub(crate) async fn maintain(
             metrics::record_pool("replica", usage);
         }
         if let Some(shared) = posts.shared()
-            && let Ok(waiting) = shared.views.pending().await
+            && let Ok(Ok(waiting)) = tokio::time::timeout(interval, shared.views.pending()).await
         {
             // Counted in Redis, not in this pod's buffer: the gauge shows the shared backlog.
             ::metrics::gauge!(postcache_cache::WRITEBACK_PENDING)
@@ -137,6 +154,7 @@ pub(crate) async fn maintain(
         if let Some(limit) = &limit {
             limit.shrink();
         }
+        metrics::upkeep();
     }
 }
 

@@ -41,7 +41,8 @@ pub struct ServeArgs {
     pub replica_urls: Vec<String>,
 
     /// Replicas further behind the primary than this take no reads, in seconds.
-    #[arg(long, env = "POSTCACHE_MAX_REPLICA_LAG_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "POSTCACHE_MAX_REPLICA_LAG_SECONDS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub max_replica_lag_seconds: u64,
 
     /// Redis (`redis://…` standalone, or a comma-separated list of Cluster nodes with
@@ -61,34 +62,65 @@ pub struct ServeArgs {
 
     /// Longest wait for one Redis reply, in milliseconds; after a failure Redis is skipped
     /// briefly instead of waited for.
-    #[arg(long, env = "POSTCACHE_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    #[arg(long, env = "POSTCACHE_REDIS_TIMEOUT_MS", default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
     /// Lifetime of a post in L2 (Redis), in seconds.
-    #[arg(long, env = "POSTCACHE_L2_TTL_SECONDS", default_value_t = 600)]
+    #[arg(long, env = "POSTCACHE_L2_TTL_SECONDS", default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub l2_ttl_seconds: u64,
 
     /// Lifetime of a feed page in L2, in seconds (generations invalidate it earlier).
-    #[arg(long, env = "POSTCACHE_L2_FEED_TTL_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "POSTCACHE_L2_FEED_TTL_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub l2_feed_ttl_seconds: u64,
 
     /// How long one pod may load a missing post while the others wait for its fill, in
     /// milliseconds (bounds database loads per hot key).
-    #[arg(long, env = "POSTCACHE_FILL_LEASE_MS", default_value_t = 500)]
+    #[arg(long, env = "POSTCACHE_FILL_LEASE_MS", default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub fill_lease_ms: u64,
 
     /// With Redis: the staleness bound Δ, in milliseconds. A pod that has not heard from the event
     /// log for this long stops answering from its memory (serves L2/L3) until it hears again.
-    #[arg(long, env = "POSTCACHE_STALENESS_BOUND_MS", default_value_t = 1000)]
+    #[arg(long, env = "POSTCACHE_STALENESS_BOUND_MS", default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(40..))]
     pub staleness_bound_ms: u64,
 
     /// Most connections to the database.
-    #[arg(long, env = "POSTCACHE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "POSTCACHE_DB_MAX_CONNECTIONS", default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: u32,
 
     /// How long a request waits for a free database connection before it gets 503.
-    #[arg(long, env = "POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub db_acquire_timeout_ms: u64,
+
+    /// PostgreSQL's `statement_timeout` for every session, in milliseconds: a statement a slow
+    /// server has not finished by then is cancelled and the request gets 503 (0: the server's
+    /// setting).
+    #[arg(
+        long,
+        env = "POSTCACHE_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub db_statement_timeout_ms: u64,
+
+    /// How long start-up keeps retrying a PostgreSQL primary that does not answer yet, in
+    /// seconds (0: for ever). Meanwhile `/healthz` answers and `/readyz` says "starting".
+    #[arg(
+        long,
+        env = "POSTCACHE_DB_CONNECT_TIMEOUT_SECONDS",
+        default_value_t = 0
+    )]
+    pub db_connect_timeout_seconds: u64,
+
+    /// Longest time a request (other than the realtime streams) may take, in milliseconds; past
+    /// it the answer is 503 with `Retry-After` (0: no limit).
+    #[arg(long, env = "POSTCACHE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
 
     /// Bearer tokens accepted for writes and admin calls (comma-separated).
     #[arg(
@@ -108,11 +140,18 @@ pub struct ServeArgs {
     pub insecure_no_auth: bool,
 
     /// Most posts (and, separately, feed pages) held in this process's cache.
-    #[arg(long, env = "POSTCACHE_L1_MAX_ENTRIES", default_value_t = 100_000)]
+    #[arg(long, env = "POSTCACHE_L1_MAX_ENTRIES", default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub l1_max_entries: u64,
 
+    /// Most bytes of posts (and, separately, of feed pages) held in this process's cache.
+    #[arg(long, env = "POSTCACHE_L1_MAX_BYTES", default_value_t = 256 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..))]
+    pub l1_max_bytes: u64,
+
     /// Safety-net lifetime of an in-process cache entry, in seconds.
-    #[arg(long, env = "POSTCACHE_L1_TTL_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "POSTCACHE_L1_TTL_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub l1_ttl_seconds: u64,
 
     /// Requests per second per client IP; 0 turns rate limiting off.
@@ -130,11 +169,18 @@ pub struct ServeArgs {
 
     /// Events the in-process event log keeps for subscribers that reconnect (`Last-Event-ID`);
     /// one that was away longer gets a `resync`.
-    #[arg(long, env = "POSTCACHE_EVENTLOG_RETENTION", default_value_t = 10_000)]
+    #[arg(long, env = "POSTCACHE_EVENTLOG_RETENTION", default_value_t = 10_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub eventlog_retention: usize,
 
+    /// Most bytes of events the in-process event log keeps (whichever bound is reached first).
+    #[arg(long, env = "POSTCACHE_EVENTLOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..))]
+    pub eventlog_max_bytes: u64,
+
     /// Events a realtime subscriber may fall behind before it gets a `resync` and is closed.
-    #[arg(long, env = "POSTCACHE_REALTIME_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "POSTCACHE_REALTIME_QUEUE", default_value_t = 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub realtime_queue: usize,
 
     /// Serve realtime streams (`/v1/events`, `/v1/ws`); `false` answers them with 503.
@@ -154,9 +200,55 @@ pub struct ServeArgs {
     )]
     pub realtime_max_connections: usize,
 
+    /// Most WebSocket and SSE connections one client address holds at once; more get 429.
+    #[arg(long, env = "POSTCACHE_REALTIME_MAX_PER_CLIENT", default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub realtime_max_per_client: u32,
+
+    /// A realtime connection is closed after this many seconds (clients resume where they
+    /// were); spreads reconnections across pods after a scale-out (0: no limit).
+    #[arg(
+        long,
+        env = "POSTCACHE_REALTIME_MAX_AGE_SECONDS",
+        default_value_t = 3600
+    )]
+    pub realtime_max_age_seconds: u64,
+
+    /// A realtime client that has not taken one event (or ping) within this many milliseconds is
+    /// disconnected.
+    #[arg(long, env = "POSTCACHE_REALTIME_SEND_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub realtime_send_timeout_ms: u64,
+
+    /// Networks of reverse proxies (CIDR, comma-separated, e.g. `10.0.0.0/8`). Only a peer in
+    /// them is believed about the client's address (`Forwarded`, else `X-Forwarded-For`): rate
+    /// limits and realtime caps then apply per real client, not per proxy.
+    #[arg(long, env = "POSTCACHE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Keys that sign consistency tokens (comma-separated, at least 16 bytes each). The first
+    /// signs; all verify (rotate by putting the new key first). Without any, a key kept in the
+    /// database signs, shared by every process on it.
+    #[arg(
+        long,
+        env = "POSTCACHE_TOKEN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_keys: Vec<String>,
+
+    /// File with more token keys, one per line (e.g. a mounted Secret).
+    #[arg(long, env = "POSTCACHE_TOKEN_KEYS_FILE")]
+    pub token_keys_file: Option<PathBuf>,
+
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, env = "POSTCACHE_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+
+    /// On SIGTERM, how long `/readyz` fails while the process still serves, so that load
+    /// balancers stop sending before the listener closes (Kubernetes: a few seconds).
+    #[arg(long, env = "POSTCACHE_DRAIN_DELAY_SECONDS", default_value_t = 0)]
+    pub drain_delay_seconds: u64,
 
     /// OpenTelemetry collector base URL (OTLP over HTTP, e.g. `http://otel-collector:4318`); spans
     /// are exported to `{url}/v1/traces` when set.
@@ -169,6 +261,32 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Checks what single flags cannot: relations between values.
+    ///
+    /// # Errors
+    /// A message naming the flags that disagree.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return Err("--rate-limit-burst (POSTCACHE_RATE_LIMIT_BURST) must be at least 1 when rate limiting is on".into());
+        }
+        if self.l2_feed_ttl_seconds > self.l2_ttl_seconds {
+            return Err(format!(
+                "--l2-feed-ttl-seconds ({}) must not exceed --l2-ttl-seconds ({})",
+                self.l2_feed_ttl_seconds, self.l2_ttl_seconds
+            ));
+        }
+        if self.redis_cluster && self.redis_url.is_empty() {
+            return Err("--redis-cluster needs --redis-url (POSTCACHE_REDIS_URL)".into());
+        }
+        if self.request_timeout_ms > 0 && self.request_timeout_ms < self.db_acquire_timeout_ms {
+            return Err(format!(
+                "--request-timeout-ms ({}) must be at least --db-acquire-timeout-ms ({}): a request would time out before it could get a connection",
+                self.request_timeout_ms, self.db_acquire_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+
     /// Rate limit as (per second, burst); `None` when turned off.
     pub fn rate_limit(&self) -> Option<(NonZeroU32, NonZeroU32)> {
         let rate = NonZeroU32::new(self.rate_limit_per_second)?;

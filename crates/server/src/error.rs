@@ -28,6 +28,12 @@ impl ApiError {
         }
     }
 
+    /// Replaces the message (the status and code stay).
+    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+        self.message = message.into();
+        self
+    }
+
     /// Names the request field at fault.
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
         self.field = Some(field.into());
@@ -158,7 +164,7 @@ impl From<PostsError> for ApiError {
             } => ApiError::precondition_failed(format!(
                 "the post is at version {actual}, not {expected}"
             )),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable")
             }

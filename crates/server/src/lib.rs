@@ -1,16 +1,18 @@
 //! PostCache's HTTP service: the posts API over the tiers of `postcache-cache`.
 //!
 //! ```text
-//! request ─▶ rate limit ─▶ router ─▶ handler (Authorized? ApiJson?) ─▶ Posts ─▶ L1 / L3
-//!                      └─ metrics (route template, method, status, latency)
+//! request ─▶ client identity ─▶ rate limit ─▶ request timeout ─▶ router ─▶ handler ─▶ Posts
+//!     (trusted proxies)                  (not for streams)      └─ metrics (route, method, status, latency)
 //! ```
 //! [`app`] builds the router (tests drive it in-process); [`serve`] runs it on a socket with the
 //! background flush and a graceful shutdown.
 
 mod auth;
 mod background;
+mod client;
 mod config;
 mod error;
+mod io;
 mod json;
 mod limit;
 mod logging;
@@ -18,15 +20,19 @@ mod metrics;
 mod realtime;
 mod routes;
 mod serve;
+mod tokens;
 mod validate;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use postcache_cache::Posts;
+use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -34,12 +40,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::Auth;
+pub use client::TrustedProxies;
 pub use config::{LogFormat, ServeArgs};
 pub use error::ApiError;
 pub use limit::RateLimit;
 pub use logging::{Telemetry, TelemetryError, init_logging};
 pub use realtime::Realtime;
 pub use serve::{ServeError, serve};
+pub use tokens::TokenKeys;
 
 use routes::{admin, demo, health, posts};
 
@@ -50,8 +58,38 @@ pub struct AppState {
     auth: Auth,
     limit: Option<RateLimit>,
     realtime: Realtime,
+    tokens: TokenKeys,
+    draining: watch::Receiver<bool>,
     metrics: PrometheusHandle,
     openapi: Arc<utoipa::openapi::OpenApi>,
+}
+
+/// How the HTTP layer treats clients, beyond the tiers and auth.
+#[derive(Clone)]
+pub struct Http {
+    /// The per-client rate limit (`None`: off).
+    pub limit: Option<RateLimit>,
+    /// Whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
+    /// Longest time a non-streaming request may take (`None`: no limit).
+    pub request_timeout: Option<Duration>,
+    /// The keys of consistency tokens.
+    pub tokens: TokenKeys,
+    /// Turns true when the process drains (readiness fails).
+    pub draining: watch::Receiver<bool>,
+}
+
+impl Http {
+    /// No limit, no proxies, no timeout, never draining; tokens signed with `tokens`.
+    pub fn new(tokens: TokenKeys) -> Http {
+        Http {
+            limit: None,
+            proxies: TrustedProxies::default(),
+            request_timeout: None,
+            tokens,
+            draining: watch::channel(false).1,
+        }
+    }
 }
 
 impl FromRef<AppState> for Arc<Posts> {
@@ -78,6 +116,28 @@ impl FromRef<AppState> for Realtime {
     }
 }
 
+impl FromRef<AppState> for TokenKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+impl FromRef<AppState> for Draining {
+    fn from_ref(state: &AppState) -> Self {
+        Draining(state.draining.clone())
+    }
+}
+
+/// Whether the process is draining (see [`Http::draining`]).
+#[derive(Clone)]
+pub(crate) struct Draining(watch::Receiver<bool>);
+
+impl Draining {
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 impl FromRef<AppState> for PrometheusHandle {
     fn from_ref(state: &AppState) -> Self {
         state.metrics.clone()
@@ -99,7 +159,7 @@ impl FromRef<AppState> for Arc<utoipa::openapi::OpenApi> {
 struct ApiDoc;
 
 /// The router with every route, its OpenAPI document, and the middleware.
-pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>, realtime: Realtime) -> Router {
+pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(posts::create, posts::list))
         .routes(routes!(posts::get, posts::update, posts::delete))
@@ -118,8 +178,10 @@ pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>, realtime: Re
     let state = AppState {
         posts,
         auth,
-        limit: limit.clone(),
+        limit: http.limit.clone(),
         realtime,
+        tokens: http.tokens,
+        draining: http.draining,
         metrics: metrics::handle(),
         openapi: Arc::new(openapi),
     };
@@ -127,12 +189,41 @@ pub fn app(posts: Arc<Posts>, auth: Auth, limit: Option<RateLimit>, realtime: Re
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(from_fn_with_state(limit, limit::enforce))
+        .layer(from_fn_with_state(http.request_timeout, request_timeout))
+        .layer(from_fn_with_state(http.limit, limit::enforce))
+        .layer(from_fn_with_state(http.proxies, client::identify))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Middleware: a request that is not a realtime stream answers 503 (with `Retry-After`) once it
+/// has run for `timeout`. Its work is dropped: a write that had not committed is rolled back, one
+/// that had stays (the client was not told either way and retries with `If-Match`).
+async fn request_timeout(
+    State(timeout): State<Option<Duration>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(timeout) = timeout else {
+        return next.run(request).await;
+    };
+    if matches!(request.uri().path(), "/v1/events" | "/v1/ws") {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ::metrics::counter!(metrics::REQUEST_TIMEOUTS).increment(1);
+            ApiError::unavailable(format!(
+                "the request did not finish within {} ms",
+                timeout.as_millis()
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// The span of one request: method, path and request id (never headers: they carry tokens).

@@ -1,20 +1,22 @@
 //! Per-client rate limiting (GCRA via `governor`), keyed by the peer's IP address.
 //!
-//! Over the limit a request gets 429 with `Retry-After`. Requests without a peer address (the
-//! in-process router in tests) share one key. Proxies' `X-Forwarded-For` is not trusted.
+//! Over the limit a request gets 429 with `Retry-After`. The key is the [`ClientIp`]: the peer, or
+//! behind trusted proxies the client they forwarded.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::client::ClientIp;
 use crate::error::ApiError;
+use crate::metrics::CLIENT_LIMITED;
 
 /// A keyed limiter shared by all requests.
 #[derive(Clone)]
@@ -57,9 +59,10 @@ pub(crate) async fn enforce(
     {
         let client = request
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip());
+            .get::<ClientIp>()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |client| client.0);
         if let Err(wait) = limit.check(client) {
+            metrics::counter!(CLIENT_LIMITED, "limit" => "rate").increment(1);
             return ApiError::too_many_requests(wait).into_response();
         }
     }

@@ -27,6 +27,12 @@ pub(crate) const REALTIME_EVENTS_SENT: &str = "postcache_realtime_events_sent_to
 pub(crate) const REALTIME_DELIVERY: &str = "postcache_realtime_delivery_seconds";
 /// Closed realtime connections by `reason` (`client`, `lagged`, `idle`, `shutdown`).
 pub(crate) const REALTIME_DISCONNECTS: &str = "postcache_realtime_disconnects_total";
+/// Consistency tokens no key signed (forged, or from a retired key), read as no token.
+pub(crate) const TOKENS_REJECTED: &str = "postcache_tokens_rejected_total";
+/// Requests refused by a per-client limit, by `limit` (`rate`, `realtime`).
+pub(crate) const CLIENT_LIMITED: &str = "postcache_client_limited_total";
+/// Requests that ran past the request timeout (answered 503).
+pub(crate) const REQUEST_TIMEOUTS: &str = "postcache_http_request_timeouts_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -119,6 +125,29 @@ fn describe() {
         REALTIME_DISCONNECTS,
         "Closed realtime connections by reason."
     );
+    describe_counter!(
+        TOKENS_REJECTED,
+        "Consistency tokens no key signed, read as no token."
+    );
+    describe_counter!(
+        CLIENT_LIMITED,
+        "Requests refused by a per-client limit (rate, realtime connections)."
+    );
+    describe_counter!(
+        REQUEST_TIMEOUTS,
+        "Requests answered 503 because they ran past the request timeout."
+    );
+    metrics::counter!(TOKENS_REJECTED).absolute(0);
+    metrics::counter!(REQUEST_TIMEOUTS).absolute(0);
+    for limit in ["rate", "realtime"] {
+        metrics::counter!(CLIENT_LIMITED, "limit" => limit).absolute(0);
+    }
+}
+
+/// Drains the recorder's histogram buffers. The exporter does it on every scrape; nothing scraping
+/// must not mean memory growing with every request, so the maintenance loop calls this too.
+pub(crate) fn upkeep() {
+    handle().run_upkeep();
 }
 
 /// Middleware: counts and times every request under its route template (never raw paths, so ids

@@ -1,28 +1,42 @@
-//! Running the service: start-up checks, the listener, the background flush, graceful shutdown.
+//! Running the service: start-up, the listener, the background tasks, drain and shutdown.
 //!
 //! ```text
-//! SIGTERM/Ctrl-C ─▶ stop accepting ─▶ in-flight requests finish (≤ grace) ─▶ maintenance stops
-//!               ─▶ last flush of views and outbox ─▶ exit
+//! bind ─▶ /healthz 200, /readyz 503 "starting" ─▶ database answers (retried with back-off)
+//!      ─▶ the API on the same socket ─▶ SIGTERM ─▶ /readyz 503 "draining" for the drain delay
+//!      ─▶ stop accepting, streams end ─▶ in-flight requests finish (≤ grace) ─▶ background
+//!         tasks stop ─▶ last flush of views and outbox ─▶ exit
 //! ```
+//! A background task that ends on its own (a panic) stops the process with an error, so the
+//! orchestrator restarts it: it never goes on half-working.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::routing::get;
 use postcache_cache::{
-    EventLog, L1, L1Config, L2, L2Config, Posts, RedisCallError, RedisConfig, RedisConn, RedisLog,
-    Shared, SharedViews, StoreError,
+    EventLog, L1, L1Config, L2, L2Config, PoolConfig, Posts, RedisCallError, RedisConfig,
+    RedisConn, RedisLog, Shared, SharedViews, Store, StoreError,
 };
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::background;
+use crate::client::TrustedProxies;
 use crate::config::ServeArgs;
+use crate::error::ApiError;
+use crate::io::{DeadlineListener, Peer};
 use crate::limit::RateLimit;
 use crate::metrics;
+use crate::tokens::TokenKeys;
 
 /// SSE comments and WebSocket pings this often keep proxies from dropping idle streams.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Longest pause between two attempts to reach the database at start-up.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +46,11 @@ pub enum ServeError {
         "refusing to listen on {0} without API tokens: set POSTCACHE_API_TOKENS or pass --insecure-no-auth"
     )]
     InsecureListen(SocketAddr),
-    /// The tokens file could not be read.
-    #[error("cannot read the API tokens file {path}")]
+    /// Options that contradict each other.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A secrets file could not be read.
+    #[error("cannot read {path}")]
     TokensFile {
         /// The file.
         path: String,
@@ -59,33 +76,70 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("the server failed")]
     Serve(#[source] std::io::Error),
+    /// A background task ended on its own.
+    #[error("the background task `{0}` stopped unexpectedly; exiting so that it is restarted")]
+    Background(&'static str),
 }
 
 /// Runs `postcache serve` until SIGTERM or Ctrl-C.
 ///
 /// # Errors
-/// Start-up failures ([`ServeError`]); a failed last flush is logged, not returned.
+/// Start-up failures ([`ServeError`]) and a background task that died; a failed last flush is
+/// logged, not returned.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let auth = Auth::new(tokens(&args)?);
+    args.validate().map_err(ServeError::Config)?;
+    let auth = Auth::new(secrets(&args.api_tokens, args.api_tokens_file.as_deref())?);
     if !args.listen.ip().is_loopback() && !auth.is_enabled() && !args.insecure_no_auth {
         return Err(ServeError::InsecureListen(args.listen));
     }
+    let configured_keys = secrets(&args.token_keys, args.token_keys_file.as_deref())?;
+    if !configured_keys.is_empty() {
+        TokenKeys::new(&configured_keys).map_err(ServeError::Config)?;
+    }
     // The recorder first: the tiers register their series at zero as they are built.
     let _ = metrics::handle();
-    let store = postcache_cache::connect_with_replicas(
-        &args.database_url,
-        &args.replica_urls,
-        args.db_max_connections,
-        Duration::from_millis(args.db_acquire_timeout_ms),
-        Duration::from_secs(args.max_replica_lag_seconds),
-    )
-    .await
-    .map_err(ServeError::Store)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(
+        drain_tx,
+        stop_tx.clone(),
+        Duration::from_secs(args.drain_delay_seconds),
+    ));
+
+    let socket = std::net::TcpListener::bind(args.listen).map_err(|source| ServeError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    socket.set_nonblocking(true).map_err(ServeError::Serve)?;
+    let local = socket.local_addr().map_err(ServeError::Serve)?;
+    // Until the database answers, the same socket says "alive, not ready".
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting = {
+        let socket = socket.try_clone().map_err(ServeError::Serve)?;
+        let listener = tokio::net::TcpListener::from_std(socket).map_err(ServeError::Serve)?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, starting_router())
+                .with_graceful_shutdown(async {
+                    let _ = started_rx.await;
+                })
+                .await;
+        })
+    };
+    tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache starting on http://{local}/");
+    let Some(store) = connect_store(&args, stop_rx.clone()).await? else {
+        return Ok(()); // stopped while waiting for the database
+    };
+    let tokens = token_keys(configured_keys, store.as_ref()).await?;
+
     let l1 = L1::new(L1Config {
         max_entries: args.l1_max_entries,
+        max_bytes: args.l1_max_bytes,
         ttl: Duration::from_secs(args.l1_ttl_seconds),
     });
-    let log = Arc::new(EventLog::new(args.eventlog_retention, args.realtime_queue));
+    let log = Arc::new(
+        EventLog::new(args.eventlog_retention, args.realtime_queue)
+            .with_max_bytes(args.eventlog_max_bytes),
+    );
     let mut posts = Posts::new(store, l1, log);
     let shared = shared_tiers(&args)?;
     let lone_lock = shared.is_none() && database_kind(&args.database_url) == "postgres";
@@ -103,8 +157,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let realtime = crate::Realtime::new(
+    let mut realtime = crate::Realtime::new(
         Arc::clone(posts.log()),
         if args.realtime_enabled {
             args.realtime_max_connections
@@ -113,80 +166,213 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         HEARTBEAT,
     )
+    .with_client_limit(args.realtime_max_per_client)
     .with_shutdown(stop_rx.clone());
-    let app = crate::app(Arc::clone(&posts), auth, limit.clone(), realtime);
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(ServeError::Serve)?;
-    tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache serving on http://{local}/");
+    if args.realtime_max_age_seconds > 0 {
+        realtime = realtime.with_max_age(Duration::from_secs(args.realtime_max_age_seconds));
+    }
+    let http = crate::Http {
+        limit: limit.clone(),
+        proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+        request_timeout: (args.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.request_timeout_ms)),
+        tokens,
+        draining: drain_rx,
+    };
+    let app = crate::app(Arc::clone(&posts), auth, http, realtime);
 
     let heartbeat =
         Duration::from_millis(args.staleness_bound_ms / 4).max(Duration::from_millis(10));
-    let relay = match shared.clone() {
-        Some(shared) => tokio::spawn(background::relay_to_shared_log(
-            Arc::clone(&posts),
-            shared,
-            heartbeat,
-            stop_rx.clone(),
-        )),
-        None => tokio::spawn(background::relay_outbox(
-            Arc::clone(&posts),
-            stop_rx.clone(),
-        )),
-    };
-    let follower = shared.map(|shared| {
-        let (posts, stop) = (Arc::clone(&posts), stop_rx.clone());
-        tokio::spawn(async move {
-            posts
-                .follow(&shared.log, crate::realtime::stopped(stop))
-                .await
-        })
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    tasks.push(match shared.clone() {
+        Some(shared) => (
+            "relay",
+            tokio::spawn(background::relay_to_shared_log(
+                Arc::clone(&posts),
+                shared,
+                heartbeat,
+                stop_rx.clone(),
+            )),
+        ),
+        None => (
+            "relay",
+            tokio::spawn(background::relay_outbox(
+                Arc::clone(&posts),
+                stop_rx.clone(),
+            )),
+        ),
     });
-    if lone_lock {
-        tokio::spawn(background::stay_alone(
-            Arc::clone(&posts),
-            heartbeat,
-            stop_rx.clone(),
+    if let Some(shared) = shared {
+        let (posts, stop) = (Arc::clone(&posts), stop_rx.clone());
+        tasks.push((
+            "follower",
+            tokio::spawn(async move {
+                posts
+                    .follow(&shared.log, crate::realtime::stopped(stop))
+                    .await
+            }),
         ));
     }
-    let maintenance = tokio::spawn(background::maintain(
-        Arc::clone(&posts),
-        limit,
-        Duration::from_millis(args.views_flush_ms),
-        stop_rx.clone(),
+    if lone_lock {
+        tasks.push((
+            "lone-process check",
+            tokio::spawn(background::stay_alone(
+                Arc::clone(&posts),
+                heartbeat,
+                stop_rx.clone(),
+            )),
+        ));
+    }
+    tasks.push((
+        "maintenance",
+        tokio::spawn(background::maintain(
+            Arc::clone(&posts),
+            limit,
+            Duration::from_millis(args.views_flush_ms),
+            stop_rx.clone(),
+        )),
     ));
-    let replicas = tokio::spawn(background::watch_replicas(
-        Arc::clone(&posts),
-        stop_rx.clone(),
-    ));
-    let server = axum::serve(
+    if posts.store().replica_pool_usage().is_some() {
+        tasks.push((
+            "replica watcher",
+            tokio::spawn(background::watch_replicas(
+                Arc::clone(&posts),
+                stop_rx.clone(),
+            )),
+        ));
+    }
+
+    let _ = started_tx.send(());
+    let _ = starting.await;
+    let listener = tokio::net::TcpListener::from_std(socket).map_err(ServeError::Serve)?;
+    let listener = DeadlineListener::new(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal(stop_tx.clone()));
+        Duration::from_millis(args.realtime_send_timeout_ms),
+    );
+    tracing::info!(addr = %local, "postcache serving on http://{local}/");
+    let mut stopping = stop_rx.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let mut stopping = stop_rx.clone();
+    let died = supervise(&mut tasks, stop_rx.clone());
     let outcome = tokio::select! {
         result = server => result.map_err(ServeError::Serve),
         () = async { let _ = stopping.wait_for(|stop| *stop).await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
             Ok(())
         }
+        name = died => {
+            tracing::error!(task = name, "a background task stopped unexpectedly; shutting down");
+            Err(ServeError::Background(name))
+        }
     };
     let _ = stop_tx.send(true);
-    let _ = maintenance.await;
-    let _ = replicas.await;
-    let _ = relay.await;
-    if let Some(follower) = follower {
-        let _ = follower.await;
+    for (_, task) in tasks {
+        // One that ended was awaited by `supervise` already.
+        if !task.is_finished() {
+            let _ = task.await;
+        }
     }
     final_flush(&posts).await;
     outcome
+}
+
+/// Resolves with the name of the first task that ends before the stop signal (they end only
+/// when stopped, or on a panic); never, while all run.
+async fn supervise(
+    tasks: &mut [(&'static str, JoinHandle<()>)],
+    stop: watch::Receiver<bool>,
+) -> &'static str {
+    let watched = tasks
+        .iter_mut()
+        .map(|(name, task)| {
+            let (name, stop) = (*name, stop.clone());
+            Box::pin(async move {
+                let _ = task.await;
+                if *stop.borrow() {
+                    std::future::pending::<()>().await;
+                }
+                name
+            })
+        })
+        .collect::<Vec<_>>();
+    if watched.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(watched).await.0
+}
+
+/// What the socket answers while the database does not yet: alive, not ready.
+fn starting_router() -> Router {
+    let starting = || async { ApiError::unavailable("starting: waiting for the database") };
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(|| async { metrics::handle().render() }))
+        .fallback(starting)
+}
+
+/// Opens the database, retrying a PostgreSQL primary that does not answer yet with back-off
+/// (a fresh install starts the service before its database). `None` when stopped meanwhile.
+async fn connect_store(
+    args: &ServeArgs,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Arc<dyn Store>>, ServeError> {
+    let pool = PoolConfig {
+        max_connections: args.db_max_connections,
+        acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms),
+        statement_timeout: (args.db_statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.db_statement_timeout_ms)),
+    };
+    let give_up = (args.db_connect_timeout_seconds > 0).then(|| {
+        tokio::time::Instant::now() + Duration::from_secs(args.db_connect_timeout_seconds)
+    });
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = postcache_cache::connect_with_replicas(
+            &args.database_url,
+            &args.replica_urls,
+            &pool,
+            Duration::from_secs(args.max_replica_lag_seconds),
+        )
+        .await;
+        let error = match attempt {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) => e,
+        };
+        let retry = database_kind(&args.database_url) == "postgres"
+            && !matches!(error, StoreError::UnsupportedUrl)
+            && give_up.is_none_or(|at| tokio::time::Instant::now() + backoff < at);
+        if !retry {
+            return Err(ServeError::Store(error));
+        }
+        tracing::warn!(error = %error, source = ?std::error::Error::source(&error), retry_in = ?backoff, "the database does not answer yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stop| *stop) => return Ok(None),
+        }
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+/// The configured keys (the first signs), then the database's own key, which signs when none is
+/// configured: processes sharing a database always share a key.
+async fn token_keys(configured: Vec<String>, store: &dyn Store) -> Result<TokenKeys, ServeError> {
+    let mut keys = configured;
+    match store.token_key().await {
+        Ok(key) => keys.push(key),
+        // Configured keys still sign; without any, nothing could.
+        Err(e) if !keys.is_empty() => {
+            tracing::warn!(error = %e, "cannot read the database's token key; using only the configured ones")
+        }
+        Err(e) => return Err(ServeError::Store(e)),
+    }
+    TokenKeys::new(&keys).map_err(ServeError::Config)
 }
 
 /// L2, the shared event log and the view counters on the configured Redis (`None` without one).
@@ -227,16 +413,21 @@ fn staleness_trust(args: &ServeArgs) -> Duration {
     bound - bound / 4
 }
 
-fn tokens(args: &ServeArgs) -> Result<Vec<String>, ServeError> {
-    let mut tokens = args.api_tokens.clone();
-    if let Some(path) = &args.api_tokens_file {
+/// Secrets given inline and in a file (one per line or comma-separated), blanks dropped.
+fn secrets(inline: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>, ServeError> {
+    let mut secrets: Vec<String> = inline.to_vec();
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ServeError::TokensFile {
             path: path.display().to_string(),
             source,
         })?;
-        tokens.extend(text.split(['\n', ',']).map(str::to_owned));
+        secrets.extend(text.split(['\n', ',']).map(str::to_owned));
     }
-    Ok(tokens)
+    secrets.retain_mut(|s| {
+        *s = s.trim().to_owned();
+        !s.is_empty()
+    });
+    Ok(secrets)
 }
 
 /// Only the scheme: the URL may carry a password.
@@ -248,8 +439,27 @@ fn database_kind(url: &str) -> &'static str {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C and tells every background task.
-async fn shutdown_signal(stop: watch::Sender<bool>) {
+/// On SIGTERM or Ctrl-C: readiness fails at once (`drain`), and after `delay` the listener and
+/// every background task are told to stop. A second signal skips the rest of the delay.
+async fn shutdown_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, delay: Duration) {
+    signal().await;
+    let _ = drain.send(true);
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "draining: readiness fails; still serving until the delay ends"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = signal() => {}
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    let _ = stop.send(true);
+}
+
+/// Resolves on the next SIGTERM or Ctrl-C.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -265,8 +475,6 @@ async fn shutdown_signal(stop: watch::Sender<bool>) {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
-    tracing::info!("shutting down: no new connections; finishing in-flight requests");
-    let _ = stop.send(true);
 }
 
 async fn final_flush(posts: &Posts) {

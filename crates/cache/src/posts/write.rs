@@ -15,6 +15,9 @@ use crate::store::{Committed, OutboxEvent, StoreError, event_payload, kind_name}
 use crate::tags::TagKey;
 use crate::token::ConsistencyToken;
 
+/// Longest a flush of buffered views may take.
+const FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Posts {
     /// Creates a post.
     ///
@@ -163,7 +166,14 @@ impl Posts {
         if batch.is_empty() {
             return Ok(0);
         }
-        let totals = match timed(PRIMARY, self.store.add_views(&batch)).await {
+        // A black-holed primary would hold the flush (and the loop that runs it) for ever. Past
+        // the deadline the transaction is abandoned uncommitted (its connection is dropped), so
+        // the batch is kept for the next flush.
+        let flushed =
+            tokio::time::timeout(FLUSH_DEADLINE, timed(PRIMARY, self.store.add_views(&batch)))
+                .await
+                .unwrap_or(Err(StoreError::Timeout("flushing views")));
+        let totals = match flushed {
             Ok(totals) => totals,
             Err(e) => {
                 self.views.restore(batch);

@@ -114,6 +114,9 @@ pub enum StoreError {
     /// The database cannot be reached, or no connection was free within the acquire timeout.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// A call did not finish within its deadline (a slow or black-holed server).
+    #[error("{0} did not finish in time")]
+    Timeout(&'static str),
     /// A statement failed.
     #[error("{step} failed")]
     Query {
@@ -148,7 +151,7 @@ impl StoreError {
 
     /// True when retrying later may succeed (the caller answers 503).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout(_))
     }
 }
 
@@ -160,7 +163,7 @@ pub fn transient(sqlstate: &str) -> bool {
     sqlstate.starts_with("08")
         || matches!(
             sqlstate,
-            "25006" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300"
+            "25006" | "57014" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300"
         )
 }
 
@@ -306,8 +309,40 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// The key kept in the database (`settings.token_key`, made by the migrations) that signs
+    /// consistency tokens when none is configured: every process on the database shares it.
+    async fn token_key(&self) -> Result<String, StoreError>;
+
     /// Connections (in use, idle, max) of the pool, for metrics.
     fn pool_usage(&self) -> (u32, u32, u32);
+}
+
+/// The shared signing key.
+pub(crate) const TOKEN_KEY: &str = "SELECT value FROM settings WHERE name = 'token_key'";
+
+/// How a process uses its database connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Most connections per pool (the primary, and each replica).
+    pub max_connections: u32,
+    /// How long a call waits for a free connection (or a new one) before it fails as unavailable.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every session: a statement a slow server has not
+    /// finished by then is cancelled and the call fails as unavailable (SQLSTATE 57014). `None`:
+    /// the server's own setting.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// `max_connections` connections, waiting at most `acquire_timeout` for one, with the
+    /// server's own statement timeout.
+    pub fn new(max_connections: u32, acquire_timeout: Duration) -> PoolConfig {
+        PoolConfig {
+            max_connections,
+            acquire_timeout,
+            statement_timeout: None,
+        }
+    }
 }
 
 /// Connects to `url` (`sqlite:` or `postgres:`), runs the migrations (one process at a time), and
@@ -315,19 +350,13 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// # Errors
 /// An unsupported URL, an unreachable database, or a failed migration.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: Duration,
-) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(
-            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
+            SqliteStore::connect(url, pool.max_connections, pool.acquire_timeout).await?,
         ))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(
-            PostgresStore::connect(url, max_connections, acquire_timeout).await?,
-        ))
+        Ok(Arc::new(PostgresStore::connect(url, pool).await?))
     } else {
         Err(StoreError::UnsupportedUrl)
     }
@@ -341,18 +370,17 @@ pub async fn connect(
 pub async fn connect_with_replicas(
     url: &str,
     replica_urls: &[String],
-    max_connections: u32,
-    acquire_timeout: Duration,
+    pool: &PoolConfig,
     max_lag: Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if replica_urls.is_empty() {
-        return connect(url, max_connections, acquire_timeout).await;
+        return connect(url, pool).await;
     }
     if url.starts_with("sqlite:") {
         return Err(StoreError::UnsupportedUrl);
     }
-    let replicas = Replicas::new(replica_urls, max_connections, acquire_timeout, max_lag)?;
-    let store = PostgresStore::connect(url, max_connections, acquire_timeout).await?;
+    let replicas = Replicas::new(replica_urls, pool, max_lag)?;
+    let store = PostgresStore::connect(url, pool).await?;
     Ok(Arc::new(store.with_replicas(replicas)))
 }
 

@@ -2,7 +2,6 @@
 //! caller needs (see [`Replicas`]), else on the primary.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use postcache_api::EventType;
@@ -12,8 +11,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, Edit, OutboxEvent, PostRow, ReadAt, Replicas, Store, StoreError, event_payload,
-    kind_name, tags_json,
+    Committed, Edit, OutboxEvent, PoolConfig, PostRow, ReadAt, Replicas, Store, StoreError,
+    event_payload, kind_name, tags_json,
 };
 use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
 use crate::stats::timed;
@@ -45,6 +44,30 @@ pub mod sql {
         "UPDATE posts SET views = views + $2 WHERE id = $1 AND NOT deleted RETURNING views";
 }
 
+/// The pool settings of `config` (shared by the primary and the replicas).
+pub(crate) fn pool_options(config: &PoolConfig) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+}
+
+/// Session settings: the application name and, when set, the statement timeout (sent at connect
+/// time, so it holds from the first statement on).
+pub(crate) fn session_options(
+    options: PgConnectOptions,
+    application: &str,
+    config: &PoolConfig,
+) -> PgConnectOptions {
+    let options = options.application_name(application);
+    match config.statement_timeout {
+        Some(timeout) => options.options([(
+            "statement_timeout",
+            format!("{}ms", timeout.as_millis().max(1)),
+        )]),
+        None => options,
+    }
+}
+
 /// [`Store`] on a PostgreSQL primary.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -63,18 +86,12 @@ impl PostgresStore {
     ///
     /// # Errors
     /// Unreachable database, bad URL, failed migration.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(StoreError::query("parse the database URL"))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
-            .connect_with(options.application_name("postcache"))
+        let pool = pool_options(config)
+            .connect_with(session_options(options, "postcache", config))
             .await
             .map_err(StoreError::query("connect to PostgreSQL"))?;
         sqlx::migrate!("migrations/postgres")
@@ -517,6 +534,13 @@ impl Store for PostgresStore {
         .await
         .map_err(StoreError::query("prune the outbox"))?;
         Ok(())
+    }
+
+    async fn token_key(&self) -> Result<String, StoreError> {
+        sqlx::query_scalar(super::TOKEN_KEY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::query("read the token key"))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

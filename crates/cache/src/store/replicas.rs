@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::stats::set_degraded;
-use crate::store::StoreError;
+use crate::store::postgres::{pool_options, session_options};
+use crate::store::{PoolConfig, StoreError};
 
 /// Metric name: how far each replica's replay is behind the primary.
 pub const REPLICA_LAG: &str = "postcache_db_replica_lag_seconds";
@@ -91,8 +92,7 @@ impl Replicas {
     /// A malformed URL.
     pub fn new(
         urls: &[String],
-        max_connections: u32,
-        acquire_timeout: Duration,
+        config: &PoolConfig,
         max_lag: Duration,
     ) -> Result<Replicas, StoreError> {
         let members = urls
@@ -107,10 +107,11 @@ impl Replicas {
                     options.get_port(),
                     options.get_database().unwrap_or_default()
                 );
-                let pool = PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(acquire_timeout)
-                    .connect_lazy_with(options.application_name("postcache-replica"));
+                let pool = pool_options(config).connect_lazy_with(session_options(
+                    options,
+                    "postcache-replica",
+                    config,
+                ));
                 Ok(Member {
                     name,
                     pool,

@@ -355,6 +355,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn token_key(&self) -> Result<String, StoreError> {
+        sqlx::query_scalar(super::TOKEN_KEY)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(StoreError::query("read the token key"))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)

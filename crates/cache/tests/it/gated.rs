@@ -90,6 +90,9 @@ impl Store for Gated {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    async fn token_key(&self) -> Result<String, StoreError> {
+        self.inner.token_key().await
+    }
     fn pool_usage(&self) -> (u32, u32, u32) {
         self.inner.pool_usage()
     }

@@ -14,7 +14,7 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postcache_cache::{NewPost, PostgresStore, SqliteStore, Store};
+use postcache_cache::{NewPost, PoolConfig, PostgresStore, SqliteStore, Store};
 use postcache_testkit::Postgres;
 
 /// A fresh SQLite store in a temp dir (kept alive by the returned guard).
@@ -31,9 +31,12 @@ pub async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 pub async fn postgres() -> PostgresStore {
     let pg = Postgres::shared();
     let db = pg.create_database();
-    PostgresStore::connect(&pg.primary_url(&db), 8, Duration::from_secs(5))
-        .await
-        .unwrap()
+    PostgresStore::connect(
+        &pg.primary_url(&db),
+        &PoolConfig::new(8, Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
 }
 
 /// A valid new post.

@@ -16,6 +16,7 @@ fn log() -> Arc<EventLog> {
 fn l1() -> L1 {
     L1::new(L1Config {
         max_entries: 1000,
+        max_bytes: 1 << 30,
         ttl: Duration::from_secs(60),
     })
 }

@@ -136,6 +136,7 @@ fn pod(store: Arc<dyn Store>, redis: &Redis) -> (Posts, Shared) {
         store,
         L1::new(L1Config {
             max_entries: 100,
+            max_bytes: 1 << 30,
             ttl: Duration::from_secs(60),
         }),
         Arc::new(EventLog::new(100, 16)),

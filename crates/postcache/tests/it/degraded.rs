@@ -8,11 +8,19 @@ use postcache_testkit::Postgres;
 
 use crate::tiers::{Pods, ReplicatedStack, Stack};
 
-/// `token` with its log position dropped: the form a write gets when Redis failed, which only L3
-/// (a replica that replayed the LSN, else the primary) may answer.
+/// The key the pods of these tests sign tokens with (so that a test can make one).
+const TOKEN_KEY: &str = "the degraded-mode tests' token key";
+
+/// `token` with its log position dropped, signed again: the form a write gets when Redis failed,
+/// which only L3 (a replica that replayed the LSN, else the primary) may answer.
 fn without_position(token: &str) -> String {
-    let (_, lsn) = token.rsplit_once('.').unwrap();
-    format!("0-0.{lsn}")
+    let (payload, _signature) = token.rsplit_once('.').unwrap();
+    let token = postcache_cache::ConsistencyToken::parse(payload).unwrap();
+    let keys = postcache_server::TokenKeys::new(&[TOKEN_KEY]).unwrap();
+    keys.sign(postcache_cache::ConsistencyToken {
+        position: postcache_cache::Position::ZERO,
+        ..token
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,6 +36,7 @@ async fn replica_faults_move_reads_and_a_dead_primary_fails_writes_fast() {
             ("POSTCACHE_MAX_REPLICA_LAG_SECONDS", "1"),
             ("POSTCACHE_DB_ACQUIRE_TIMEOUT_MS", "1000"),
             ("POSTCACHE_VIEWS_FLUSH_MS", "200"),
+            ("POSTCACHE_TOKEN_KEYS", TOKEN_KEY),
         ],
     );
     let replica_flag = "postcache_degraded{component=\"replica\"}";

@@ -10,6 +10,7 @@ mod check;
 mod degraded;
 mod faults;
 mod footprint;
+mod hardening;
 mod monitoring;
 mod nemesis;
 mod operator;
@@ -70,8 +71,9 @@ pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Served {
     Served(command.spawn().unwrap())
 }
 
+/// Waits until the server at `base` is ready (`/readyz`: the database answers).
 pub fn wait_healthy(base: &str, child: &mut Child) {
-    let url = format!("{base}/healthz");
+    let url = format!("{base}/readyz");
     let result = poll(Duration::from_secs(30), || {
         if let Ok(Some(status)) = child.try_wait() {
             return Ok(Err(format!("exited early with {status}")));

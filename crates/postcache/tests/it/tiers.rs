@@ -40,6 +40,11 @@ impl Pods {
         &self.pods[i % self.pods.len()].1
     }
 
+    /// Pod `i`'s process.
+    pub(crate) fn child(&mut self, i: usize) -> &mut std::process::Child {
+        &mut self.pods[i].0
+    }
+
     /// Pod `i`'s process id (for SIGSTOP/SIGCONT).
     pub(crate) fn pid(&self, i: usize) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.pods[i].0.id() as i32)
@@ -105,17 +110,7 @@ impl Pods {
 
     /// The value of `name{labels}` in pod `i`'s /metrics.
     pub(crate) async fn metric(&self, i: usize, series: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base(i)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        scrape(&self.http, self.base(i), series).await
     }
 
     /// Waits until `series` is `value` on pod `i`.
@@ -134,6 +129,20 @@ impl Pods {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The value of `name{labels}` in the /metrics of the server at `base`.
+pub(crate) async fn scrape(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// `n` pods on a fresh database of the shared PostgreSQL and a Redis of their own, with `env`.

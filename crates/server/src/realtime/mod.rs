@@ -5,13 +5,17 @@
 //!                              ├─▶ SSE: `id:` = position, `data:` = event JSON, comment heartbeats
 //!                              └─▶ WebSocket: text frames, pings, idle close
 //! ```
-//! Every connection holds a permit of the per-process limit and a metrics guard; a slow consumer
-//! only ever lags its own bounded queue (the broadcast never waits for it).
+//! Every connection holds a permit of the per-process limit, a slot of its client's limit and a
+//! metrics guard; a slow consumer only ever lags its own bounded queue (the broadcast never waits
+//! for it), and one that takes nothing at all meets the listener's write deadline. Connections
+//! end after a maximum age (clients resume where they were), so a scale-out spreads them.
 
 mod routes;
 mod subscription;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postcache_cache::EventLog;
@@ -20,15 +24,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 pub(crate) use routes::{__path_events, __path_ws, events, ws};
 
 use crate::error::ApiError;
-use crate::metrics::{REALTIME_CONNECTIONS, REALTIME_DISCONNECTS};
+use crate::metrics::{CLIENT_LIMITED, REALTIME_CONNECTIONS, REALTIME_DISCONNECTS};
 
 /// What the realtime routes share.
 #[derive(Clone)]
 pub struct Realtime {
     log: Arc<EventLog>,
     permits: Arc<Semaphore>,
+    clients: Arc<ClientSlots>,
     heartbeat: Duration,
+    max_age: Option<Duration>,
     stop: watch::Receiver<bool>,
+}
+
+/// Open connections per client address.
+#[derive(Debug)]
+struct ClientSlots {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Realtime {
@@ -40,9 +53,30 @@ impl Realtime {
         Realtime {
             log,
             permits: Arc::new(Semaphore::new(max_connections)),
+            clients: Arc::new(ClientSlots {
+                max: u32::MAX,
+                open: Mutex::new(HashMap::new()),
+            }),
             heartbeat,
+            max_age: None,
             stop,
         }
+    }
+
+    /// At most `max` connections per client address (more get 429).
+    pub fn with_client_limit(mut self, max: u32) -> Realtime {
+        self.clients = Arc::new(ClientSlots {
+            max,
+            open: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// Connections end after `max_age` (SSE ends the stream, WebSocket closes with 1001); the
+    /// client resumes from its last event id.
+    pub fn with_max_age(mut self, max_age: Duration) -> Realtime {
+        self.max_age = Some(max_age);
+        self
     }
 
     /// Ends every stream (SSE end, WebSocket close) when `stop` turns true, so that a graceful
@@ -52,23 +86,47 @@ impl Realtime {
         self
     }
 
-    fn admit(&self, transport: &'static str) -> Result<Connection, ApiError> {
+    fn admit(&self, transport: &'static str, client: IpAddr) -> Result<Connection, ApiError> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             ApiError::unavailable("this pod serves its maximum of realtime connections")
         })?;
+        {
+            let mut open = self.clients.open.lock().unwrap_or_else(|p| p.into_inner());
+            let count = open.entry(client).or_insert(0);
+            if *count >= self.clients.max {
+                metrics::counter!(CLIENT_LIMITED, "limit" => "realtime").increment(1);
+                return Err(
+                    ApiError::too_many_requests(Duration::from_secs(5)).with_message(format!(
+                        "this address holds its maximum of {} realtime connections",
+                        self.clients.max
+                    )),
+                );
+            }
+            *count += 1;
+        }
         metrics::gauge!(REALTIME_CONNECTIONS, "transport" => transport).increment(1.0);
         Ok(Connection {
             transport,
             _permit: permit,
+            client,
+            clients: Arc::clone(&self.clients),
             reason: "client",
         })
     }
+
+    /// When a connection admitted now must end (`None`: never).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.max_age.map(|age| tokio::time::Instant::now() + age)
+    }
 }
 
-/// One admitted connection: holds its permit and keeps the connection gauge right.
+/// One admitted connection: holds its permit and client slot, and keeps the connection gauge
+/// right.
 pub(crate) struct Connection {
     transport: &'static str,
     _permit: OwnedSemaphorePermit,
+    client: IpAddr,
+    clients: Arc<ClientSlots>,
     reason: &'static str,
 }
 
@@ -81,8 +139,25 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        {
+            let mut open = self.clients.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = open.get_mut(&self.client) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&self.client);
+                }
+            }
+        }
         metrics::gauge!(REALTIME_CONNECTIONS, "transport" => self.transport).decrement(1.0);
         metrics::counter!(REALTIME_DISCONNECTS, "reason" => self.reason).increment(1);
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+pub(crate) async fn aged(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

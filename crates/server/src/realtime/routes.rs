@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,8 @@ use postcache_cache::Position;
 use time::OffsetDateTime;
 
 use super::subscription::{Outgoing, Subscription, parse_topics};
-use super::{Connection, Realtime, stopped};
+use super::{Connection, Realtime, aged, stopped};
+use crate::client::ClientIp;
 use crate::error::ApiError;
 use crate::metrics::{REALTIME_DELIVERY, REALTIME_EVENTS_SENT};
 
@@ -32,6 +33,7 @@ const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn events(
     State(realtime): State<Realtime>,
+    client: Option<Extension<ClientIp>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -42,15 +44,20 @@ pub(crate) async fn events(
         .and_then(|v| v.to_str().ok())
         .or(params.get("since").map(String::as_str))
         .map(Position::parse);
-    let connection = realtime.admit("sse")?;
+    let connection = realtime.admit("sse", client_ip(client))?;
     let subscription = Subscription::open(&realtime.log, topics, since);
+    let deadline = realtime.deadline();
     let stream = futures_util::stream::unfold(
         (subscription, connection, realtime.stop.clone()),
-        |(mut sub, mut conn, stop)| async move {
+        move |(mut sub, mut conn, stop)| async move {
             let out = tokio::select! {
                 out = sub.next() => out?,
                 () = stopped(stop.clone()) => {
                     conn.ends_because("shutdown");
+                    return None;
+                }
+                () = aged(deadline) => {
+                    conn.ends_because("age");
                     return None;
                 }
             };
@@ -78,6 +85,7 @@ pub(crate) async fn events(
         (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn ws(
     State(realtime): State<Realtime>,
+    client: Option<Extension<ClientIp>>,
     Query(params): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -90,16 +98,26 @@ pub(crate) async fn ws(
     let topics = parse_topics(params.get("topics").map(String::as_str))
         .map_err(|m| ApiError::bad_request("topics", m))?;
     let since = params.get("since").map(|s| Position::parse(s));
-    let connection = realtime.admit("ws")?;
+    let connection = realtime.admit("ws", client_ip(client))?;
     let subscription = Subscription::open(&realtime.log, topics, since);
-    let (heartbeat, stop) = (realtime.heartbeat, realtime.stop.clone());
+    let (heartbeat, stop, deadline) = (
+        realtime.heartbeat,
+        realtime.stop.clone(),
+        realtime.deadline(),
+    );
     // Small buffers: an idle connection must stay cheap.
     let upgrade = upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .max_message_size(MAX_CLIENT_MESSAGE);
-    Ok(upgrade
-        .on_upgrade(move |socket| stream_ws(socket, subscription, connection, heartbeat, stop)))
+    Ok(upgrade.on_upgrade(move |socket| {
+        stream_ws(socket, subscription, connection, heartbeat, stop, deadline)
+    }))
+}
+
+fn client_ip(client: Option<Extension<ClientIp>>) -> std::net::IpAddr {
+    client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0)
 }
 
 async fn stream_ws(
@@ -108,6 +126,7 @@ async fn stream_ws(
     mut conn: Connection,
     heartbeat: std::time::Duration,
     stop: tokio::sync::watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
 ) {
     let (mut tx, mut rx) = socket.split();
     let mut ping = tokio::time::interval(heartbeat);
@@ -141,6 +160,15 @@ async fn stream_ws(
             () = stopped(stop.clone()) => {
                 conn.ends_because("shutdown");
                 let _ = tx.send(Message::Close(None)).await;
+                break;
+            }
+            () = aged(deadline) => {
+                conn.ends_because("age");
+                let close = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "maximum connection age; resume with since".into(),
+                };
+                let _ = tx.send(Message::Close(Some(close))).await;
                 break;
             }
             message = rx.next() => match message {

@@ -12,6 +12,7 @@ use postcache_api::ErrorBody;
 use postcache_cache::Posts;
 use serde_json::{Value, json};
 
+use crate::Draining;
 use crate::error::ApiError;
 
 /// How long readiness waits for the primary (under the kubelet's default probe timeout, 1 s).
@@ -26,11 +27,20 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// The pod can serve reads: the primary answers, or (degraded: writes fail fast with 503) a read
 /// replica does. Readiness fails only when no tier can answer (DESIGN §7): a primary that is down
 /// or slow must not take every pod out of its Service and turn a degraded read path into an
-/// outage. (Caches being down is a degraded mode, not unready.)
+/// outage. (Caches being down is a degraded mode, not unready.) A draining process (SIGTERM) is
+/// not ready, so load balancers stop sending before its listener closes.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready (`status`: `ready`, or `degraded` when only replicas answer)"),
         (status = 503, body = ErrorBody)))]
-pub(crate) async fn readyz(State(posts): State<Arc<Posts>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn readyz(
+    State(posts): State<Arc<Posts>>,
+    State(draining): State<Draining>,
+) -> Result<Json<Value>, ApiError> {
+    if draining.is_draining() {
+        return Err(ApiError::unavailable(
+            "draining: this process is shutting down",
+        ));
+    }
     let primary = match tokio::time::timeout(READY_TIMEOUT, posts.store().ping()).await {
         Ok(Ok(())) => return Ok(Json(json!({"status": "ready"}))),
         Ok(Err(e)) => format!("the primary does not answer: {e}"),

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use postcache_api::{ErrorBody, FeedPage, Post};
 use postcache_cache::{ConsistencyToken, Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
 
-use super::response::{TIER_HEADER, add_token, etag_versions, post_headers, read_token};
+use super::response::{ReadToken, TIER_HEADER, add_token, etag_versions, post_headers, read_token};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::json::ApiJson;
+use crate::tokens::TokenKeys;
 use crate::validate::{self, CreatePost, UpdatePost};
 
 const DEFAULT_LIMIT: u16 = 20;
@@ -28,12 +29,13 @@ const MAX_LIMIT: u16 = 100;
 pub(crate) async fn create(
     _: Authorized,
     State(posts): State<Arc<Posts>>,
+    State(keys): State<TokenKeys>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreatePost>,
 ) -> Result<Response, ApiError> {
     let written = posts.create(body.validate()?).await?;
-    let token = client_token(&posts, &headers, &written);
-    let mut response = written_response(StatusCode::CREATED, &written, token);
+    let token = client_token(&posts, &keys, &headers, &written);
+    let mut response = written_response(StatusCode::CREATED, &written, &keys, token);
     let location = format!("/v1/posts/{}", written.entry.id);
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -51,9 +53,9 @@ pub(crate) async fn create(
 pub(crate) async fn get(
     State(posts): State<Arc<Posts>>,
     Path(id): Path<String>,
+    ReadToken(token): ReadToken,
     request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = read_token(&request_headers)?;
     let read = posts.get(id_param(&id)?, token.as_ref()).await?;
     if read.entry.post.is_none() {
         return Err(ApiError::not_found(format!("post {id} does not exist")));
@@ -80,6 +82,7 @@ pub(crate) async fn get(
 pub(crate) async fn update(
     _: Authorized,
     State(posts): State<Arc<Posts>>,
+    State(keys): State<TokenKeys>,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<UpdatePost>,
@@ -87,8 +90,8 @@ pub(crate) async fn update(
     let id = id_param(&id)?;
     let expected = if_match(&headers)?;
     let written = posts.update(id, body.validate()?, expected).await?;
-    let token = client_token(&posts, &headers, &written);
-    Ok(written_response(StatusCode::OK, &written, token))
+    let token = client_token(&posts, &keys, &headers, &written);
+    Ok(written_response(StatusCode::OK, &written, &keys, token))
 }
 
 /// Delete a post; later reads answer 404.
@@ -101,13 +104,15 @@ pub(crate) async fn update(
 pub(crate) async fn delete(
     _: Authorized,
     State(posts): State<Arc<Posts>>,
+    State(keys): State<TokenKeys>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = id_param(&id)?;
     let written = posts.delete(id, if_match(&headers)?).await?;
     let mut out = HeaderMap::new();
-    add_token(&mut out, client_token(&posts, &headers, &written));
+    let token = client_token(&posts, &keys, &headers, &written);
+    add_token(&mut out, &keys, token);
     Ok((StatusCode::NO_CONTENT, out).into_response())
 }
 
@@ -121,11 +126,10 @@ pub(crate) async fn delete(
     responses((status = 200, body = FeedPage), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list(
     State(posts): State<Arc<Posts>>,
-    request_headers: HeaderMap,
+    ReadToken(token): ReadToken,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let token = read_token(&request_headers)?;
     let page = posts.feed(feed_query(pairs)?, token.as_ref()).await?;
     let mut body =
         Vec::with_capacity(page.posts.iter().map(|p| p.json.len() + 1).sum::<usize>() + 64);
@@ -171,13 +175,23 @@ pub(crate) async fn count_view(
 /// The token a write answers with: the write's, merged with the one the client sent (header or
 /// cookie), so that a client's token always covers all its writes (see `Posts::merge_token`). A
 /// malformed token sent with a write is ignored: the write stands on its own.
-fn client_token(posts: &Posts, headers: &HeaderMap, written: &Written) -> ConsistencyToken {
-    posts.merge_token(read_token(headers).ok().flatten(), written.token)
+fn client_token(
+    posts: &Posts,
+    keys: &TokenKeys,
+    headers: &HeaderMap,
+    written: &Written,
+) -> ConsistencyToken {
+    posts.merge_token(read_token(headers, keys).ok().flatten(), written.token)
 }
 
-fn written_response(status: StatusCode, written: &Written, token: ConsistencyToken) -> Response {
+fn written_response(
+    status: StatusCode,
+    written: &Written,
+    keys: &TokenKeys,
+    token: ConsistencyToken,
+) -> Response {
     let mut headers = post_headers(&written.entry, None);
-    add_token(&mut headers, token);
+    add_token(&mut headers, keys, token);
     (status, headers, written.entry.json.clone()).into_response()
 }
 

@@ -1,9 +1,12 @@
 //! Response pieces shared by the post routes: ETags, cache headers, consistency tokens.
 
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use postcache_cache::{CachedPost, ConsistencyToken, Tier};
 
 use crate::error::ApiError;
+use crate::tokens::TokenKeys;
 
 /// Header carrying the tier that served a read.
 pub(crate) const TIER_HEADER: &str = "x-postcache-tier";
@@ -11,6 +14,20 @@ pub(crate) const TIER_HEADER: &str = "x-postcache-tier";
 pub(crate) const TOKEN_HEADER: &str = "x-postcache-token";
 /// Cookie carrying the same token, for clients that do not keep headers.
 pub(crate) const TOKEN_COOKIE: &str = "pc_token";
+
+/// The verified consistency token of a read (see [`read_token`]).
+pub(crate) struct ReadToken(pub Option<ConsistencyToken>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadToken
+where
+    TokenKeys: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        read_token(&parts.headers, &TokenKeys::from_ref(state)).map(ReadToken)
+    }
+}
 
 /// `"<version>"`.
 pub(crate) fn etag(version: i64) -> HeaderValue {
@@ -55,8 +72,8 @@ pub(crate) fn post_headers(entry: &CachedPost, tier: Option<Tier>) -> HeaderMap 
 }
 
 /// Adds the write's token as a header and a cookie.
-pub(crate) fn add_token(headers: &mut HeaderMap, token: ConsistencyToken) {
-    let token = token.to_string();
+pub(crate) fn add_token(headers: &mut HeaderMap, keys: &TokenKeys, token: ConsistencyToken) {
+    let token = keys.sign(token);
     if let Ok(value) = HeaderValue::from_str(&token) {
         headers.insert(TOKEN_HEADER, value);
     }
@@ -68,17 +85,19 @@ pub(crate) fn add_token(headers: &mut HeaderMap, token: ConsistencyToken) {
 
 /// The consistency token a read carries: the `X-PostCache-Token` header, else the `pc_token`
 /// cookie. A malformed header is a 400; a malformed cookie (e.g. left by an older version) is
-/// ignored.
+/// ignored; a well-formed token no key signed is read as no token.
 ///
 /// # Errors
 /// A header that is not a token.
-pub(crate) fn read_token(headers: &HeaderMap) -> Result<Option<ConsistencyToken>, ApiError> {
+pub(crate) fn read_token(
+    headers: &HeaderMap,
+    keys: &TokenKeys,
+) -> Result<Option<ConsistencyToken>, ApiError> {
     if let Some(value) = headers.get(TOKEN_HEADER) {
         return value
             .to_str()
             .ok()
-            .and_then(ConsistencyToken::parse)
-            .map(Some)
+            .and_then(|text| keys.verify(text).ok())
             .ok_or_else(|| {
                 ApiError::bad_request(
                     TOKEN_HEADER,
@@ -93,7 +112,7 @@ pub(crate) fn read_token(headers: &HeaderMap) -> Result<Option<ConsistencyToken>
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == TOKEN_COOKIE)
-        .and_then(|(_, value)| ConsistencyToken::parse(value));
+        .and_then(|(_, value)| keys.verify(value).ok().flatten());
     Ok(cookie)
 }
 

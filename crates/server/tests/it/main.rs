@@ -17,8 +17,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use bytes::Bytes;
-use postcache_cache::{EventLog, L1, L1Config, Posts, Store};
-use postcache_server::{Auth, RateLimit, Realtime, app};
+use postcache_cache::{EventLog, L1, L1Config, PoolConfig, Posts, Store};
+use postcache_server::{Auth, Http, RateLimit, Realtime, TokenKeys, app};
 use postcache_testkit::Postgres;
 use tower::ServiceExt;
 
@@ -156,9 +156,10 @@ impl TestApp {
                 (pg.primary_url(&pg.create_database()), None)
             }
         };
-        let store: Arc<dyn Store> = postcache_cache::connect(&url, 8, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let store: Arc<dyn Store> =
+            postcache_cache::connect(&url, &PoolConfig::new(8, Duration::from_secs(5)))
+                .await
+                .unwrap();
         let db = match backend {
             Backend::Sqlite => Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap()),
             Backend::Postgres => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
@@ -166,11 +167,16 @@ impl TestApp {
         let log = Arc::new(EventLog::new(retention, lag));
         let l1 = L1::new(L1Config {
             max_entries: 10_000,
+            max_bytes: 1 << 30,
             ttl: Duration::from_secs(60),
         });
         let posts = Arc::new(Posts::new(store, l1, Arc::clone(&log)));
         let realtime = Realtime::new(log, max_connections, Duration::from_millis(200));
-        let router = app(Arc::clone(&posts), auth, limit, realtime);
+        let http = Http {
+            limit,
+            ..Http::new(TokenKeys::new(&["the integration tests' token key"]).unwrap())
+        };
+        let router = app(Arc::clone(&posts), auth, http, realtime);
         let addr = match transport {
             Transport::InProcess => None,
             Transport::Socket => {
