@@ -15,7 +15,7 @@ pub enum LogFormat {
 
 /// Options of `postcache serve`. With none set it runs the embedded default: SQLite file
 /// `./postcache.db` on 127.0.0.1:8080.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on. Anything but loopback requires API tokens (or --insecure-no-auth).
     #[arg(long, env = "POSTCACHE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -260,6 +260,23 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// Shows where the service listens and which kinds of backends it uses; never URLs (they carry
+/// passwords), tokens or keys.
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = |url: &str| url.split(':').next().unwrap_or_default().to_owned();
+        f.debug_struct("ServeArgs")
+            .field("listen", &self.listen)
+            .field("database", &scheme(&self.database_url))
+            .field("replicas", &self.replica_urls.len())
+            .field("redis_nodes", &self.redis_url.len())
+            .field("redis_cluster", &self.redis_cluster)
+            .field("api_tokens", &self.api_tokens.len())
+            .field("token_keys", &self.token_keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServeArgs {
     /// Checks what single flags cannot: relations between values.
     ///
@@ -291,5 +308,38 @@ impl ServeArgs {
     pub fn rate_limit(&self) -> Option<(NonZeroU32, NonZeroU32)> {
         let rate = NonZeroU32::new(self.rate_limit_per_second)?;
         Some((rate, NonZeroU32::new(self.rate_limit_burst).unwrap_or(rate)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let cli = Cli::parse_from([
+            "postcache",
+            "--database-url",
+            "postgres://app:hunter2@db/posts",
+            "--redis-url",
+            "redis://:redispass@cache:6379",
+            "--api-tokens",
+            "tok-secret",
+            "--token-keys",
+            "key-secret-0123456789",
+        ]);
+        let shown = format!("{:?}", cli.serve);
+        for secret in ["hunter2", "redispass", "tok-secret", "key-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres"), "{shown}");
     }
 }

@@ -25,6 +25,8 @@ async fn an_idle_websocket_costs_a_few_kib() {
     let env = [
         ("POSTCACHE_LISTEN", listen.as_str()),
         ("POSTCACHE_RATE_LIMIT_PER_SECOND", "0"),
+        // Every socket comes from loopback: one client, as far as the per-client cap knows.
+        ("POSTCACHE_REALTIME_MAX_PER_CLIENT", "10000"),
     ];
     let mut child = serve(dir.path(), &env);
     wait_healthy(&format!("http://{listen}"), &mut child);
