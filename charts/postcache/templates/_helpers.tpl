@@ -52,8 +52,12 @@ kinds it does not manage. A ClusterRole when it watches every namespace, a Role 
   resources: [postcaches/finalizers]
   verbs: [update]
 - apiGroups: [""]
-  resources: [services, secrets, configmaps, serviceaccounts]
+  resources: [services, configmaps, serviceaccounts]
   verbs: [get, list, watch, create, patch, delete]
+# Generated credentials: read by name, created once by server-side apply, never listed or pruned.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [get, list, watch, create, patch, delete]
@@ -78,7 +82,4 @@ kinds it does not manage. A ClusterRole when it watches every namespace, a Role 
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
 {{- end -}}

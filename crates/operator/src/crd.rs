@@ -5,6 +5,7 @@
 //! its field, so the apiserver rejects a bad spec before the operator ever sees it.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -85,6 +86,7 @@ pub enum RedisMode {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'Cluster' || self.shards >= 3").message("Cluster mode needs shards >= 3").field_path(".shards"))]
 #[x_kube(validation = Rule::new("self.mode != 'External' || has(self.external)").message("External mode needs external.urlSecretRef").field_path(".external"))]
+#[x_kube(validation = Rule::new("!has(self.maxMemory) || (isQuantity(string(self.maxMemory)) && quantity(string(self.maxMemory)).compareTo(quantity('1Mi')) >= 0)").message("maxMemory must be a quantity of at least 1Mi").field_path(".maxMemory"))]
 pub struct RedisSpec {
     /// `Cluster`, `Standalone` or `External`.
     #[serde(default)]
@@ -103,9 +105,21 @@ pub struct RedisSpec {
     /// Persistent volume of each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
-    /// CPU and memory of each node.
+    /// CPU and memory of each node (default: requests `cpu: 100m`, `memory: 512Mi`, limit
+    /// `memory: 512Mi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Redis's `maxmemory`, at least `1Mi` (default: 80 % of the memory limit in `resources`,
+    /// leaving room for buffers and the fork of a rewrite; none without a memory limit). At the
+    /// bound writes are refused or keys with a TTL evicted, as `maxMemoryPolicy` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<Quantity>,
+    /// Redis's `maxmemory-policy`: `noeviction` (the default; at the bound Redis refuses writes
+    /// and PostCache runs degraded, as with Redis down) or a `volatile-*` policy, which evicts only
+    /// keys with a TTL. Policies that may evict any key are refused: the event stream, version floors
+    /// and generations have no TTL and must outlive the cached values they guard.
+    #[serde(default)]
+    pub max_memory_policy: MaxMemoryPolicy,
     /// The existing Redis of External mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalRedis>,
@@ -120,7 +134,43 @@ impl Default for RedisSpec {
             image: None,
             storage: None,
             resources: None,
+            max_memory: None,
+            max_memory_policy: MaxMemoryPolicy::default(),
             external: None,
+        }
+    }
+}
+
+/// Redis's `maxmemory-policy`, restricted to the policies that never evict a key without a TTL.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MaxMemoryPolicy {
+    /// Refuse writes that need more memory; evict nothing.
+    #[default]
+    #[serde(rename = "noeviction")]
+    NoEviction,
+    /// Evict the least recently used key with a TTL.
+    #[serde(rename = "volatile-lru")]
+    VolatileLru,
+    /// Evict the least frequently used key with a TTL.
+    #[serde(rename = "volatile-lfu")]
+    VolatileLfu,
+    /// Evict the key with a TTL closest to expiring.
+    #[serde(rename = "volatile-ttl")]
+    VolatileTtl,
+    /// Evict a random key with a TTL.
+    #[serde(rename = "volatile-random")]
+    VolatileRandom,
+}
+
+impl MaxMemoryPolicy {
+    /// The policy as `redis.conf` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxMemoryPolicy::NoEviction => "noeviction",
+            MaxMemoryPolicy::VolatileLru => "volatile-lru",
+            MaxMemoryPolicy::VolatileLfu => "volatile-lfu",
+            MaxMemoryPolicy::VolatileTtl => "volatile-ttl",
+            MaxMemoryPolicy::VolatileRandom => "volatile-random",
         }
     }
 }
@@ -183,7 +233,8 @@ pub struct PostgresSpec {
     /// Persistent volume of each instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
-    /// CPU and memory of each instance.
+    /// CPU and memory of each instance (default: requests `cpu: 250m`, `memory: 512Mi`, limit
+    /// `memory: 1Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Replicas further behind than this take no reads.
@@ -243,7 +294,8 @@ pub struct ServiceSpec {
     /// Secret key with the API tokens (comma list); generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_tokens_secret_ref: Option<SecretKeyRef>,
-    /// CPU and memory of each pod.
+    /// CPU and memory of each pod (default: requests `cpu: 250m`, `memory: 256Mi`, limit
+    /// `memory: 512Mi`; the HPA's CPU utilization is relative to the CPU request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

@@ -3,9 +3,10 @@
 //! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
 //!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
-//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding [`scripts`]), assembled by
-//!   [`desired`]; the Redis shard change as a recorded step machine ([`shards`]); the status
-//!   ([`status`]).
+//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding
+//!   [`scripts`]), assembled by [`desired`], from shared pod pieces ([`pod`]: the restricted
+//!   security contexts, default resources) and quantities read as bytes ([`quantity`]); the Redis
+//!   shard change as a recorded step machine ([`shards`]); the status ([`status`]).
 //! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
 //!   ([`controller`]) and what it reads (`observe`), leader election by
 //!   Lease ([`leader`]), metrics ([`metrics`]), and [`run`] behind `postcache operator`
@@ -27,6 +28,7 @@ mod observe;
 pub mod operator;
 pub mod pod;
 pub mod postgres;
+pub mod quantity;
 pub mod redis;
 pub mod scripts;
 pub mod scripts_config;
@@ -37,9 +39,9 @@ pub mod status;
 pub use config::{LogFormat, OperatorArgs};
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
-    MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus, PostgresMode, PostgresSpec,
-    PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus, SecretKeyRef, ServiceSpec,
-    ServiceStatus, ShardChange, ShardStep, StorageSpec,
+    MaxMemoryPolicy, MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus,
+    PostgresMode, PostgresSpec, PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus,
+    SecretKeyRef, ServiceSpec, ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
 pub use error::Error;
 pub use operator::run;

@@ -1,13 +1,14 @@
 //! Small pieces of pod specs shared by the builders: environment variables (plain and by
-//! `secretKeyRef`), ports, probes, claim templates, the scripts volume, and the restricted
-//! security context.
+//! `secretKeyRef`), ports, probes, claim templates, the scripts volume, scratch volumes, default
+//! resources, and the pod and container halves of the restricted Pod Security Standard.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, ContainerPort, EnvVar, EnvVarSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, ServicePort, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, ServicePort, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -70,7 +71,8 @@ pub fn scripts_mount() -> VolumeMount {
 }
 
 /// Non-root, read-only root filesystem, no privilege escalation, no capabilities, seccomp
-/// `RuntimeDefault`: the restricted Pod Security Standard.
+/// `RuntimeDefault`: the container half of the restricted Pod Security Standard. Every container
+/// and init container gets it; what a process writes goes to a volume ([`scratch_volume`]).
 pub fn restricted_security_context() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
@@ -80,11 +82,68 @@ pub fn restricted_security_context() -> SecurityContext {
             drop: Some(vec!["ALL".to_owned()]),
             add: None,
         }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_owned(),
-            localhost_profile: None,
-        }),
+        seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
+    }
+}
+
+/// The pod half of the restricted Pod Security Standard, running every container as `uid` (user
+/// and group) whatever the image's `USER` says, so no entrypoint needs root to switch users.
+/// Volumes belong to group `uid`; a volume whose root already does is not walked again on each
+/// start (`OnRootMismatch`), which also leaves PostgreSQL's `0700` data directory as it is.
+pub fn restricted_pod_security_context(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+/// An `emptyDir` volume: where a process on a read-only root filesystem writes what it must
+/// (`/tmp`, a socket directory).
+pub fn scratch_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// Mounts volume `name` read-write at `path`.
+pub fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+/// Requests of `cpu` and `memory` and a limit of `memory_limit`: the defaults of a tier whose
+/// spec sets no resources. CPU has a request (the HPA's utilization is relative to it) and no
+/// limit (throttling only adds latency); memory has both, so a node never overcommits it.
+pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(cpu)),
+            ("memory".to_owned(), quantity(memory)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            quantity(memory_limit),
+        )])),
+        claims: None,
     }
 }
 

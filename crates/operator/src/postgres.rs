@@ -1,8 +1,10 @@
 //! PostgreSQL as desired objects: a primary StatefulSet and a read-replica StatefulSet of
 //! `instances - 1` (each replica seeded by `pg_basebackup` in an init container running
 //! `postgres-replica-seed.sh`, then streaming), generated credentials and replication Secrets,
-//! `<name>-postgres-rw` / `-ro` Services and a PodDisruptionBudget. External mode creates
-//! nothing. Pure.
+//! `<name>-postgres-rw` / `-ro` Services and a PodDisruptionBudget. Pods run as [`UID`] under
+//! the restricted Pod Security Standard on a read-only root filesystem (the image's entrypoint
+//! runs as that user without switching; `/tmp` and the socket directory are `emptyDir`s). External
+//! mode creates nothing. Pure.
 //!
 //! ```text
 //! service ──rw──▶ <name>-postgres (primary) ──WAL──▶ <name>-postgres-replica-N ◀──ro── service
@@ -12,8 +14,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Secret, Service, ServiceSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Secret, Service, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,8 +25,9 @@ use kube::ResourceExt;
 use crate::child::Child;
 use crate::labels::{Component, child_name, labels, meta, selector, selector_labels};
 use crate::pod::{
-    SCRIPTS_DIR, container_port, env, exec_probe, scripts_mount, scripts_volume, secret_env,
-    service_port, volume_claim,
+    SCRIPTS_DIR, container_port, env, exec_probe, mount, resources as pod_resources,
+    restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
+    scripts_volume, secret_env, service_port, volume_claim,
 };
 use crate::{PostCache, PostgresMode};
 
@@ -48,6 +51,11 @@ pub const SEED_SCRIPT: &str = "postgres-replica-seed.sh";
 pub const PRIMARY_INIT_SCRIPT: &str = "postgres-primary-init.sh";
 /// The data directory (a subdirectory of the volume, as the image wants).
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// User and group of the pods: `postgres` of the official image. Set explicitly, since images
+/// differ (Debian's package uses another uid); the data volume belongs to this group.
+pub const UID: i64 = 999;
+/// Where the data volume is mounted ([`PGDATA`] lies inside).
+const DATA_DIR: &str = "/var/lib/postgresql/data";
 
 /// `<name>-postgres`: the primary StatefulSet and the PDB.
 pub fn primary_name(pc: &PostCache) -> String {
@@ -185,12 +193,27 @@ fn server_env(pc: &PostCache) -> Vec<EnvVar> {
     ]
 }
 
+/// Resources of each instance: the spec's, else requests of `250m` CPU and `512Mi` memory with a
+/// `1Gi` limit.
+pub fn resources(pc: &PostCache) -> ResourceRequirements {
+    pc.spec
+        .postgres
+        .resources
+        .clone()
+        .unwrap_or_else(|| pod_resources("250m", "512Mi", "1Gi"))
+}
+
+/// The data volume and the scratch directories every container of the pods writes to.
+fn writable_mounts() -> Vec<VolumeMount> {
+    vec![
+        mount("data", DATA_DIR),
+        mount("tmp", "/tmp"),
+        mount("run", "/var/run/postgresql"),
+    ]
+}
+
 fn server_container(pc: &PostCache, image: &str, extra_mounts: Vec<VolumeMount>) -> Container {
-    let mut mounts = vec![VolumeMount {
-        name: "data".into(),
-        mount_path: "/var/lib/postgresql/data".into(),
-        ..VolumeMount::default()
-    }];
+    let mut mounts = writable_mounts();
     mounts.extend(extra_mounts);
     Container {
         name: "postgres".into(),
@@ -212,7 +235,8 @@ fn server_container(pc: &PostCache, image: &str, extra_mounts: Vec<VolumeMount>)
         env: Some(server_env(pc)),
         ports: Some(vec![container_port("postgres", PORT)]),
         readiness_probe: Some(exec_probe("pg_isready -h 127.0.0.1 -U \"$POSTGRES_USER\"")),
-        resources: pc.spec.postgres.resources.clone(),
+        resources: Some(resources(pc)),
+        security_context: Some(restricted_security_context()),
         volume_mounts: Some(mounts),
         ..Container::default()
     }
@@ -242,12 +266,8 @@ fn stateful_set(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    security_context: Some(PodSecurityContext {
-                        run_as_user: Some(999),
-                        run_as_group: Some(999),
-                        fs_group: Some(999),
-                        ..PodSecurityContext::default()
-                    }),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security_context(UID)),
                     ..pod
                 }),
             },
@@ -284,7 +304,7 @@ fn primary(pc: &PostCache, image: &str) -> StatefulSet {
     };
     let pod = PodSpec {
         containers: vec![server_container(pc, image, vec![init_mount])],
-        volumes: Some(vec![initdb]),
+        volumes: Some(vec![initdb, scratch_volume("tmp"), scratch_volume("run")]),
         ..PodSpec::default()
     };
     stateful_set(pc, primary_name(pc), "primary", 1, pod)
@@ -319,20 +339,23 @@ fn replicas(pc: &PostCache, image: &str) -> StatefulSet {
         image: Some(image.to_owned()),
         command: Some(vec!["bash".into(), format!("{SCRIPTS_DIR}/{SEED_SCRIPT}")]),
         env: Some(seed_env(pc)),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: "/var/lib/postgresql/data".into(),
-                ..VolumeMount::default()
-            },
-            scripts_mount(),
-        ]),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(
+            writable_mounts()
+                .into_iter()
+                .chain([scripts_mount()])
+                .collect(),
+        ),
         ..Container::default()
     };
     let pod = PodSpec {
         init_containers: Some(vec![seed]),
         containers: vec![server_container(pc, image, Vec::new())],
-        volumes: Some(vec![scripts_volume(&crate::scripts_config::name(pc))]),
+        volumes: Some(vec![
+            scripts_volume(&crate::scripts_config::name(pc)),
+            scratch_volume("tmp"),
+            scratch_volume("run"),
+        ]),
         ..PodSpec::default()
     };
     stateful_set(pc, replica_name(pc), "replica", replica_count(pc), pod)

@@ -1,15 +1,17 @@
 //! Redis as desired objects: a StatefulSet of `shards × (1 + replicasPerShard)` nodes (Cluster) or
 //! `1 + replicasPerShard` (Standalone, node 0 the master), headless and client Services, the auth
-//! Secret, `redis.conf`, a PodDisruptionBudget, and the Job of the current shard step (see
-//! [`crate::shards`]). External mode creates nothing. Pure.
+//! Secret, `redis.conf` (with `maxmemory` and a policy that never evicts keys without a TTL), a
+//! PodDisruptionBudget, and the Job of the current shard step (see [`crate::shards`]). Pods and
+//! Jobs run as [`UID`] under the restricted Pod Security Standard, `redis-server` started directly
+//! (not through the image's entrypoint). External mode creates nothing. Pure.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PodSpec, PodTemplateSpec, Secret, Service,
-    ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Secret, Service, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,11 +20,12 @@ use kube::ResourceExt;
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, selector, selector_labels};
 use crate::pod::{
-    SCRIPTS_DIR, container_port, env, exec_probe, pod_meta, scripts_mount, scripts_volume,
-    secret_env, service_port, volume_claim,
+    SCRIPTS_DIR, container_port, env, exec_probe, mount, pod_meta, resources as pod_resources,
+    restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
+    scripts_volume, secret_env, service_port, volume_claim,
 };
 use crate::shards::{ShardAction, ShardJob};
-use crate::{PostCache, RedisMode, RedisSpec};
+use crate::{PostCache, RedisMode, RedisSpec, quantity};
 
 /// Redis's client port.
 pub const PORT: i32 = 6379;
@@ -32,6 +35,12 @@ pub const BUS_PORT: i32 = 16379;
 pub const PASSWORD_KEY: &str = "password";
 /// The data-plane script (`crates/operator/scripts/redis-cluster.sh`) in the scripts ConfigMap.
 pub const CLUSTER_SCRIPT: &str = "redis-cluster.sh";
+/// User and group of the nodes and Jobs: `redis` of the official image. Set explicitly, since
+/// images differ (Debian's package uses another uid); the data volume belongs to this group.
+pub const UID: i64 = 999;
+/// `maxmemory` as a share of the memory limit when the spec gives none: the rest is for client
+/// and replication buffers and the copy-on-write of a rewrite's fork.
+const MAX_MEMORY_PERCENT_OF_LIMIT: u64 = 80;
 
 /// `<name>-redis`: the StatefulSet, the client Service and the PDB.
 pub fn name(pc: &PostCache) -> String {
@@ -123,10 +132,36 @@ fn auth_secret(pc: &PostCache, password: &str) -> Secret {
     }
 }
 
+/// Resources of each node: the spec's, else requests of `100m` CPU and `512Mi` memory with a
+/// `512Mi` limit.
+pub fn resources(spec: &RedisSpec) -> ResourceRequirements {
+    spec.resources
+        .clone()
+        .unwrap_or_else(|| pod_resources("100m", "512Mi", "512Mi"))
+}
+
+/// `maxmemory` in bytes: the spec's, else [`MAX_MEMORY_PERCENT_OF_LIMIT`] of the memory limit;
+/// `None` (unbounded) without either.
+pub fn max_memory(spec: &RedisSpec) -> Option<u64> {
+    if let Some(bytes) = spec.max_memory.as_ref().and_then(|q| quantity::bytes(&q.0)) {
+        return Some(bytes);
+    }
+    let limits = resources(spec).limits?;
+    let limit = quantity::bytes(&limits.get("memory")?.0)?;
+    u64::try_from(u128::from(limit) * u128::from(MAX_MEMORY_PERCENT_OF_LIMIT) / 100).ok()
+}
+
 /// `redis.conf`; the password arrives on the command line from the Secret.
-fn redis_conf(mode: RedisMode) -> String {
+fn redis_conf(spec: &RedisSpec) -> String {
     let mut conf = String::from("port 6379\ndir /data\nappendonly yes\nprotected-mode no\n");
-    if mode == RedisMode::Cluster {
+    if let Some(bytes) = max_memory(spec) {
+        conf.push_str(&format!("maxmemory {bytes}\n"));
+    }
+    conf.push_str(&format!(
+        "maxmemory-policy {}\n",
+        spec.max_memory_policy.as_str()
+    ));
+    if spec.mode == RedisMode::Cluster {
         conf.push_str(
             "cluster-enabled yes\ncluster-config-file /data/nodes.conf\ncluster-node-timeout 5000\n\
              cluster-preferred-endpoint-type hostname\n",
@@ -140,7 +175,7 @@ fn config_map(pc: &PostCache) -> ConfigMap {
         metadata: meta(pc, config_name(pc), Component::Redis),
         data: Some(BTreeMap::from([(
             "redis.conf".to_owned(),
-            redis_conf(pc.spec.redis.mode),
+            redis_conf(&pc.spec.redis),
         )])),
         ..ConfigMap::default()
     }
@@ -217,13 +252,10 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
         liveness_probe: Some(exec_probe(
             "redis-cli -a \"$REDIS_PASSWORD\" --no-auth-warning ping",
         )),
-        resources: spec.resources.clone(),
+        resources: Some(resources(spec)),
+        security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: "/data".into(),
-                ..VolumeMount::default()
-            },
+            mount("data", "/data"),
             VolumeMount {
                 name: "config".into(),
                 mount_path: "/etc/redis".into(),
@@ -243,6 +275,8 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(pod_meta(pc, Component::Redis)),
                 spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security_context(UID)),
                     containers: vec![container],
                     volumes: Some(vec![Volume {
                         name: "config".into(),
@@ -301,7 +335,9 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
             job.action.as_str().into(),
         ]),
         env: Some(script_env(pc, job)),
-        volume_mounts: Some(vec![scripts_mount()]),
+        security_context: Some(restricted_security_context()),
+        // bash may spill here-strings to /tmp.
+        volume_mounts: Some(vec![scripts_mount(), mount("tmp", "/tmp")]),
         ..Container::default()
     };
     Job {
@@ -312,13 +348,52 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
                 metadata: Some(pod_meta(pc, Component::RedisAdmin)),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security_context(UID)),
                     containers: vec![container],
-                    volumes: Some(vec![scripts_volume(&crate::scripts_config::name(pc))]),
+                    volumes: Some(vec![
+                        scripts_volume(&crate::scripts_config::name(pc)),
+                        scratch_volume("tmp"),
+                    ]),
                     ..PodSpec::default()
                 }),
             },
             ..JobSpec::default()
         }),
         ..Job::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MaxMemoryPolicy;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    #[test]
+    fn maxmemory_is_the_spec_s_else_80_percent_of_the_memory_limit_else_unbounded() {
+        let mut spec = RedisSpec::default();
+        assert_eq!(
+            max_memory(&spec),
+            Some(429_496_729),
+            "80 % of the default 512Mi"
+        );
+        spec.resources = Some(crate::pod::resources("1", "2Gi", "2Gi"));
+        assert_eq!(max_memory(&spec), Some(1_717_986_918));
+        spec.max_memory = Some(Quantity("1Gi".into()));
+        assert_eq!(max_memory(&spec), Some(1 << 30));
+        spec.max_memory = None;
+        spec.resources = Some(ResourceRequirements::default());
+        assert_eq!(max_memory(&spec), None, "no limit, no bound");
+    }
+
+    #[test]
+    fn redis_conf_never_evicts_keys_without_a_ttl_unless_told_a_volatile_policy() {
+        let mut spec = RedisSpec::default();
+        let conf = redis_conf(&spec);
+        assert!(conf.contains("maxmemory 429496729\n"), "{conf}");
+        assert!(conf.contains("maxmemory-policy noeviction\n"), "{conf}");
+        spec.max_memory_policy = MaxMemoryPolicy::VolatileLfu;
+        assert!(redis_conf(&spec).contains("maxmemory-policy volatile-lfu\n"));
     }
 }

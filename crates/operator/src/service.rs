@@ -1,4 +1,4 @@
-//! The PostCache pods as desired objects: Deployment (probes, resources, restricted security,
+//! The PostCache pods as desired objects: Deployment (probes, default resources, restricted security,
 //! env per CONTRACT.md with every secret by `secretKeyRef`), the `<name>-cache` Service, the
 //! HorizontalPodAutoscaler (only when autoscaling is enabled), a PodDisruptionBudget, a
 //! ServiceAccount without a token, and the generated API tokens Secret. Pure.
@@ -11,9 +11,8 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, Service, ServiceAccount, ServiceSpec, Volume,
-    VolumeMount,
+    Container, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    Secret, Service, ServiceAccount, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,7 +21,9 @@ use kube::ResourceExt;
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, selector, selector_labels};
 use crate::pod::{
-    container_port, env, pod_meta, restricted_security_context, secret_env, service_port,
+    container_port, env, mount, pod_meta, resources as pod_resources,
+    restricted_pod_security_context, restricted_security_context, scratch_volume, secret_env,
+    service_port,
 };
 use crate::{PostCache, PostgresMode, RedisMode, postgres, redis};
 
@@ -30,6 +31,8 @@ use crate::{PostCache, PostgresMode, RedisMode, postgres, redis};
 pub const PORT: i32 = 8080;
 /// Key of the tokens in the generated API tokens Secret.
 pub const TOKENS_KEY: &str = "tokens";
+/// User and group of the pods: the image's (`Dockerfile`: a static binary, user 65532).
+pub const UID: i64 = 65532;
 
 /// `<name>-cache`: Deployment, Service, HPA, PDB, ServiceAccount.
 pub fn name(pc: &PostCache) -> String {
@@ -193,6 +196,16 @@ fn http_probe(path: &str) -> Probe {
     }
 }
 
+/// Resources of each pod: the spec's, else requests of `250m` CPU (what the HPA's utilization is
+/// relative to) and `256Mi` memory with a `512Mi` limit.
+pub fn resources(pc: &PostCache) -> ResourceRequirements {
+    pc.spec
+        .service
+        .resources
+        .clone()
+        .unwrap_or_else(|| pod_resources("250m", "256Mi", "512Mi"))
+}
+
 fn deployment(pc: &PostCache, image: &str) -> Deployment {
     let spec = &pc.spec.service;
     let container = Container {
@@ -203,13 +216,9 @@ fn deployment(pc: &PostCache, image: &str) -> Deployment {
         ports: Some(vec![container_port("http", PORT)]),
         liveness_probe: Some(http_probe("/healthz")),
         readiness_probe: Some(http_probe("/readyz")),
-        resources: spec.resources.clone(),
+        resources: Some(resources(pc)),
         security_context: Some(restricted_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![mount("tmp", "/tmp")]),
         ..Container::default()
     };
     Deployment {
@@ -223,22 +232,9 @@ fn deployment(pc: &PostCache, image: &str) -> Deployment {
                 spec: Some(PodSpec {
                     service_account_name: Some(name(pc)),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod_security_context(UID)),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(vec![scratch_volume("tmp")]),
                     ..PodSpec::default()
                 }),
             },

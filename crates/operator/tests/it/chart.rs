@@ -308,7 +308,6 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
     let mut checks = AccessChecks::new(&sa);
     let managed = [
         "services",
-        "secrets",
         "configmaps",
         "serviceaccounts",
         "statefulsets.apps",
@@ -324,7 +323,15 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
     for namespace in [ns.as_str(), elsewhere.as_str()] {
         for verb in ["get", "list", "watch"] {
             checks.allow(&[verb, "postcaches.postcache.io", "-n", namespace]);
-            checks.allow(&[verb, "pods", "-n", namespace]);
+            // Nothing in the operator reads Pods: it goes by its workloads' status.
+            checks.deny(&[verb, "pods", "-n", namespace]);
+        }
+        // Generated credentials are read by name and created once; never listed or deleted.
+        for verb in ["get", "create", "patch"] {
+            checks.allow(&[verb, "secrets", "-n", namespace]);
+        }
+        for verb in ["list", "watch", "delete", "update", "deletecollection", "*"] {
+            checks.deny(&[verb, "secrets", "-n", namespace]);
         }
         for verb in ["get", "patch", "update"] {
             checks.allow(&[

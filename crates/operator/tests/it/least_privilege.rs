@@ -19,7 +19,8 @@ fn cluster_rules() -> serde_json::Value {
         {"apiGroups": ["postcache.io"], "resources": ["postcaches"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["postcache.io"], "resources": ["postcaches/status"], "verbs": ["get", "patch", "update"]},
         {"apiGroups": ["postcache.io"], "resources": ["postcaches/finalizers"], "verbs": ["update"]},
-        {"apiGroups": [""], "resources": ["services", "secrets", "configmaps", "serviceaccounts"], "verbs": crud},
+        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": crud},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
         {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"], "verbs": crud},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": crud},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": crud},
@@ -28,7 +29,6 @@ fn cluster_rules() -> serde_json::Value {
         {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors", "prometheusrules"], "verbs": crud},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     ])
 }
 

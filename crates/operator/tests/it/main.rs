@@ -8,6 +8,7 @@ mod chart;
 mod data_plane;
 mod image;
 mod least_privilege;
+mod pod_security;
 mod reconcile;
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,7 @@ fn the_examples_apply_defaults_fill_in_and_kubectl_explains_fields() {
     let spec = &minimal["spec"];
     assert_eq!(spec["redis"]["mode"], "Cluster");
     assert_eq!(spec["redis"]["shards"], 3);
+    assert_eq!(spec["redis"]["maxMemoryPolicy"], "noeviction");
     assert_eq!(spec["postgres"]["instances"], 2);
     assert_eq!(spec["service"]["autoscaling"]["maxReplicas"], 10);
     assert_eq!(spec["monitoring"]["alerts"]["minHitRatio"], 0.7);
@@ -164,6 +166,21 @@ async fn invalid_specs_are_rejected_naming_their_field() {
             "spec.monitoring.alerts.maxDbPoolUsage",
         ),
         (
+            "redis maxMemory below 1Mi",
+            json!({"redis": {"maxMemory": "512Ki"}}),
+            "spec.redis.maxMemory",
+        ),
+        (
+            "redis maxMemory not a quantity",
+            json!({"redis": {"maxMemory": "lots"}}),
+            "spec.redis.maxMemory",
+        ),
+        (
+            "an evicting maxmemory policy",
+            json!({"redis": {"maxMemoryPolicy": "allkeys-lru"}}),
+            "spec.redis.maxMemoryPolicy",
+        ),
+        (
             "unknown redis mode",
             json!({"redis": {"mode": "Sharded"}}),
             "spec.redis.mode",
@@ -189,7 +206,8 @@ async fn invalid_specs_are_rejected_naming_their_field() {
     // A transition rule: the storage class cannot change once set.
     let good: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "postcache.io/v1alpha1", "kind": "PostCache", "metadata": {"name": "sticky"},
-        "spec": {"postgres": {"storage": {"size": "5Gi", "storageClassName": "fast"}}}
+        "spec": {"postgres": {"storage": {"size": "5Gi", "storageClassName": "fast"}},
+                 "redis": {"maxMemory": "1Gi", "maxMemoryPolicy": "volatile-lru"}}
     }))
     .unwrap();
     api.create(&PostParams::default(), &good).await.unwrap();
