@@ -179,9 +179,25 @@ pub fn service_env(pc: &PostCache) -> Vec<EnvVar> {
         "POSTCACHE_REALTIME_MAX_CONNECTIONS",
         realtime.max_connections_per_pod.to_string(),
     ));
+    // On SIGTERM: readiness fails and the pod keeps serving while its endpoint leaves every
+    // Service and Ingress, then in-flight requests get the grace (within the pod's termination
+    // grace period).
+    out.push(env(
+        "POSTCACHE_DRAIN_DELAY_SECONDS",
+        DRAIN_DELAY_SECONDS.to_string(),
+    ));
+    out.push(env(
+        "POSTCACHE_SHUTDOWN_GRACE_SECONDS",
+        SHUTDOWN_GRACE_SECONDS.to_string(),
+    ));
     out.push(env("POSTCACHE_LOG_FORMAT", "json"));
     out
 }
+
+/// How long a terminating service pod keeps serving with readiness failed.
+const DRAIN_DELAY_SECONDS: i64 = 5;
+/// How long its in-flight requests may then take.
+const SHUTDOWN_GRACE_SECONDS: i64 = 20;
 
 fn http_probe(path: &str) -> Probe {
     Probe {
@@ -233,6 +249,10 @@ fn deployment(pc: &PostCache, image: &str) -> Deployment {
                     service_account_name: Some(name(pc)),
                     automount_service_account_token: Some(false),
                     security_context: Some(restricted_pod_security_context(UID)),
+                    // Drain, grace, and the final flush of views and events.
+                    termination_grace_period_seconds: Some(
+                        DRAIN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS + 5,
+                    ),
                     containers: vec![container],
                     volumes: Some(vec![scratch_volume("tmp")]),
                     ..PodSpec::default()
