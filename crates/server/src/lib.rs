@@ -17,6 +17,7 @@ mod json;
 mod limit;
 mod logging;
 mod metrics;
+mod openapi;
 mod realtime;
 mod routes;
 mod serve;
@@ -175,6 +176,8 @@ pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Rou
         .routes(routes!(demo::index))
         .routes(routes!(demo::client))
         .split_for_parts();
+    let mut openapi = openapi;
+    utoipa::Modify::modify(&openapi::Shared, &mut openapi);
     let state = AppState {
         posts,
         auth,

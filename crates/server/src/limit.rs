@@ -72,7 +72,7 @@ pub(crate) async fn enforce(
 /// Routes no client limit applies to: the kubelet's probes and Prometheus's scrape come from one
 /// address each, and behind a proxy every user shares the proxy's, so one abuser must not fail a
 /// pod's probes or blind its monitoring.
-const UNLIMITED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(crate) const UNLIMITED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 #[cfg(test)]
 mod tests {

@@ -20,25 +20,38 @@ const MAX_TAG_CHARS: usize = 32;
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreatePost {
     /// Who writes the post.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub author_id: String,
-    /// Title, 1..=200 characters.
+    /// Title, 1..=200 characters, not blank, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
-    /// Body, 1..=65536 bytes.
+    /// Body, 1..=65536 bytes, not blank, no control characters but tab and line breaks.
+    #[schema(min_length = 1)]
     pub body: String,
-    /// Up to 10 tags.
+    /// Up to 10 tags of `[a-z0-9_-]{1,32}`.
     #[serde(default)]
+    #[schema(max_items = 10, inline, value_type = Vec<Tag>)]
     pub tags: Vec<String>,
 }
+
+/// One tag.
+#[derive(ToSchema)]
+#[schema(pattern = "^[a-z0-9_-]{1,32}$")]
+#[allow(dead_code)] // a schema only: tags arrive as strings
+pub(crate) struct Tag(String);
 
 /// Body of `PATCH /v1/posts/{id}`: at least one field.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdatePost {
-    /// New title.
+    /// New title (as in a new post).
+    #[schema(min_length = 1, max_length = 200)]
     pub title: Option<String>,
-    /// New body.
+    /// New body (as in a new post).
+    #[schema(min_length = 1)]
     pub body: Option<String>,
-    /// New tags, replacing the old ones.
+    /// New tags, replacing the old ones (as in a new post).
+    #[schema(max_items = 10, value_type = Option<Vec<Tag>>)]
     pub tags: Option<Vec<String>>,
 }
 

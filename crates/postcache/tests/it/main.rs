@@ -10,6 +10,7 @@ mod check;
 mod degraded;
 mod faults;
 mod footprint;
+mod fuzz;
 mod hardening;
 mod monitoring;
 mod nemesis;
