@@ -25,7 +25,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
             .unwrap_or_default();
         (now.as_micros() % 1_000_000_000).to_string()
     });
-    let examples = std::env::var("POSTCACHE_FUZZ_EXAMPLES").unwrap_or_else(|_| "60".into());
+    let examples = std::env::var("POSTCACHE_FUZZ_EXAMPLES").unwrap_or_else(|_| "100".into());
     println!("schemathesis seed {seed} (POSTCACHE_FUZZ_SEED={seed} repeats it)");
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking({
