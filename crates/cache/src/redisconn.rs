@@ -44,6 +44,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Longest wait for one reply (blocking reads add their block time).
     pub timeout: Duration,
+    /// With `rediss://` nodes: the CA certificates (PEM) to trust instead of the public roots
+    /// (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Why a Redis call failed (the step names what PostCache was doing).
@@ -177,11 +180,19 @@ impl RedisConn {
     }
 
     fn link(config: &RedisConfig, timeout: Duration) -> Result<Link, RedisCallError> {
+        let certs = config.ca_pem.as_ref().map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        });
         if config.cluster {
-            let client = ClusterClient::builder(config.nodes.clone())
+            let mut builder = ClusterClient::builder(config.nodes.clone())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(1)
+                .retries(1);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .build()
                 .map_err(failed("parse the Redis Cluster nodes"))?;
             return Ok(Link::Cluster {
@@ -190,7 +201,11 @@ impl RedisConn {
             });
         }
         let url = config.nodes.first().map(String::as_str).unwrap_or_default();
-        let client = redis::Client::open(url).map_err(failed("parse the Redis URL"))?;
+        let client = match certs {
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+            None => redis::Client::open(url),
+        }
+        .map_err(failed("parse the Redis URL"))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     )]
     pub redis_url: Vec<String>,
 
+    /// CA certificates (PEM file) to trust for `rediss://` nodes instead of the public roots.
+    #[arg(long, env = "POSTCACHE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// The Redis nodes are a Redis Cluster.
     #[arg(long, env = "POSTCACHE_REDIS_CLUSTER")]
     pub redis_cluster: bool,

@@ -49,9 +49,9 @@ pub enum ServeError {
     /// Options that contradict each other.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A secrets file could not be read.
+    /// A file an option names could not be read.
     #[error("cannot read {path}")]
-    TokensFile {
+    File {
         /// The file.
         path: String,
         /// Why.
@@ -381,10 +381,21 @@ fn shared_tiers(args: &ServeArgs) -> Result<Option<Shared>, ServeError> {
     if args.redis_url.is_empty() {
         return Ok(None);
     }
+    let ca_pem = args
+        .redis_ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path).map_err(|source| ServeError::File {
+                path: path.display().to_string(),
+                source,
+            })
+        })
+        .transpose()?;
     let config = RedisConfig {
         nodes: args.redis_url.clone(),
         cluster: args.redis_cluster,
         timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+        ca_pem,
     };
     let conn = RedisConn::open(&config).map_err(ServeError::Redis)?;
     let log =
@@ -417,7 +428,7 @@ fn staleness_trust(args: &ServeArgs) -> Duration {
 fn secrets(inline: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>, ServeError> {
     let mut secrets: Vec<String> = inline.to_vec();
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ServeError::TokensFile {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::File {
             path: path.display().to_string(),
             source,
         })?;

@@ -24,6 +24,7 @@ mod prometheus;
 mod redis;
 mod redis_nodes;
 mod shared;
+mod tls;
 mod tools;
 
 pub use control_plane::{ControlPlane, NODE_NAME};
@@ -33,6 +34,7 @@ pub use process::{Process, ProcessSpec, Readiness};
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use redis::{Redis, RedisCluster};
 pub use redis_nodes::RedisNodes;
+pub use tls::TestCa;
 pub use tools::tool;
 
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! Tests isolate themselves with [`Postgres::create_database`]; the database reaches the replicas
 //! through replication like any other change.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +36,38 @@ impl Postgres {
     /// # Panics
     /// When a step fails; the message names it and carries its output.
     pub fn start(replicas: usize) -> Postgres {
+        Postgres::start_with(replicas, false)
+    }
+
+    /// [`Postgres::start`] with TLS on every server (`ssl=on`, a certificate of the test CA in
+    /// the temp dir: [`Postgres::ca_file`]); clients may still connect without TLS.
+    pub fn start_tls(replicas: usize) -> Postgres {
+        Postgres::start_with(replicas, true)
+    }
+
+    /// The CA that signed the servers' certificates (with [`Postgres::start_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
+    }
+
+    fn start_with(replicas: usize, tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("postcache-pg-")
             .tempdir()
             .expect("temp dir");
+        let tls = tls.then(|| {
+            let ca = crate::TestCa::create(dir.path());
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(
+                ca.key(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod the key");
+            for file in [ca.cert(), ca.key()] {
+                give_to_postgres_user(&file);
+            }
+            ca
+        });
         give_to_postgres_user(dir.path());
         let port = free_port();
         let data = dir.path().join("primary");
@@ -65,6 +93,7 @@ impl Postgres {
             &data,
             port,
             false,
+            tls.as_ref(),
         ));
 
         let mut replica_ports = Vec::new();
@@ -86,6 +115,7 @@ impl Postgres {
                 &replica_data,
                 replica_port,
                 true,
+                tls.as_ref(),
             )));
             replica_ports.push(replica_port);
         }
@@ -185,7 +215,14 @@ fn url(port: u16, db: &str) -> String {
     format!("postgres://{USER}@127.0.0.1:{port}/{db}")
 }
 
-fn server_spec(name: &str, dir: &Path, data: &Path, port: u16, replica: bool) -> ProcessSpec {
+fn server_spec(
+    name: &str,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    replica: bool,
+    tls: Option<&crate::TestCa>,
+) -> ProcessSpec {
     let mut args = vec![
         "-D".to_owned(),
         data.display().to_string(),
@@ -209,6 +246,14 @@ fn server_spec(name: &str, dir: &Path, data: &Path, port: u16, replica: bool) ->
         "pg_stat_statements.track=all",
     ] {
         args.extend(["-c".into(), setting.into()]);
+    }
+    if let Some(ca) = tls {
+        args.extend(["-c".into(), "ssl=on".into()]);
+        args.extend([
+            "-c".into(),
+            format!("ssl_cert_file={}", ca.cert().display()),
+        ]);
+        args.extend(["-c".into(), format!("ssl_key_file={}", ca.key().display())]);
     }
     ProcessSpec {
         name: name.to_owned(),

@@ -19,6 +19,7 @@ use crate::{free_port, tool, wait_until};
 pub struct Redis {
     process: Process,
     port: u16,
+    tls_port: Option<u16>,
     _dir: TempDir,
 }
 
@@ -37,8 +38,59 @@ impl Redis {
         Redis {
             process,
             port,
+            tls_port: None,
             _dir: dir,
         }
+    }
+
+    /// A fresh server that also listens with TLS (a certificate of the test CA, clients not
+    /// asked for one): [`Redis::tls_url`], [`Redis::ca_file`].
+    pub fn start_tls() -> Redis {
+        let dir = tempfile::Builder::new()
+            .prefix("postcache-redis-")
+            .tempdir()
+            .expect("temp dir");
+        let ca = crate::TestCa::create(dir.path());
+        let (port, tls_port) = (free_port(), free_port());
+        let (cert, key, ca_file) = (
+            ca.cert().display().to_string(),
+            ca.key().display().to_string(),
+            ca.ca().display().to_string(),
+        );
+        let tls = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(str::to_owned);
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let process = Process::start(server_spec("redis", dir.path(), port, &tls));
+        Redis {
+            process,
+            port,
+            tls_port: Some(tls_port),
+            _dir: dir,
+        }
+    }
+
+    /// `rediss://127.0.0.1:{tls port}/` (with [`Redis::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/",
+            self.tls_port.expect("started with TLS")
+        )
+    }
+
+    /// The CA of the TLS certificate (with [`Redis::start_tls`]).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("ca.pem")
     }
 
     /// A server shared by the tests of this binary.

@@ -207,6 +207,7 @@ fn l2_follows_the_model_on(nodes: Vec<String>, cluster: bool) {
         nodes,
         cluster,
         timeout: Duration::from_secs(5),
+        ca_pem: None,
     })
     .unwrap();
     let l2 = L2::new(raw.clone(), l2_config());

@@ -28,6 +28,7 @@ fn conn(nodes: Vec<String>, cluster: bool) -> (RedisConn, RedisConfig) {
         nodes,
         cluster,
         timeout: Duration::from_secs(2),
+        ca_pem: None,
     };
     (RedisConn::open(&config).unwrap(), config)
 }

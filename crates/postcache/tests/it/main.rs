@@ -19,6 +19,7 @@ mod pods;
 mod serve;
 mod telemetry;
 mod tiers;
+mod tls;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
