@@ -38,10 +38,11 @@ pub async fn run(
     let watch_namespace = args.watch_namespace().map(str::to_owned);
     tokio::pin!(shutdown);
     loop {
+        let mut since = std::time::Instant::now();
         if args.leader_election {
             tracing::info!(identity = %identity, "waiting for the lease");
             tokio::select! {
-                () = lock.acquire() => {}
+                won = lock.acquire() => since = won,
                 () = &mut shutdown => break,
             }
         }
@@ -49,7 +50,7 @@ pub async fn run(
         ::metrics::gauge!(metrics::LEADER).set(1.0);
         let lost = async {
             if args.leader_election {
-                lock.hold().await;
+                lock.hold(since).await;
             } else {
                 std::future::pending::<()>().await;
             }

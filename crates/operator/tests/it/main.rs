@@ -7,6 +7,7 @@
 mod chart;
 mod data_plane;
 mod image;
+mod leader;
 mod least_privilege;
 mod pod_security;
 mod reconcile;
