@@ -125,6 +125,17 @@ pub fn meta(pc: &PostCache, name: impl Into<String>, component: Component) -> Ob
     }
 }
 
+/// Metadata of a generated credentials Secret: as [`meta`], but owned by nobody. It stays when
+/// the PostCache is deleted, like the data volumes it opens (StatefulSets retain their claims): a
+/// PostCache recreated under the same name finds its old data *and* the passwords that open it.
+/// Deleting both is how one starts afresh (the README's "Deleting a PostCache").
+pub fn retained_meta(pc: &PostCache, name: impl Into<String>, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        owner_references: None,
+        ..meta(pc, name, component)
+    }
+}
+
 /// `<postcache>-<suffix>`: every child's name.
 pub fn child_name(pc: &PostCache, suffix: &str) -> String {
     format!("{}-{suffix}", pc.name_any())

@@ -23,7 +23,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
-use crate::labels::{Component, child_name, labels, meta, selector, selector_labels};
+use crate::labels::{
+    Component, child_name, labels, meta, retained_meta, selector, selector_labels,
+};
 use crate::pod::{
     SCRIPTS_DIR, container_port, env, exec_probe, mount, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
@@ -137,7 +139,7 @@ pub fn children(pc: &PostCache, image: &str, passwords: &Passwords) -> Vec<Child
 
 fn secret(pc: &PostCache, name: &str, user: &str, password: &str) -> Secret {
     Secret {
-        metadata: meta(pc, name, Component::Postgres),
+        metadata: retained_meta(pc, name, Component::Postgres),
         string_data: Some(BTreeMap::from([
             (USERNAME_KEY.to_owned(), user.to_owned()),
             (PASSWORD_KEY.to_owned(), password.to_owned()),

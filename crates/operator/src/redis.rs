@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
-use crate::labels::{Component, child_name, meta, selector, selector_labels};
+use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
     SCRIPTS_DIR, container_port, env, exec_probe, mount, pod_meta, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
@@ -123,7 +123,7 @@ pub fn children(
 
 fn auth_secret(pc: &PostCache, password: &str) -> Secret {
     Secret {
-        metadata: meta(pc, auth_secret_name(pc), Component::Redis),
+        metadata: retained_meta(pc, auth_secret_name(pc), Component::Redis),
         string_data: Some(BTreeMap::from([(
             PASSWORD_KEY.to_owned(),
             password.to_owned(),

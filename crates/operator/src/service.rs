@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
-use crate::labels::{Component, child_name, meta, selector, selector_labels};
+use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
     container_port, env, mount, pod_meta, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, secret_env,
@@ -71,7 +71,7 @@ pub fn children(pc: &PostCache, image: &str, token: &str) -> Vec<Child> {
 
 fn tokens_secret(pc: &PostCache, token: &str) -> Secret {
     Secret {
-        metadata: meta(pc, tokens_secret_name(pc), Component::Service),
+        metadata: retained_meta(pc, tokens_secret_name(pc), Component::Service),
         string_data: Some(BTreeMap::from([(TOKENS_KEY.to_owned(), token.to_owned())])),
         ..Secret::default()
     }

@@ -182,7 +182,8 @@ const EXPECTED: &[&str] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_collected() {
+async fn a_postcache_gets_owned_children_becomes_ready_is_stable_is_garbage_collected_and_its_credentials_outlive_it()
+ {
     let plane = plane_with_crd();
     let ns = plane.create_namespace();
     let client = plane.client().await;
@@ -207,6 +208,13 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
     })
     .await;
     for (id, object) in &all {
+        if id.starts_with("Secret/") {
+            assert!(
+                object.owner_references().is_empty(),
+                "{id}: credentials are retained with the volumes, not garbage-collected"
+            );
+            continue;
+        }
         let owner = object
             .owner_references()
             .iter()
@@ -215,6 +223,14 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
         assert_eq!(owner.controller, Some(true), "{id}");
         assert_eq!(owner.block_owner_deletion, Some(true), "{id}");
     }
+    let credentials =
+        |all: &BTreeMap<String, DynamicObject>| -> BTreeMap<String, serde_json::Value> {
+            all.iter()
+                .filter(|(id, _)| id.starts_with("Secret/"))
+                .map(|(id, o)| (id.clone(), o.data["data"].clone()))
+                .collect()
+        };
+    let first_credentials = credentials(&all);
     assert_eq!(replicas(&all["StatefulSet/feed-redis"]), 6);
     assert_eq!(replicas(&all["StatefulSet/feed-postgres"]), 1);
     assert_eq!(replicas(&all["StatefulSet/feed-postgres-replica"]), 2);
@@ -329,21 +345,45 @@ async fn a_postcache_gets_owned_children_becomes_ready_is_stable_and_is_garbage_
         "the status was rewritten"
     );
 
-    // Deleting the PostCache: the garbage collector removes every child.
+    // Deleting the PostCache: the garbage collector removes every child but the credentials,
+    // which stay with the data volumes (StatefulSets retain their claims).
     api.delete("feed", &DeleteParams::default()).await.unwrap();
     eventually(
         "the children to be garbage-collected",
         Duration::from_secs(90),
         || async {
             let left = children(&client, &ns, "feed").await;
-            if left.is_empty() {
+            let owned: Vec<_> = left.keys().filter(|k| !k.starts_with("Secret/")).collect();
+            if owned.is_empty() {
                 Ok(())
             } else {
-                Err(format!("left: {:?}", left.keys().collect::<Vec<_>>()))
+                Err(format!("left: {owned:?}"))
             }
         },
     )
     .await;
+    let kept = children(&client, &ns, "feed").await;
+    assert_eq!(
+        credentials(&kept),
+        first_credentials,
+        "the credentials were kept"
+    );
+
+    // Recreated under the same name, it uses them: old volumes and passwords still match.
+    create(
+        &client,
+        &ns,
+        "feed",
+        json!({"redis": {"shards": 3, "replicasPerShard": 1}, "postgres": {"instances": 3}}),
+    )
+    .await;
+    wait_ready(&plane, &ns, "feed", "240s").await;
+    let again = children(&client, &ns, "feed").await;
+    assert_eq!(
+        credentials(&again),
+        first_credentials,
+        "a recreated PostCache found its credentials, not new ones"
+    );
 }
 
 fn step_notes(events: &[k8s_openapi::api::events::v1::Event]) -> Vec<String> {
