@@ -31,8 +31,11 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
-            let _telemetry =
-                postcache_server::init_logging(args.log_format, args.otlp_endpoint.as_deref())?;
+            let _telemetry = postcache_server::init_logging(
+                args.log_format,
+                args.otlp_endpoint.as_deref(),
+                args.otlp_ca_file.as_deref(),
+            )?;
             postcache_server::serve(*args).await?;
         }
         Command::Operator(args) => {
@@ -40,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 postcache_operator::LogFormat::Text => postcache_server::LogFormat::Text,
                 postcache_operator::LogFormat::Json => postcache_server::LogFormat::Json,
             };
-            let _telemetry = postcache_server::init_logging(format, None)?;
+            let _telemetry = postcache_server::init_logging(format, None, None)?;
             postcache_operator::run(args, postcache_operator::SCRIPTS, shutdown_signal())
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;

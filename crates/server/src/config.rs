@@ -259,6 +259,11 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTCACHE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// CA certificates (PEM file) an `https://` collector must chain to, instead of the public
+    /// roots (a private CA).
+    #[arg(long, env = "POSTCACHE_OTLP_CA_FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, env = "POSTCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -18,6 +18,7 @@ mod limit;
 mod logging;
 mod metrics;
 mod openapi;
+mod otlp;
 mod realtime;
 mod routes;
 mod serve;

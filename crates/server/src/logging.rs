@@ -4,7 +4,7 @@
 //! Spans carry the method, path and request id, never headers: those carry bearer tokens.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
@@ -31,17 +31,25 @@ impl Drop for Telemetry {
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the OTLP trace exporter")]
-pub struct TelemetryError(#[source] opentelemetry_otlp::ExporterBuildError);
+pub enum TelemetryError {
+    /// The exporter could not be built from the endpoint.
+    #[error("cannot set up the OTLP trace exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The collector's CA file is unusable.
+    #[error(transparent)]
+    CaFile(#[from] crate::otlp::CaFileError),
+}
 
 /// Installs the global subscriber (call once, at start-up). `otlp_endpoint` is the collector's
-/// base URL (e.g. `http://otel-collector:4318`); spans go to `{endpoint}/v1/traces`.
+/// base URL (e.g. `https://otel-collector:4318`); spans go to `{endpoint}/v1/traces`, over TLS
+/// verified against the public roots, or only `otlp_ca_file`'s certificates when given.
 ///
 /// # Errors
-/// When the exporter cannot be built from the endpoint.
+/// When the exporter cannot be built from the endpoint, or the CA file is unusable.
 pub fn init_logging(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
+    otlp_ca_file: Option<&std::path::Path>,
 ) -> Result<Telemetry, TelemetryError> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -53,9 +61,10 @@ pub fn init_logging(
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(crate::otlp::Client::new(otlp_ca_file)?)
                 .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
                 .build()
-                .map_err(TelemetryError)?;
+                .map_err(TelemetryError::Exporter)?;
             let resource = Resource::builder().with_service_name("postcache").build();
             Some(
                 SdkTracerProvider::builder()

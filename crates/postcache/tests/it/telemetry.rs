@@ -148,3 +148,96 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+/// `openssl s_server` with a certificate of a test CA, as an HTTPS collector: it prints what it
+/// receives (and its handshake failures) to a file. Killed on drop.
+struct TlsCollector {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    port: u16,
+}
+
+impl TlsCollector {
+    fn start(ca: &postcache_testkit::TestCa, dir: &std::path::Path, name: &str) -> TlsCollector {
+        let port = free_port();
+        let out = dir.join(format!("{name}.out"));
+        let file = std::fs::File::create(&out).unwrap();
+        // Unbuffered: what it printed must be in the file when it is killed.
+        let child = std::process::Command::new("stdbuf")
+            .args([
+                "-o0",
+                "-e0",
+                "openssl",
+                "s_server",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+            ])
+            .arg(ca.cert())
+            .arg("-key")
+            .arg(ca.key())
+            .stdin(std::process::Stdio::piped())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let ready = out.clone();
+        postcache_testkit::wait_until(
+            "s_server to listen",
+            std::time::Duration::from_secs(10),
+            || match std::fs::read(&ready) {
+                Ok(text) if String::from_utf8_lossy(&text).contains("ACCEPT") => Ok(()),
+                _ => Err("not listening yet".to_owned()),
+            },
+        );
+        TlsCollector { child, out, port }
+    }
+
+    /// What it printed (the request bodies are protobuf: not UTF-8).
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for TlsCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `https://` collector with a private CA: trusted with `POSTCACHE_OTLP_CA_FILE`, the export
+/// arrives; without it, the public roots do not know the CA and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_only_when_its_ca_is_trusted() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = postcache_testkit::TestCa::create(certs.path());
+    let ca_file = ca.ca().display().to_string();
+    for trusted in [true, false] {
+        let collector = TlsCollector::start(&ca, certs.path(), &format!("collector-{trusted}"));
+        let endpoint = format!("https://localhost:{}", collector.port);
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![
+            ("POSTCACHE_LISTEN", listen.as_str()),
+            ("POSTCACHE_OTLP_ENDPOINT", endpoint.as_str()),
+        ];
+        if trusted {
+            env.push(("POSTCACHE_OTLP_CA_FILE", ca_file.as_str()));
+        }
+        let mut child = serve(dir.path(), &env);
+        let base = format!("http://{listen}");
+        wait_healthy(&base, &mut child);
+        reqwest::get(format!("{base}/v1/posts")).await.unwrap();
+        // SIGTERM flushes the batch of spans.
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        wait_exit(&mut child);
+        let seen = collector.seen();
+        assert_eq!(
+            seen.contains("POST /v1/traces"),
+            trusted,
+            "trusted CA: {trusted}; the collector saw:\n{seen}\nserver log:\n{}",
+            stderr_of(dir.path())
+        );
+    }
+}
