@@ -19,6 +19,8 @@ enum Command {
     Operator(postcache_operator::OperatorArgs),
     /// Print the PostCache CustomResourceDefinition (YAML), e.g. `postcache crd | kubectl apply -f -`.
     Crd,
+    /// Print the API's OpenAPI 3.1 document (JSON), as a running service serves `/openapi.json`.
+    Openapi,
     /// Load a running PostCache with a read/write mix and report throughput and latency.
     Bench(postcache_bench::BenchArgs),
     /// Check a running deployment's freshness guarantees (G1–G5) from outside: drive a workload,
@@ -49,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
         Command::Crd => print!("{}", postcache_operator::crd_yaml()),
+        Command::Openapi => println!(
+            "{}",
+            serde_json::to_string_pretty(&postcache_server::openapi_document())?
+        ),
         Command::Bench(args) => {
             let report = postcache_bench::run(&args).await?;
             if args.json {

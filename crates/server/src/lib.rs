@@ -53,9 +53,12 @@ pub use tokens::TokenKeys;
 
 use routes::{admin, demo, health, posts};
 
-/// Everything handlers may need; each takes only its part (`FromRef`).
+/// Everything handlers may need; each takes only its part (`FromRef`). axum clones the state for
+/// every request: one `Arc` keeps that a reference count, not a copy of every part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+struct AppParts {
     posts: Arc<Posts>,
     auth: Auth,
     limit: Option<RateLimit>,
@@ -96,37 +99,37 @@ impl Http {
 
 impl FromRef<AppState> for Arc<Posts> {
     fn from_ref(state: &AppState) -> Self {
-        Arc::clone(&state.posts)
+        Arc::clone(&state.0.posts)
     }
 }
 
 impl FromRef<AppState> for Auth {
     fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
+        state.0.auth.clone()
     }
 }
 
 impl FromRef<AppState> for Option<RateLimit> {
     fn from_ref(state: &AppState) -> Self {
-        state.limit.clone()
+        state.0.limit.clone()
     }
 }
 
 impl FromRef<AppState> for Realtime {
     fn from_ref(state: &AppState) -> Self {
-        state.realtime.clone()
+        state.0.realtime.clone()
     }
 }
 
 impl FromRef<AppState> for TokenKeys {
     fn from_ref(state: &AppState) -> Self {
-        state.tokens.clone()
+        state.0.tokens.clone()
     }
 }
 
 impl FromRef<AppState> for Draining {
     fn from_ref(state: &AppState) -> Self {
-        Draining(state.draining.clone())
+        Draining(state.0.draining.clone())
     }
 }
 
@@ -142,13 +145,13 @@ impl Draining {
 
 impl FromRef<AppState> for PrometheusHandle {
     fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
+        state.0.metrics.clone()
     }
 }
 
 impl FromRef<AppState> for Arc<utoipa::openapi::OpenApi> {
     fn from_ref(state: &AppState) -> Self {
-        Arc::clone(&state.openapi)
+        Arc::clone(&state.0.openapi)
     }
 }
 
@@ -160,8 +163,13 @@ impl FromRef<AppState> for Arc<utoipa::openapi::OpenApi> {
 )]
 struct ApiDoc;
 
-/// The router with every route, its OpenAPI document, and the middleware.
-pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Router {
+/// The OpenAPI document of the API, as `/openapi.json` serves it (`postcache openapi` prints it).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// Every route, and the document they make.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(posts::create, posts::list))
         .routes(routes!(posts::get, posts::update, posts::delete))
@@ -179,7 +187,13 @@ pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Rou
         .split_for_parts();
     let mut openapi = openapi;
     utoipa::Modify::modify(&openapi::Shared, &mut openapi);
-    let state = AppState {
+    (router, openapi)
+}
+
+/// The router with every route, its OpenAPI document, and the middleware.
+pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Router {
+    let (router, openapi) = routes();
+    let state = AppState(Arc::new(AppParts {
         posts,
         auth,
         limit: http.limit.clone(),
@@ -188,7 +202,7 @@ pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Rou
         draining: http.draining,
         metrics: metrics::handle(),
         openapi: Arc::new(openapi),
-    };
+    }));
     router
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })

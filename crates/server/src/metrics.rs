@@ -27,6 +27,8 @@ pub(crate) const REALTIME_EVENTS_SENT: &str = "postcache_realtime_events_sent_to
 pub(crate) const REALTIME_DELIVERY: &str = "postcache_realtime_delivery_seconds";
 /// Closed realtime connections by `reason` (`client`, `lagged`, `idle`, `shutdown`).
 pub(crate) const REALTIME_DISCONNECTS: &str = "postcache_realtime_disconnects_total";
+/// Always 1, labelled with the `version` running (join on it to see versions across pods).
+pub(crate) const BUILD_INFO: &str = "postcache_build_info";
 /// Consistency tokens no key signed (forged, or from a retired key), read as no token.
 pub(crate) const TOKENS_REJECTED: &str = "postcache_tokens_rejected_total";
 /// Requests refused by a per-client limit, by `limit` (`rate`, `realtime`).
@@ -137,6 +139,8 @@ fn describe() {
         REQUEST_TIMEOUTS,
         "Requests answered 503 because they ran past the request timeout."
     );
+    describe_gauge!(BUILD_INFO, "Always 1; the version running.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::counter!(TOKENS_REJECTED).absolute(0);
     metrics::counter!(REQUEST_TIMEOUTS).absolute(0);
     for limit in ["rate", "realtime"] {

@@ -20,7 +20,7 @@ pub const MIN_KEY_BYTES: usize = 16;
 /// The keys that sign and verify tokens: the first signs, every one verifies (rotation).
 #[derive(Clone)]
 pub struct TokenKeys {
-    keys: Vec<Hmac<Sha256>>,
+    keys: std::sync::Arc<[Hmac<Sha256>]>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -52,8 +52,8 @@ impl TokenKeys {
                 }
                 Hmac::<Sha256>::new_from_slice(secret).map_err(|e| e.to_string())
             })
-            .collect::<Result<_, _>>()?;
-        Ok(TokenKeys { keys })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TokenKeys { keys: keys.into() })
     }
 
     /// The token's string form, signed with the first key.

@@ -204,3 +204,27 @@ async fn a_graceful_stop_ends_open_realtime_streams_instead_of_waiting_for_them(
         "and the process exits cleanly, long before its grace period"
     );
 }
+
+/// `postcache openapi` prints exactly the document a running service serves, and `/metrics`
+/// says which version runs (`postcache_build_info`).
+#[tokio::test]
+async fn openapi_prints_the_served_document_and_metrics_name_the_version() {
+    let printed = Command::new(env!("CARGO_BIN_EXE_postcache"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    let pods = crate::tiers::Pods::start(1, &[]);
+    let served = pods.json(0, "/openapi.json").await;
+    assert_eq!(printed, served);
+    assert!(
+        printed["components"]["securitySchemes"]["bearer"].is_object(),
+        "the bearer scheme is documented"
+    );
+    let version = format!(
+        "postcache_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(pods.metric(0, &version).await, Some(1.0));
+}
