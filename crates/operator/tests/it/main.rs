@@ -8,6 +8,7 @@ mod chart;
 mod data_plane;
 mod image;
 mod least_privilege;
+mod node;
 mod pod_security;
 mod reconcile;
 
