@@ -166,6 +166,24 @@ fn a_postcache_pod_runs_on_a_real_node_and_answers_through_its_service() {
             "jsonpath={.spec.clusterIP}",
         ])
         .unwrap();
+    // Until kube-proxy has written the Service's rule, the address is routed like any other
+    // (off the machine, by the default route): send nothing to it before.
+    wait_until(
+        "kube-proxy's rule for the ClusterIP",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("iptables")
+                .args(["-w", "-t", "nat", "-S", "KUBE-SERVICES"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let rules = String::from_utf8_lossy(&out.stdout);
+            rules
+                .lines()
+                .any(|r| r.contains(&format!("-d {ip}/32")) && r.contains("-j KUBE-SVC-"))
+                .then_some(())
+                .ok_or_else(|| format!("no rule for {ip} yet"))
+        },
+    );
     let posts = format!("http://{ip}/v1/posts");
     let (status, body) = wait_until("the ClusterIP to answer", Duration::from_secs(30), || {
         curl(&[
