@@ -14,10 +14,12 @@
 //! Redis / RedisCluster (3 shards × 1 replica)
 //! Prometheus (scrape config + rule files)
 //! ControlPlane: etcd ◀─ kube-apiserver ◀─ controller-manager, scheduler, kwok (fake nodes)
+//! Node: containerd, kubelet, kube-proxy, CoreDNS (one real worker node per machine)
 //! ```
 
 mod control_plane;
 mod net;
+mod node;
 mod postgres;
 mod process;
 mod prometheus;
@@ -29,6 +31,7 @@ mod tools;
 
 pub use control_plane::{ControlPlane, NODE_NAME};
 pub use net::{free_port, http_get, unique_name};
+pub use node::Node;
 pub use postgres::Postgres;
 pub use process::{Process, ProcessSpec, Readiness};
 pub use prometheus::{Prometheus, ScrapeTarget};

@@ -27,7 +27,7 @@ const TARGET: &str = "x86_64-unknown-linux-musl";
 const USER: &str = "65532:65532";
 
 /// Builds the static `postcache` binary for [`TARGET`] in release mode; returns its path.
-fn build_static_binary() -> PathBuf {
+pub(crate) fn build_static_binary() -> PathBuf {
     let target_dir = match std::env::var_os("POSTCACHE_IMAGE_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
@@ -106,8 +106,9 @@ fn registry(dir: &Path) -> (Process, u16) {
     (process, port)
 }
 
-/// Assembles the image as an OCI layout in `dir/layout`; returns the layout's path.
-fn assemble(binary: &Path, dir: &Path) -> PathBuf {
+/// Pushes the image as `reference` (`<registry on 127.0.0.1>/<name>:<tag>`, plain HTTP),
+/// building its layer in `dir`.
+pub(crate) fn push(binary: &Path, dir: &Path, reference: &str) {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     std::fs::copy(binary, rootfs.join("postcache")).unwrap();
@@ -132,11 +133,6 @@ fn assemble(binary: &Path, dir: &Path) -> PathBuf {
     );
 
     let crane = tool("crane");
-    let (_registry, port) = registry(dir);
-    let local = format!(
-        "127.0.0.1:{port}/postcache/postcache:{}",
-        env!("CARGO_PKG_VERSION")
-    );
     run(
         &crane,
         &[
@@ -146,7 +142,7 @@ fn assemble(binary: &Path, dir: &Path) -> PathBuf {
             "-f",
             layer.to_str().unwrap(),
             "-t",
-            &local,
+            reference,
         ],
     );
     run(
@@ -154,7 +150,7 @@ fn assemble(binary: &Path, dir: &Path) -> PathBuf {
         &[
             "mutate",
             "--insecure",
-            &local,
+            reference,
             "--entrypoint=/postcache",
             &format!("--user={USER}"),
             "--set-platform=linux/amd64",
@@ -166,10 +162,21 @@ fn assemble(binary: &Path, dir: &Path) -> PathBuf {
             "-l",
             "org.opencontainers.image.source=https://github.com/postcache/postcache",
             "-t",
-            &local,
+            reference,
         ],
     );
-    run(&crane, &["validate", "--insecure", "--remote", &local]);
+    run(&crane, &["validate", "--insecure", "--remote", reference]);
+}
+
+/// Assembles the image as an OCI layout in `dir/layout`; returns the layout's path.
+fn assemble(binary: &Path, dir: &Path) -> PathBuf {
+    let crane = tool("crane");
+    let (_registry, port) = registry(dir);
+    let local = format!(
+        "127.0.0.1:{port}/postcache/postcache:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    push(binary, dir, &local);
     let layout = dir.join("layout");
     run(
         &crane,

@@ -9,6 +9,7 @@ mod data_plane;
 mod image;
 mod leader;
 mod least_privilege;
+mod node;
 mod pod_security;
 mod reconcile;
 

@@ -21,7 +21,7 @@ use crate::reconcile::{Operator, kubectl};
 use crate::{plane_with_crd, repo};
 
 /// A fresh namespace labelled to enforce, warn and audit on Pod Security `restricted`.
-fn restricted_namespace(plane: &ControlPlane) -> String {
+pub(crate) fn restricted_namespace(plane: &ControlPlane) -> String {
     let ns = plane.create_namespace();
     let mut args = vec!["label".to_owned(), "namespace".to_owned(), ns.clone()];
     for mode in ["enforce", "warn", "audit"] {

@@ -112,7 +112,8 @@ impl ControlPlane {
             args(&[
                 &format!("--kubeconfig={}", kubeconfig.display()),
                 &format!("--config={}", tool("stages.yaml").display()),
-                "--manage-all-nodes=true",
+                // Only the fake node: a real one (`Node`) runs its own kubelet.
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 &format!("--server-address={kwok_addr}"),
                 "--node-lease-duration-seconds=200",
                 "--cidr=10.244.0.0/16",

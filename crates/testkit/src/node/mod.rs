@@ -1,0 +1,442 @@
+//! A real worker node beside the [`ControlPlane`]: containerd (runc), kubelet, kube-proxy and
+//! CoreDNS on this machine, so that Pods run real containers — unlike the kwok node, whose Pods
+//! only look Running.
+//!
+//! ```text
+//! kube-apiserver ◀── kubelet ─CRI─▶ containerd ─▶ runc ─▶ container
+//!        ▲               │ CNI bridge cni0 (10.245.0.0/24, no masquerade, no route out)
+//!        └── kube-proxy (iptables: ClusterIP → Pod)     CoreDNS on the node's address (kube-dns)
+//! images: crane registry on 127.0.0.1 ─http─▶ containerd (sandbox = a static pause built here)
+//! ```
+//!
+//! The node is host-wide (bridge, cgroups, iptables, mounts), so one exists per machine at a time:
+//! [`Node::start`] waits for a file lock, first removes what a crashed run may have left, and
+//! dropping the node (also while a test panics) stops everything and removes it again. It is
+//! registered tainted ([`TAINT`]): only Pods that tolerate it and select [`Node::NAME`] land here,
+//! the other tests keep their kwok node.
+
+mod config;
+mod host;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::control_plane::ControlPlane;
+use crate::process::{Process, ProcessSpec, Readiness};
+use crate::{free_port, http_get, tool, wait_until};
+use config::{KubeletPorts, Layout};
+use host::{HostLock, Sysctls};
+
+/// The taint (`<key>=true:NoSchedule`) and label (`<key>=true`) of the real node.
+const TAINT: &str = "postcache.dev/real-node";
+
+/// containerd, kubelet, kube-proxy and CoreDNS running one real node; torn down on drop.
+pub struct Node {
+    /// In start order; stopped in reverse.
+    processes: Vec<Process>,
+    plane: Arc<ControlPlane>,
+    layout: Layout,
+    registry: String,
+    node_ip: Ipv4Addr,
+    sysctls: Sysctls,
+    _lock: HostLock,
+}
+
+impl Node {
+    /// The node's name (and `kubernetes.io/hostname` label).
+    pub const NAME: &'static str = "postcache-node";
+
+    /// The node's taint key (`<key>=true:NoSchedule`), also a label `<key>=true`: a Pod meant for
+    /// this node tolerates it and selects [`Node::NAME`].
+    pub const TAINT: &'static str = TAINT;
+
+    /// Starts the node against `plane` and waits until it is Ready, kube-proxy has synced and
+    /// CoreDNS serves. Blocks while another node runs on this machine.
+    ///
+    /// # Panics
+    /// When a part does not come up (with its log tail), or the machine lacks a default route.
+    pub fn start(plane: Arc<ControlPlane>) -> Node {
+        let tmp = std::env::temp_dir();
+        let lock = HostLock::acquire(&tmp.join("postcache-node.lock"));
+        let layout = Layout {
+            base: tmp.join("postcache-node"),
+        };
+        host::clean(&layout.base);
+        let _ = std::fs::remove_dir_all(&layout.base);
+        for dir in ["containerd", "cni/net.d", "registry", "kubelet", "pod-logs"] {
+            std::fs::create_dir_all(layout.base.join(dir)).expect("create node dirs");
+        }
+        let sysctls = Sysctls::save(tmp.join("postcache-node.sysctl"));
+        let mut node = Node {
+            processes: Vec::new(),
+            plane,
+            node_ip: node_ip(),
+            registry: String::new(),
+            layout,
+            sysctls,
+            _lock: lock,
+        };
+        node.start_registry();
+        let sandbox = node.push_pause_image();
+        node.start_containerd(&sandbox);
+        node.start_kubelet();
+        node.start_kube_proxy();
+        node.start_coredns();
+        node
+    }
+
+    /// `127.0.0.1:<port>`: a registry the node pulls from over plain HTTP (push with
+    /// `crane … --insecure`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The node's InternalIP (where CoreDNS listens).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.node_ip
+    }
+
+    /// The directory kubelet keeps Pod logs in (`<namespace>_<pod>_<uid>/<container>/0.log`).
+    pub fn pod_logs(&self) -> PathBuf {
+        self.layout.base.join("pod-logs")
+    }
+
+    /// The last lines of a part's log (`containerd`, `kubelet`, `kube-proxy`, `coredns`).
+    pub fn log_tail(&self, part: &str, lines: usize) -> String {
+        self.processes
+            .iter()
+            .find(|p| p.name() == part)
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    fn spec(&self, name: &str, args: Vec<String>, ready: Readiness) -> ProcessSpec {
+        ProcessSpec {
+            name: name.to_owned(),
+            program: tool(name),
+            args,
+            env: vec![],
+            user: None,
+            log: self.layout.log(name),
+            ready,
+            ready_timeout: Duration::from_secs(60),
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+
+    fn start_registry(&mut self) {
+        let port = free_port();
+        let disk = self.layout.base.join("registry");
+        let args = strings(&[
+            "registry",
+            "serve",
+            &format!("--address=127.0.0.1:{port}"),
+            &format!("--disk={}", disk.display()),
+        ]);
+        let ready = http_ready(([127, 0, 0, 1], port).into(), "/v2/");
+        let spec = ProcessSpec {
+            name: "registry".into(),
+            ..self.spec("crane", args, ready)
+        };
+        self.processes.push(Process::start(spec));
+        self.registry = format!("127.0.0.1:{port}");
+    }
+
+    /// A static `pause` (musl) on an empty base: the image every Pod sandbox runs.
+    fn push_pause_image(&self) -> String {
+        let dir = self.layout.base.join("pause");
+        std::fs::create_dir_all(&dir).expect("pause dir");
+        std::fs::write(dir.join("pause.c"), PAUSE_C).expect("write pause.c");
+        run(
+            Path::new("musl-gcc"),
+            &["-static", "-Os", "-o", "pause", "pause.c"],
+            &dir,
+        );
+        run(
+            Path::new("tar"),
+            &[
+                "--owner=0",
+                "--group=0",
+                "--mode=0755",
+                "-cf",
+                "pause.tar",
+                "pause",
+            ],
+            &dir,
+        );
+        let image = format!("{}/pause:1", self.registry);
+        let crane = tool("crane");
+        let append = [
+            "append",
+            "--insecure",
+            "--oci-empty-base",
+            "-f",
+            "pause.tar",
+            "-t",
+            &image,
+        ];
+        run(&crane, &append, &dir);
+        let mutate = [
+            "mutate",
+            "--insecure",
+            &image,
+            "--entrypoint=/pause",
+            "--set-platform=linux/amd64",
+            "-t",
+            &image,
+        ];
+        run(&crane, &mutate, &dir);
+        image
+    }
+
+    fn start_containerd(&mut self, sandbox: &str) {
+        let layout = &self.layout;
+        let hosts = layout.registry_hosts().join(&self.registry);
+        std::fs::create_dir_all(&hosts).expect("registry hosts dir");
+        write(
+            &hosts.join("hosts.toml"),
+            &config::registry_hosts_toml(&self.registry),
+        );
+        write(
+            &layout.containerd_config(),
+            &config::containerd_toml(layout, sandbox),
+        );
+        write(
+            &layout.cni_conf_dir().join("10-postcache.conflist"),
+            &config::cni_conflist(layout, self.node_ip),
+        );
+        let socket = layout.containerd_socket();
+        let ctr = tool("ctr");
+        let ready: Readiness = Box::new(move || {
+            let out = Command::new(&ctr)
+                .arg(format!("--address={}", socket.display()))
+                .arg("version")
+                .output()
+                .map_err(|e| format!("ctr: {e}"))?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        });
+        let args = strings(&[&format!(
+            "--config={}",
+            layout.containerd_config().display()
+        )]);
+        let spec = self.spec("containerd", args, ready);
+        self.processes.push(Process::start(spec));
+    }
+
+    fn start_kubelet(&mut self) {
+        let ports = KubeletPorts {
+            port: free_port(),
+            healthz: free_port(),
+        };
+        let layout = &self.layout;
+        write(
+            &layout.kubelet_config(),
+            &config::kubelet_yaml(layout, ports, TAINT),
+        );
+        let root = layout.kubelet_root();
+        let args = strings(&[
+            &format!("--config={}", layout.kubelet_config().display()),
+            &format!("--kubeconfig={}", self.plane.kubeconfig().display()),
+            &format!("--root-dir={}", root.display()),
+            &format!("--cert-dir={}", root.join("pki").display()),
+            &format!("--hostname-override={}", Node::NAME),
+            &format!("--node-ip={}", self.node_ip),
+            &format!("--node-labels={TAINT}=true"),
+        ]);
+        let ready = http_ready(([127, 0, 0, 1], ports.healthz).into(), "/healthz");
+        let spec = self.spec("kubelet", args, ready);
+        self.processes.push(Process::start(spec));
+        wait_until("the real node to be Ready", Duration::from_secs(90), || {
+            let ready = self.plane.kubectl(&[
+                "get",
+                "node",
+                Node::NAME,
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+            ])?;
+            (ready == "True")
+                .then_some(())
+                .ok_or_else(|| format!("Ready={ready:?}\n{}", self.log_tail("kubelet", 20)))
+        });
+    }
+
+    fn start_kube_proxy(&mut self) {
+        let (healthz, metrics) = (free_port(), free_port());
+        let file = self.layout.kube_proxy_config();
+        write(
+            &file,
+            &config::kube_proxy_yaml(self.plane.kubeconfig(), Node::NAME, healthz, metrics),
+        );
+        let args = strings(&[&format!("--config={}", file.display())]);
+        let ready = http_ready(([127, 0, 0, 1], healthz).into(), "/healthz");
+        let spec = self.spec("kube-proxy", args, ready);
+        self.processes.push(Process::start(spec));
+    }
+
+    /// CoreDNS on the node's address behind a selector-less `kube-dns` Service (kubelet's
+    /// `clusterDNS`), its EndpointSlice written here.
+    fn start_coredns(&mut self) {
+        let (health, ready_port) = (free_port(), free_port());
+        let corefile = self.layout.corefile();
+        write(
+            &corefile,
+            &config::corefile(self.plane.kubeconfig(), self.node_ip, health, ready_port),
+        );
+        let manifest = self.layout.base.join("kube-dns.json");
+        write(&manifest, &kube_dns_manifest(self.node_ip));
+        wait_until("the kube-dns Service", Duration::from_secs(30), || {
+            self.plane
+                .kubectl(&["apply", "-f", &manifest.display().to_string()])
+        });
+        let args = strings(&[&format!("-conf={}", corefile.display())]);
+        let ready = http_ready(([127, 0, 0, 1], ready_port).into(), "/ready");
+        let spec = self.spec("coredns", args, ready);
+        self.processes.push(Process::start(spec));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        while let Some(process) = self.processes.pop() {
+            drop(process);
+        }
+        host::clean(&self.layout.base);
+        self.sysctls.restore();
+        let _ = self.plane.kubectl(&[
+            "delete",
+            "--wait=false",
+            "--ignore-not-found",
+            "-f",
+            &self.layout.base.join("kube-dns.json").display().to_string(),
+        ]);
+        let _ = self.plane.kubectl(&[
+            "delete",
+            "node",
+            Node::NAME,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.layout.base);
+    }
+}
+
+impl Node {
+    /// What a test checks after the node is gone: nothing of it left on the machine.
+    ///
+    /// # Errors
+    /// The leftovers found: the bridge, mounts under the node's dir, `KUBE-*` chains, `kubepods`
+    /// cgroups.
+    pub fn leftovers() -> Result<(), String> {
+        let base = std::env::temp_dir().join("postcache-node");
+        let mut found = Vec::new();
+        if host::bridge_exists() {
+            found.push(format!("link {}", config::BRIDGE));
+        }
+        found.extend(
+            host::mounts_under(&base)
+                .into_iter()
+                .map(|m| format!("mount {m}")),
+        );
+        found.extend(
+            host::kube_chains()
+                .into_iter()
+                .map(|c| format!("chain {c}")),
+        );
+        found.extend(
+            host::leftover_cgroups()
+                .into_iter()
+                .map(|c| format!("cgroup {}", c.display())),
+        );
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(found.join("\n"))
+        }
+    }
+}
+
+const PAUSE_C: &str = r#"#include <signal.h>
+#include <unistd.h>
+static void stop(int sig) { (void)sig; _exit(0); }
+int main(void) {
+    signal(SIGINT, stop);
+    signal(SIGTERM, stop);
+    for (;;) pause();
+}
+"#;
+
+fn kube_dns_manifest(node_ip: Ipv4Addr) -> String {
+    let ports = serde_json::json!([
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+    ]);
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+                "spec": {"clusterIP": config::DNS_SERVICE_IP, "ports": ports}
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kube-dns-postcache-node", "namespace": "kube-system",
+                             "labels": {"kubernetes.io/service-name": "kube-dns"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}],
+                "ports": ports
+            }
+        ]
+    })
+    .to_string()
+}
+
+/// The source address of the default route (a route lookup; nothing is sent).
+fn node_ip() -> Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "route", "get", "192.0.2.255"])
+        .output()
+        .expect("run ip route get");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "src")
+        .nth(1)
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no source address in `ip route get`: {text}"))
+}
+
+fn http_ready(addr: SocketAddr, path: &'static str) -> Readiness {
+    Box::new(move || match http_get(addr, path)? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("{path}: {status} {body}")),
+    })
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn write(path: &Path, content: &str) {
+    std::fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn run(program: &Path, args: &[&str], dir: &Path) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
