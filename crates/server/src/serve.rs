@@ -504,3 +504,44 @@ async fn final_flush(posts: &Posts) {
         tracing::warn!(error = %e, "publishing the last events failed; the outbox keeps them for the next relay");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn until_stopped(mut stop: watch::Receiver<bool>) {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_named_and_tasks_ending_at_stop_are_not() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = vec![
+            ("relay", tokio::spawn(until_stopped(stop.clone()))),
+            (
+                "follower",
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    panic!("a bug in the follower");
+                }),
+            ),
+        ];
+        let died =
+            tokio::time::timeout(Duration::from_secs(5), supervise(&mut tasks, stop.clone()))
+                .await
+                .expect("a dead task went unnoticed");
+        assert_eq!(died, "follower");
+
+        let mut tasks = vec![
+            ("relay", tokio::spawn(until_stopped(stop.clone()))),
+            ("maintenance", tokio::spawn(until_stopped(stop.clone()))),
+        ];
+        let _ = stop_tx.send(true);
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(300), supervise(&mut tasks, stop)).await;
+        assert!(
+            quiet.is_err(),
+            "tasks that ended because of the stop were reported as dead"
+        );
+    }
+}
