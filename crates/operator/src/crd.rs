@@ -36,7 +36,12 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.redis.shards"),
+    printcolumn(
+        name = "Redis-Ready",
+        type_ = "integer",
+        json_path = ".status.redis.readyNodes"
+    ),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.redis.shards"),
     printcolumn(
         name = "PG-Ready",
         type_ = "integer",

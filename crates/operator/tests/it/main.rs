@@ -88,6 +88,7 @@ fn the_examples_apply_defaults_fill_in_and_kubectl_explains_fields() {
     for column in [
         "READY",
         "PHASE",
+        "REDIS-READY",
         "SHARDS",
         "PG-READY",
         "SERVICE-READY",
@@ -98,6 +99,16 @@ fn the_examples_apply_defaults_fill_in_and_kubectl_explains_fields() {
             "`kubectl get pc` lacks {column}:\n{table}"
         );
     }
+    // Shards are what the cluster holds (status), not what the spec asks: nothing before the
+    // operator has bootstrapped a Cluster, never a number for Standalone or External Redis.
+    let minimal_row = table
+        .lines()
+        .find(|l| l.starts_with("minimal "))
+        .unwrap_or_else(|| panic!("no row for `minimal`:\n{table}"));
+    assert!(
+        !minimal_row.split_whitespace().any(|cell| cell == "3"),
+        "the Shards column shows the spec's 3 before any shard exists: {minimal_row}"
+    );
     // `pc` is also PriorityClass's short name, which kubectl prefers; `pcache` is ours alone.
     let ambiguous = plane
         .kubectl(&["get", "pc", "-n", &ns])
