@@ -55,7 +55,11 @@ async fn replica_faults_move_reads_and_a_dead_primary_fails_writes_fast() {
     pods.wait_metric(0, replica_flag, 1.0).await;
     let (written, token) = pods.update(0, &id, "newest").await;
     let (seen, tier) = pods.read(0, &id, Some(&without_position(&token))).await;
-    assert_eq!((seen, tier.as_str()), (written, "l3"));
+    // The lagging replica must not answer: the primary does (`l3`), or this pod's memory once a
+    // heartbeat has vouched for the token's LSN (`l1`, which a heartbeat landing between the
+    // write and the read makes legitimate).
+    assert_eq!(seen, written, "answered from {tier}");
+    assert!(matches!(tier.as_str(), "l3" | "l1"), "{tier}");
     pg.psql_replica(0, &db, "SELECT pg_wal_replay_resume()")
         .unwrap();
     pods.wait_metric(0, replica_flag, 0.0).await;
