@@ -277,8 +277,9 @@ pub struct ExternalPostgres {
 }
 
 /// The PostCache pods.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.trustedProxies) || self.trustedProxies.all(c, isCIDR(c))").message("trustedProxies must be CIDR networks such as 10.0.0.0/8").field_path(".trustedProxies"))]
 pub struct ServiceSpec {
     /// PostCache image (default: the operator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +304,13 @@ pub struct ServiceSpec {
     /// `memory: 512Mi`; the HPA's CPU utilization is relative to the CPU request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Networks of the reverse proxies in front of the pods (your Ingress controller's pods,
+    /// e.g. `10.0.0.0/8`). Only from them is `X-Forwarded-For`/`Forwarded` believed, so the
+    /// per-client rate limit and realtime cap apply per real client. Without them, every client
+    /// of an Ingress shares its address, and with it those limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 43)))]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServiceSpec {
@@ -315,6 +323,7 @@ impl Default for ServiceSpec {
             realtime: RealtimeSpec::default(),
             api_tokens_secret_ref: None,
             resources: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -179,6 +179,12 @@ pub fn service_env(pc: &PostCache) -> Vec<EnvVar> {
         "POSTCACHE_REALTIME_MAX_CONNECTIONS",
         realtime.max_connections_per_pod.to_string(),
     ));
+    if !spec.service.trusted_proxies.is_empty() {
+        out.push(env(
+            "POSTCACHE_TRUSTED_PROXIES",
+            spec.service.trusted_proxies.join(","),
+        ));
+    }
     // On SIGTERM: readiness fails and the pod keeps serving while its endpoint leaves every
     // Service and Ingress, then in-flight requests get the grace (within the pod's termination
     // grace period).
@@ -315,5 +321,33 @@ fn autoscaler(pc: &PostCache) -> HorizontalPodAutoscaler {
             ..HorizontalPodAutoscalerSpec::default()
         },
         ..HorizontalPodAutoscaler::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PostCacheSpec;
+
+    fn value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    }
+
+    #[test]
+    fn trusted_proxies_reach_the_pods_only_when_given() {
+        let mut pc = PostCache::new("feed", PostCacheSpec::default());
+        pc.metadata.namespace = Some("prod".into());
+        assert_eq!(value(&service_env(&pc), "POSTCACHE_TRUSTED_PROXIES"), None);
+        pc.spec.service.trusted_proxies = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        assert_eq!(
+            value(&service_env(&pc), "POSTCACHE_TRUSTED_PROXIES"),
+            Some("10.0.0.0/8,fd00::/8")
+        );
+        assert_eq!(
+            value(&service_env(&pc), "POSTCACHE_DRAIN_DELAY_SECONDS"),
+            Some("5")
+        );
     }
 }

@@ -164,6 +164,11 @@ async fn invalid_specs_are_rejected_naming_their_field() {
             "spec.service.replicas",
         ),
         (
+            "a trusted proxy that is no network",
+            json!({"service": {"trustedProxies": ["10.0.0.0/8", "10.0.0.0/33"]}}),
+            "spec.service.trustedProxies",
+        ),
+        (
             "min above max replicas",
             json!({"service": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}),
             "spec.service.autoscaling.minReplicas",
