@@ -40,6 +40,24 @@ pub struct ProcessSpec {
     pub stop_signal: Signal,
 }
 
+impl ProcessSpec {
+    /// The pinned program `name` ([`tool`](crate::tool)) with `args`, logging to `log`: no extra
+    /// environment, the test's own user, 60 s to become ready, SIGTERM to stop.
+    pub fn of_tool(name: &str, args: Vec<String>, log: PathBuf, ready: Readiness) -> ProcessSpec {
+        ProcessSpec {
+            name: name.to_owned(),
+            program: crate::tool(name),
+            args,
+            env: vec![],
+            user: None,
+            log,
+            ready,
+            ready_timeout: Duration::from_secs(60),
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+}
+
 /// A running child process with fault handles; stopped (then its group killed) on drop.
 pub struct Process {
     spec: ProcessSpec,

@@ -15,7 +15,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::process::{Process, ProcessSpec, Readiness};
@@ -259,17 +258,7 @@ impl ControlPlane {
 }
 
 fn spec(dir: &Path, name: &str, args: Vec<String>, ready: Readiness) -> ProcessSpec {
-    ProcessSpec {
-        name: name.to_owned(),
-        program: tool(name),
-        args,
-        env: vec![],
-        user: None,
-        log: dir.join(format!("{name}.log")),
-        ready,
-        ready_timeout: Duration::from_secs(60),
-        stop_signal: Signal::SIGTERM,
-    }
+    ProcessSpec::of_tool(name, args, dir.join(format!("{name}.log")), ready)
 }
 
 fn args(list: &[&str]) -> Vec<String> {

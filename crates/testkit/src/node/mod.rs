@@ -24,8 +24,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::control_plane::ControlPlane;
 use crate::process::{Process, ProcessSpec, Readiness};
 use crate::{free_port, http_get, tool, wait_until};
@@ -116,17 +114,7 @@ impl Node {
     }
 
     fn spec(&self, name: &str, args: Vec<String>, ready: Readiness) -> ProcessSpec {
-        ProcessSpec {
-            name: name.to_owned(),
-            program: tool(name),
-            args,
-            env: vec![],
-            user: None,
-            log: self.layout.log(name),
-            ready,
-            ready_timeout: Duration::from_secs(60),
-            stop_signal: Signal::SIGTERM,
-        }
+        ProcessSpec::of_tool(name, args, self.layout.log(name), ready)
     }
 
     fn start_registry(&mut self) {
