@@ -37,7 +37,9 @@ fi
 chmod 0700 "$PGDATA"
 
 deadline=$((SECONDS + timeout))
-until pg_isready -q -h "$PRIMARY_HOST" -p "$PRIMARY_PORT" -U "$REPLICATION_USER"; do
+# -d postgres: without it the check connects to a database named after the role, and the
+# primary logs a FATAL "database does not exist" for every try.
+until pg_isready -q -h "$PRIMARY_HOST" -p "$PRIMARY_PORT" -U "$REPLICATION_USER" -d postgres; do
   [ "$SECONDS" -lt "$deadline" ] || die "the primary $PRIMARY_HOST:$PRIMARY_PORT is not ready after ${timeout}s"
   sleep 1
 done

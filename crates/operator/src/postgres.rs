@@ -1,10 +1,12 @@
 //! PostgreSQL as desired objects: a primary StatefulSet and a read-replica StatefulSet of
 //! `instances - 1` (each replica seeded by `pg_basebackup` in an init container running
 //! `postgres-replica-seed.sh`, then streaming), generated credentials and replication Secrets,
-//! `<name>-postgres-rw` / `-ro` Services and a PodDisruptionBudget. Pods run as [`UID`] under
-//! the restricted Pod Security Standard on a read-only root filesystem (the image's entrypoint
-//! runs as that user without switching; `/tmp` and the socket directory are `emptyDir`s). External
-//! mode creates nothing. Pure.
+//! `<name>-postgres-rw` / `-ro` Services and a PodDisruptionBudget. The primary's data directory is
+//! made by an init container running `postgres-primary-init.sh`; every container runs a program
+//! by name (`bash`, `postgres`, `pg_isready`), never the image's entrypoint, so the official
+//! `postgres` image and one built from Debian's packages both work. Pods run as [`UID`] under the
+//! restricted Pod Security Standard on a read-only root filesystem (`/tmp` and the socket
+//! directory are `emptyDir`s). External mode creates nothing. Pure.
 //!
 //! ```text
 //! service ──rw──▶ <name>-postgres (primary) ──WAL──▶ <name>-postgres-replica-N ◀──ro── service
@@ -14,8 +16,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec,
-    ResourceRequirements, Secret, Service, ServiceSpec, Volume, VolumeMount,
+    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, Service,
+    ServiceSpec, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -49,7 +51,7 @@ pub const PASSWORD_KEY: &str = "password";
 pub const ROLE_LABEL: &str = "postcache.io/role";
 /// The seeding script in the scripts ConfigMap.
 pub const SEED_SCRIPT: &str = "postgres-replica-seed.sh";
-/// The primary's init script (run by the image's entrypoint on first start).
+/// The primary's init script (its init container: initdb, the database, the replication role).
 pub const PRIMARY_INIT_SCRIPT: &str = "postgres-primary-init.sh";
 /// The data directory (a subdirectory of the volume, as the image wants).
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
@@ -214,12 +216,13 @@ fn writable_mounts() -> Vec<VolumeMount> {
     ]
 }
 
-fn server_container(pc: &PostCache, image: &str, extra_mounts: Vec<VolumeMount>) -> Container {
-    let mut mounts = writable_mounts();
-    mounts.extend(extra_mounts);
+/// `postgres` itself, started without the image's entrypoint (the init container has made the
+/// data directory), as [`UID`].
+fn server_container(pc: &PostCache, image: &str) -> Container {
     Container {
         name: "postgres".into(),
         image: Some(image.to_owned()),
+        command: Some(vec!["postgres".into()]),
         args: Some(
             [
                 "-c",
@@ -239,7 +242,7 @@ fn server_container(pc: &PostCache, image: &str, extra_mounts: Vec<VolumeMount>)
         readiness_probe: Some(exec_probe("pg_isready -h 127.0.0.1 -U \"$POSTGRES_USER\"")),
         resources: Some(resources(pc)),
         security_context: Some(restricted_security_context()),
-        volume_mounts: Some(mounts),
+        volume_mounts: Some(writable_mounts()),
         ..Container::default()
     }
 }
@@ -284,29 +287,32 @@ fn stateful_set(
 }
 
 fn primary(pc: &PostCache, image: &str) -> StatefulSet {
-    let init_mount = VolumeMount {
-        name: "initdb".into(),
-        mount_path: "/docker-entrypoint-initdb.d".into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    let initdb = Volume {
-        name: "initdb".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: crate::scripts_config::name(pc),
-            items: Some(vec![KeyToPath {
-                key: PRIMARY_INIT_SCRIPT.into(),
-                path: PRIMARY_INIT_SCRIPT.into(),
-                mode: None,
-            }]),
-            default_mode: Some(0o555),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
+    let init = Container {
+        name: "init".into(),
+        image: Some(image.to_owned()),
+        command: Some(vec![
+            "bash".into(),
+            format!("{SCRIPTS_DIR}/{PRIMARY_INIT_SCRIPT}"),
+        ]),
+        env: Some(server_env(pc)),
+        resources: Some(resources(pc)),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(
+            writable_mounts()
+                .into_iter()
+                .chain([scripts_mount()])
+                .collect(),
+        ),
+        ..Container::default()
     };
     let pod = PodSpec {
-        containers: vec![server_container(pc, image, vec![init_mount])],
-        volumes: Some(vec![initdb, scratch_volume("tmp"), scratch_volume("run")]),
+        init_containers: Some(vec![init]),
+        containers: vec![server_container(pc, image)],
+        volumes: Some(vec![
+            scripts_volume(&crate::scripts_config::name(pc)),
+            scratch_volume("tmp"),
+            scratch_volume("run"),
+        ]),
         ..PodSpec::default()
     };
     stateful_set(pc, primary_name(pc), "primary", 1, pod)
@@ -352,7 +358,7 @@ fn replicas(pc: &PostCache, image: &str) -> StatefulSet {
     };
     let pod = PodSpec {
         init_containers: Some(vec![seed]),
-        containers: vec![server_container(pc, image, Vec::new())],
+        containers: vec![server_container(pc, image)],
         volumes: Some(vec![
             scripts_volume(&crate::scripts_config::name(pc)),
             scratch_volume("tmp"),

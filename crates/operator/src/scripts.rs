@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! operator ──ConfigMap──▶ Job (redis image)        redis-cluster.sh bootstrap | add-shards | drain-shards
-//!          ──ConfigMap──▶ primary initdb.d         postgres-primary-init.sh
+//!          ──ConfigMap──▶ primary init container   postgres-primary-init.sh ─▶ initdb, database, roles
 //!          ──ConfigMap──▶ replica init container   postgres-replica-seed.sh ─▶ pg_basebackup -R
 //! ```
-//! Each is bash (present in the Debian-based official images), idempotent and resumable, and
-//! configured only through its environment; passwords never appear on a command line.
+//! Each is bash (present in the Debian-based official images and in the images the tests build
+//! from Debian's packages), idempotent and resumable, and configured only through its
+//! environment; passwords never appear on a command line. They call programs by name on `PATH`
+//! and never an image's entrypoint script.
 
 /// Forms and reshapes a Redis Cluster: `bootstrap`, `add-shards`, `drain-shards`.
 ///
@@ -19,10 +21,12 @@
 /// removed, so no key is lost; each step re-reads the cluster, so a rerun finishes an interrupted one.
 pub const REDIS_CLUSTER: &str = include_str!("../scripts/redis-cluster.sh");
 
-/// Creates the replication role and its `pg_hba.conf` entry on the primary, then reloads.
+/// Creates the primary's data directory when there is none: initdb (staged beside `PGDATA`,
+/// renamed into place only when complete), the database, the replication role and their
+/// `pg_hba.conf` entries.
 ///
-/// Env: `REPLICATION_USER`, `REPLICATION_PASSWORD`, optional `POSTGRES_USER` (the superuser,
-/// `postgres`) and libpq's `PG*` variables. Meant for `/docker-entrypoint-initdb.d`; idempotent.
+/// Env: `PGDATA`, `POSTGRES_USER` (the superuser), `POSTGRES_PASSWORD`, `POSTGRES_DB`,
+/// `REPLICATION_USER`, `REPLICATION_PASSWORD`. Needs `initdb`, `pg_ctl` and `psql` on `PATH`.
 pub const POSTGRES_PRIMARY_INIT: &str = include_str!("../scripts/postgres-primary-init.sh");
 
 /// Seeds an empty replica data directory with `pg_basebackup -R -X stream`; does nothing when

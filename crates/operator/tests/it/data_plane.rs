@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use postcache_operator::scripts;
-use postcache_testkit::{Postgres, Process, ProcessSpec, RedisNodes, free_port, tool, wait_until};
+use postcache_testkit::{Process, ProcessSpec, RedisNodes, free_port, tool, wait_until};
 
 const PASSWORD: &str = "s3cret-never-logged";
 
@@ -320,8 +320,9 @@ fn redis_cluster_script_bootstraps_grows_and_drains_keeping_every_key() {
     );
 }
 
-/// psql against the seeded replica (the test kit's helpers know only its own servers).
-fn psql(port: u16, sql: &str) -> Result<String, String> {
+/// psql over TCP as the superuser the init script made, with its password (so the
+/// `pg_hba.conf` entries it wrote are what let it in).
+fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(tool("psql"))
         .args([
             "-h",
@@ -329,11 +330,12 @@ fn psql(port: u16, sql: &str) -> Result<String, String> {
             "-p",
             &port.to_string(),
             "-U",
-            "postgres",
+            SUPERUSER,
             "-d",
-            "postgres",
+            db,
         ])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", PASSWORD)
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -343,44 +345,56 @@ fn psql(port: u16, sql: &str) -> Result<String, String> {
     }
 }
 
-#[test]
-fn postgres_scripts_seed_a_streaming_replica() {
-    let primary = Postgres::start(0);
-    let port = primary.port().to_string();
-    let init = Script::new(scripts::POSTGRES_PRIMARY_INIT);
-    let init_env = [
-        ("REPLICATION_USER", "replicator"),
-        ("REPLICATION_PASSWORD", PASSWORD),
-        ("PGHOST", "127.0.0.1"),
-        ("PGPORT", port.as_str()),
-    ];
-    for attempt in 0..2 {
-        let out = init
-            .run(&[], &init_env, None)
-            .unwrap_or_else(|e| panic!("primary init: {e}"));
-        assert!(
-            !out.contains(PASSWORD),
-            "primary init printed the password:\n{out}"
-        );
-        assert_eq!(
-            primary.psql_primary(
-                "postgres",
-                "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'"
-            ),
-            Ok("t".into()),
-            "attempt {attempt}"
-        );
-        assert_eq!(
-            primary.psql_primary(
-                "postgres",
-                "SELECT count(*) FROM pg_hba_file_rules WHERE database = '{replication}' \
-                 AND user_name = '{replicator}' AND auth_method = 'scram-sha-256' AND error IS NULL"
-            ),
-            Ok("1".into()),
-            "exactly one pg_hba entry after run {attempt}"
-        );
-    }
+/// The superuser and database the primary init script creates (the operator's are `postcache`).
+const SUPERUSER: &str = "feed";
+const DATABASE: &str = "feed";
 
+/// `postgres` on `data`, listening on 127.0.0.1:`port` (socket in `socket_dir`), as `postgres`
+/// when the test runs as root; ready when `ready_sql` answers `t`.
+fn server(
+    name: &str,
+    data: &str,
+    port: u16,
+    socket_dir: &Path,
+    ready_sql: &'static str,
+) -> Process {
+    Process::start(ProcessSpec {
+        name: name.into(),
+        program: tool("postgres"),
+        args: [
+            "-D",
+            data,
+            "-p",
+            &port.to_string(),
+            "-k",
+            &socket_dir.display().to_string(),
+        ]
+        .into_iter()
+        .chain([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "wal_level=replica",
+            "-c",
+            "max_wal_senders=4",
+        ])
+        .map(str::to_owned)
+        .collect(),
+        env: vec![],
+        user: running_as_root().then(|| "postgres".into()),
+        log: socket_dir.join(format!("{name}.log")),
+        ready: Box::new(move || match psql(port, "postgres", ready_sql)?.as_str() {
+            "t" => Ok(()),
+            other => Err(format!("{ready_sql} = {other}")),
+        }),
+        ready_timeout: Duration::from_secs(60),
+        // SIGINT is PostgreSQL's fast shutdown.
+        stop_signal: Signal::SIGINT,
+    })
+}
+
+#[test]
+fn postgres_scripts_make_a_primary_and_seed_a_streaming_replica() {
     let dir = tempfile::tempdir().unwrap();
     if running_as_root() {
         let status = Command::new("chown")
@@ -390,12 +404,81 @@ fn postgres_scripts_seed_a_streaming_replica() {
             .unwrap();
         assert!(status.success());
     }
+    let primary_data = dir.path().join("primary");
+    let primary_str = primary_data.display().to_string();
+    // What a run killed half-way leaves: a staging directory, never a PGDATA.
+    std::fs::create_dir_all(dir.path().join("primary.init/half-done")).unwrap();
+    let init = Script::new(scripts::POSTGRES_PRIMARY_INIT);
+    let init_env = [
+        ("PGDATA", primary_str.as_str()),
+        ("POSTGRES_USER", SUPERUSER),
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("POSTGRES_DB", DATABASE),
+        ("REPLICATION_USER", "replicator"),
+        ("REPLICATION_PASSWORD", PASSWORD),
+    ];
+    if running_as_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path().join("primary.init"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = init
+        .run(&[], &init_env, Some("postgres"))
+        .unwrap_or_else(|e| panic!("primary init: {e}"));
+    assert!(
+        !out.contains(PASSWORD),
+        "primary init printed the password:\n{out}"
+    );
+    assert!(primary_data.join("PG_VERSION").exists(), "{out}");
+    assert!(
+        !dir.path().join("primary.init").exists(),
+        "the staging directory is gone"
+    );
+
+    let port = free_port();
+    let primary = server(
+        "postgres-initialized-primary",
+        &primary_str,
+        port,
+        dir.path(),
+        "SELECT NOT pg_is_in_recovery()",
+    );
+    assert_eq!(
+        psql(port, DATABASE, "SELECT current_database()"),
+        Ok(DATABASE.into()),
+        "the database exists and the superuser logs in over TCP with its password"
+    );
+    assert_eq!(
+        psql(
+            port,
+            "postgres",
+            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'"
+        ),
+        Ok("t".into())
+    );
+    assert_eq!(
+        psql(
+            port,
+            "postgres",
+            "SELECT count(*) FROM pg_hba_file_rules WHERE database = '{replication}' \
+             AND user_name = '{replicator}' AND auth_method = 'scram-sha-256' AND error IS NULL"
+        ),
+        Ok("1".into()),
+        "one pg_hba entry lets the replication role replicate"
+    );
+    let again = init.run(&[], &init_env, Some("postgres")).unwrap();
+    assert!(again.contains("nothing to do"), "{again}");
+
     let data = dir.path().join("replica");
     let seed = Script::new(scripts::POSTGRES_REPLICA_SEED);
     let data_str = data.display().to_string();
+    let port_str = port.to_string();
     let seed_env = [
         ("PRIMARY_HOST", "127.0.0.1"),
-        ("PRIMARY_PORT", port.as_str()),
+        ("PRIMARY_PORT", port_str.as_str()),
         ("REPLICATION_USER", "replicator"),
         ("PGPASSWORD", PASSWORD),
         ("PGDATA", data_str.as_str()),
@@ -407,65 +490,42 @@ fn postgres_scripts_seed_a_streaming_replica() {
         data.join("standby.signal").exists(),
         "pg_basebackup -R writes standby.signal"
     );
-
     let replica_port = free_port();
-    let socket_dir = dir.path().display().to_string();
-    let replica = Process::start(ProcessSpec {
-        name: "postgres-seeded-replica".into(),
-        program: tool("postgres"),
-        args: [
-            "-D",
-            &data_str,
-            "-p",
-            &replica_port.to_string(),
-            "-k",
-            &socket_dir,
-        ]
-        .into_iter()
-        // A standby needs at least the primary's max_connections (the test kit's is 300).
-        .chain([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "max_connections=300",
-        ])
-        .map(str::to_owned)
-        .collect(),
-        env: vec![],
-        user: Some("postgres".into()),
-        log: dir.path().join("replica.log"),
-        ready: Box::new(
-            move || match psql(replica_port, "SELECT pg_is_in_recovery()")?.as_str() {
-                "t" => Ok(()),
-                other => Err(format!("pg_is_in_recovery() = {other}")),
-            },
-        ),
-        ready_timeout: Duration::from_secs(60),
-        // SIGINT is PostgreSQL's fast shutdown.
-        stop_signal: Signal::SIGINT,
-    });
+    let replica = server(
+        "postgres-seeded-replica",
+        &data_str,
+        replica_port,
+        dir.path(),
+        "SELECT pg_is_in_recovery()",
+    );
 
-    primary
-        .psql_primary(
-            "postgres",
-            "CREATE TABLE seeded (v text); INSERT INTO seeded VALUES ('streamed')",
-        )
-        .unwrap();
+    psql(
+        port,
+        DATABASE,
+        "CREATE TABLE seeded (v text); INSERT INTO seeded VALUES ('streamed')",
+    )
+    .unwrap();
     wait_until(
         "the row to stream to the seeded replica",
         Duration::from_secs(120),
-        || match psql(replica_port, "SELECT v FROM seeded")?.as_str() {
+        || match psql(replica_port, DATABASE, "SELECT v FROM seeded")?.as_str() {
             "streamed" => Ok(()),
             other => Err(format!("replica has {other:?}")),
         },
     );
     assert_eq!(
-        primary.psql_primary("postgres", "SELECT usename FROM pg_stat_replication"),
+        psql(port, "postgres", "SELECT usename FROM pg_stat_replication"),
         Ok("replicator".into()),
         "the replica streams as the replication role"
+    );
+    let log = std::fs::read_to_string(dir.path().join("postgres-initialized-primary.log")).unwrap();
+    assert!(
+        !log.contains("does not exist"),
+        "the seed's checks of the primary connect to a database that exists:\n{log}"
     );
 
     let again = seed.run(&[], &seed_env, Some("postgres")).unwrap();
     assert!(again.contains("nothing to do"), "{again}");
     drop(replica);
+    drop(primary);
 }

@@ -17,6 +17,7 @@
 
 mod config;
 mod host;
+mod images;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -92,6 +93,19 @@ impl Node {
     /// `crane … --insecure`).
     pub fn registry(&self) -> &str {
         &self.registry
+    }
+
+    /// Pushes a Redis image assembled from this machine's Debian packages (`redis-server`,
+    /// `redis-cli`, `bash`, busybox; no entrypoint) to the node's registry; returns its reference.
+    pub fn push_redis_image(&self) -> String {
+        images::push_redis(&self.registry, &self.layout.base.join("images"))
+    }
+
+    /// Pushes a PostgreSQL image assembled from this machine's Debian packages (the server and
+    /// its client programs on `PATH`, `bash`, busybox; no entrypoint) to the node's registry;
+    /// returns its reference.
+    pub fn push_postgres_image(&self) -> String {
+        images::push_postgres(&self.registry, &self.layout.base.join("images"))
     }
 
     /// The node's InternalIP (where CoreDNS listens).
