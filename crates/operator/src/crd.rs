@@ -4,7 +4,12 @@
 //! serde defaults, and cross-field and transition rules are CEL rules in the schema, each naming
 //! its field, so the apiserver rejects a bad spec before the operator ever sees it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -114,6 +119,9 @@ pub struct RedisSpec {
     /// `memory: 512Mi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Placement, metadata and extra environment of the pods (and Jobs) of this tier.
+    #[serde(flatten)]
+    pub pods: PodOptions,
     /// Redis's `maxmemory`, at least `1Mi` (default: 80 % of the memory limit in `resources`,
     /// leaving room for buffers and the fork of a rewrite; none without a memory limit). At the
     /// bound writes are refused or keys with a TTL evicted, as `maxMemoryPolicy` says.
@@ -139,6 +147,7 @@ impl Default for RedisSpec {
             image: None,
             storage: None,
             resources: None,
+            pods: PodOptions::default(),
             max_memory: None,
             max_memory_policy: MaxMemoryPolicy::default(),
             external: None,
@@ -242,6 +251,9 @@ pub struct PostgresSpec {
     /// `memory: 1Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Placement, metadata and extra environment of the pods (and Jobs) of this tier.
+    #[serde(flatten)]
+    pub pods: PodOptions,
     /// Replicas further behind than this take no reads.
     #[serde(default = "default_replica_lag")]
     #[schemars(range(min = 0))]
@@ -259,6 +271,7 @@ impl Default for PostgresSpec {
             image: None,
             storage: None,
             resources: None,
+            pods: PodOptions::default(),
             max_replica_lag_seconds: default_replica_lag(),
             external: None,
         }
@@ -274,6 +287,62 @@ pub struct ExternalPostgres {
     /// Secret key holding a comma list of read-replica URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_urls_secret_ref: Option<SecretKeyRef>,
+}
+
+/// What a platform team sets on every pod of a tier: where it runs (node labels, taints,
+/// affinity, spreading), the labels and annotations its tooling selects on, pull secrets of a
+/// private registry, and extra environment variables.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity of the pods, as in a pod spec (checked when the pods are
+    /// made: a bad one makes the phase `Failed` with the apiserver's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_spec_object")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over zones or nodes, as in a pod spec (checked when the pods are
+    /// made).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "pod_spec_list")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Labels added to the pods; the operator's own `app.kubernetes.io/*` labels win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Secrets to pull the images with (a private registry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Environment variables added to every container, after the operator's (a variable of the
+    /// same name replaces the operator's value, e.g. `POSTCACHE_RATE_LIMIT_PER_SECOND` of the
+    /// service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// A pod-spec field kept out of the CRD's schema: with the whole of `Affinity` and
+/// `TopologySpreadConstraint` spelled out for three tiers the CRD passes 256 KiB, past what
+/// `kubectl apply` (client side) can store. The apiserver checks the field when the pods are made.
+fn pod_spec_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// A list of [`pod_spec_object`]s.
+fn pod_spec_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
 }
 
 /// The PostCache pods.
@@ -304,6 +373,9 @@ pub struct ServiceSpec {
     /// `memory: 512Mi`; the HPA's CPU utilization is relative to the CPU request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Placement, metadata and extra environment of the pods (and Jobs) of this tier.
+    #[serde(flatten)]
+    pub pods: PodOptions,
     /// Networks of the reverse proxies in front of the pods (your Ingress controller's pods,
     /// e.g. `10.0.0.0/8`). Only from them is `X-Forwarded-For`/`Forwarded` believed, so the
     /// per-client rate limit and realtime cap apply per real client. Without them, every client
@@ -323,6 +395,7 @@ impl Default for ServiceSpec {
             realtime: RealtimeSpec::default(),
             api_tokens_secret_ref: None,
             resources: None,
+            pods: PodOptions::default(),
             trusted_proxies: Vec::new(),
         }
     }

@@ -240,4 +240,85 @@ mod tests {
         assert_eq!(deployment.object.data["spec"]["replicas"], 5);
         assert!(!children.iter().any(|c| c.resource.kind == "ServiceMonitor"));
     }
+
+    #[test]
+    fn each_tier_s_pod_options_reach_every_pod_template_of_that_tier_only() {
+        let options = |tier: &str| -> crate::PodOptions {
+            serde_json::from_value(serde_json::json!({
+                "nodeSelector": {"pool": tier},
+                "tolerations": [{"key": "dedicated", "value": tier, "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {}},
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                                               "whenUnsatisfiable": "ScheduleAnyway"}],
+                "podAnnotations": {"team": tier},
+                "podLabels": {"tier": tier, "app.kubernetes.io/component": "hijacked"},
+                "imagePullSecrets": [{"name": format!("{tier}-pull")}],
+                "env": [{"name": "EXTRA", "value": tier}],
+            }))
+            .unwrap()
+        };
+        let mut spec = PostCacheSpec::default();
+        spec.redis.pods = options("redis");
+        spec.postgres.pods = options("postgres");
+        spec.service.pods = options("service");
+        let pc = postcache(spec);
+        let job = ShardJob {
+            action: ShardAction::Bootstrap,
+            target: 3,
+            node_shards: 3,
+        };
+        let mut templates = 0;
+        for child in render(&pc, Some(job), MonitoringApis::default()) {
+            let Some(template) = child.object.data.pointer("/spec/template") else {
+                continue;
+            };
+            templates += 1;
+            let component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap();
+            assert_ne!(
+                component,
+                "hijacked",
+                "{}: pod labels replaced the operator's",
+                child.id()
+            );
+            let tier = match component {
+                "redis" | "redis-admin" => "redis",
+                other => other,
+            };
+            let id = child.id();
+            let pod = &template["spec"];
+            assert_eq!(pod["nodeSelector"]["pool"], tier, "{id}");
+            assert_eq!(pod["tolerations"][0]["value"], tier, "{id}");
+            assert!(pod["affinity"]["nodeAffinity"].is_object(), "{id}");
+            assert_eq!(
+                pod["topologySpreadConstraints"][0]["topologyKey"], "zone",
+                "{id}"
+            );
+            assert_eq!(
+                pod["imagePullSecrets"][0]["name"],
+                format!("{tier}-pull"),
+                "{id}"
+            );
+            assert_eq!(template["metadata"]["annotations"]["team"], tier, "{id}");
+            assert_eq!(template["metadata"]["labels"]["tier"], tier, "{id}");
+            let containers = pod["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(pod["initContainers"].as_array().into_iter().flatten());
+            for container in containers {
+                let env = container["env"].as_array().unwrap();
+                assert_eq!(
+                    env.last().unwrap(),
+                    &serde_json::json!({"name": "EXTRA", "value": tier}),
+                    "{id}: the added variable comes last, so it wins"
+                );
+            }
+        }
+        assert_eq!(
+            templates, 5,
+            "Redis nodes, the shard Job, both PostgreSQL sets, the Deployment"
+        );
+    }
 }

@@ -39,7 +39,7 @@ pub mod status;
 pub use config::{LogFormat, OperatorArgs};
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
-    MaxMemoryPolicy, MonitoringSpec, Phase, PostCache, PostCacheSpec, PostCacheStatus,
+    MaxMemoryPolicy, MonitoringSpec, Phase, PodOptions, PostCache, PostCacheSpec, PostCacheStatus,
     PostgresMode, PostgresSpec, PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus,
     SecretKeyRef, ServiceSpec, ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };

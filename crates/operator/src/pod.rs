@@ -1,21 +1,22 @@
 //! Small pieces of pod specs shared by the builders: environment variables (plain and by
 //! `secretKeyRef`), ports, probes, claim templates, the scripts volume, scratch volumes, default
-//! resources, and the pod and container halves of the restricted Pod Security Standard.
+//! resources, the pod and container halves of the restricted Pod Security Standard, and a tier's
+//! [`PodOptions`] applied to its pod templates.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, ServicePort, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, ServicePort, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::labels::Component;
-use crate::{PostCache, StorageSpec};
+use crate::{PodOptions, PostCache, StorageSpec};
 
 /// Where the data-plane scripts ConfigMap is mounted.
 pub const SCRIPTS_DIR: &str = "/scripts";
@@ -209,5 +210,54 @@ pub fn volume_claim(name: &str, storage: Option<&StorageSpec>) -> PersistentVolu
             ..PersistentVolumeClaimSpec::default()
         }),
         ..PersistentVolumeClaim::default()
+    }
+}
+
+/// Applies a tier's [`PodOptions`] to one of its pod templates: placement and pull secrets
+/// replace nothing the operator sets; added labels never replace the operator's (its selectors
+/// depend on them); added variables come after the operator's in every container, so one of the
+/// same name wins.
+pub fn apply_options(template: &mut PodTemplateSpec, options: &PodOptions) {
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    if !options.pod_labels.is_empty() {
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        for (key, value) in &options.pod_labels {
+            labels.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    if !options.pod_annotations.is_empty() {
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .extend(options.pod_annotations.clone());
+    }
+    let Some(spec) = template.spec.as_mut() else {
+        return;
+    };
+    if !options.node_selector.is_empty() {
+        spec.node_selector = Some(options.node_selector.clone());
+    }
+    if !options.tolerations.is_empty() {
+        spec.tolerations = Some(options.tolerations.clone());
+    }
+    if options.affinity.is_some() {
+        spec.affinity.clone_from(&options.affinity);
+    }
+    if !options.topology_spread_constraints.is_empty() {
+        spec.topology_spread_constraints = Some(options.topology_spread_constraints.clone());
+    }
+    if !options.image_pull_secrets.is_empty() {
+        spec.image_pull_secrets = Some(options.image_pull_secrets.clone());
+    }
+    if !options.env.is_empty() {
+        let containers = spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten());
+        for container in containers {
+            container
+                .env
+                .get_or_insert_with(Vec::new)
+                .extend(options.env.iter().cloned());
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::labels::{
     Component, child_name, labels, meta, retained_meta, selector, selector_labels,
 };
 use crate::pod::{
-    SCRIPTS_DIR, container_port, env, exec_probe, mount, resources as pod_resources,
+    SCRIPTS_DIR, apply_options, container_port, env, exec_probe, mount, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
     scripts_volume, secret_env, service_port, volume_claim,
 };
@@ -256,7 +256,7 @@ fn stateful_set(
 ) -> StatefulSet {
     let mut pod_labels = labels(pc, Component::Postgres);
     pod_labels.insert(ROLE_LABEL.to_owned(), role.to_owned());
-    StatefulSet {
+    let mut object = StatefulSet {
         metadata: meta(pc, name, Component::Postgres),
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
@@ -283,7 +283,11 @@ fn stateful_set(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
+    };
+    if let Some(spec) = object.spec.as_mut() {
+        apply_options(&mut spec.template, &pc.spec.postgres.pods);
     }
+    object
 }
 
 fn primary(pc: &PostCache, image: &str) -> StatefulSet {

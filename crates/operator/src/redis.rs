@@ -20,9 +20,9 @@ use kube::ResourceExt;
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
-    SCRIPTS_DIR, container_port, env, exec_probe, mount, pod_meta, resources as pod_resources,
-    restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
-    scripts_volume, secret_env, service_port, volume_claim,
+    SCRIPTS_DIR, apply_options, container_port, env, exec_probe, mount, pod_meta,
+    resources as pod_resources, restricted_pod_security_context, restricted_security_context,
+    scratch_volume, scripts_mount, scripts_volume, secret_env, service_port, volume_claim,
 };
 use crate::shards::{ShardAction, ShardJob};
 use crate::{PostCache, RedisMode, RedisSpec, quantity};
@@ -265,7 +265,7 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
         ]),
         ..Container::default()
     };
-    StatefulSet {
+    let mut object = StatefulSet {
         metadata: meta(pc, name(pc), Component::Redis),
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
@@ -293,7 +293,11 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
+    };
+    if let Some(spec) = object.spec.as_mut() {
+        apply_options(&mut spec.template, &pc.spec.redis.pods);
     }
+    object
 }
 
 fn disruption_budget(pc: &PostCache) -> PodDisruptionBudget {
@@ -340,7 +344,7 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
         volume_mounts: Some(vec![scripts_mount(), mount("tmp", "/tmp")]),
         ..Container::default()
     };
-    Job {
+    let mut object = Job {
         metadata: meta(pc, job_name(pc, job), Component::RedisAdmin),
         spec: Some(JobSpec {
             backoff_limit: Some(6),
@@ -361,7 +365,11 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
             ..JobSpec::default()
         }),
         ..Job::default()
+    };
+    if let Some(spec) = object.spec.as_mut() {
+        apply_options(&mut spec.template, &pc.spec.redis.pods);
     }
+    object
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
-    container_port, env, mount, pod_meta, resources as pod_resources,
+    apply_options, container_port, env, mount, pod_meta, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, secret_env,
     service_port,
 };
@@ -243,7 +243,7 @@ fn deployment(pc: &PostCache, image: &str) -> Deployment {
         volume_mounts: Some(vec![mount("tmp", "/tmp")]),
         ..Container::default()
     };
-    Deployment {
+    let mut object = Deployment {
         metadata: meta(pc, name(pc), Component::Service),
         spec: Some(DeploymentSpec {
             // With an HPA the replicas are its to set; the field is left out so it owns them.
@@ -267,7 +267,11 @@ fn deployment(pc: &PostCache, image: &str) -> Deployment {
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    };
+    if let Some(spec) = object.spec.as_mut() {
+        apply_options(&mut spec.template, &pc.spec.service.pods);
     }
+    object
 }
 
 fn service(pc: &PostCache) -> Service {
