@@ -18,6 +18,8 @@
 #   REPLICATION_USER       the role replicas connect as
 #   REPLICATION_PASSWORD   its password (read by psql from the environment, never an argument)
 # Needs on PATH: initdb, pg_ctl, psql (the official image and Debian's packages both have them).
+# The cluster's locale is C (UTF-8 encoding, byte-order collation): it needs no locale data in the
+# image.
 set -euo pipefail
 
 log() { printf '%s postgres-primary-init: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
@@ -53,7 +55,7 @@ umask 077
 printf '%s\n' "$POSTGRES_PASSWORD" >"$work/pwfile"
 log "initdb into $staging"
 initdb -D "$staging" --username="$POSTGRES_USER" --pwfile="$work/pwfile" \
-  --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >&2
+  --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C >&2
 rm -f "$work/pwfile"
 {
   printf 'host all all all scram-sha-256\n'

@@ -210,17 +210,53 @@ fn client_service(pc: &PostCache) -> Service {
     }
 }
 
-/// Starts `redis-server` with the password; a Standalone replica follows node 0.
+/// Rewrites the address of every node in a kept `nodes.conf` to what its announced hostname
+/// resolves to now. Redis Cluster's bus connects by IP and remembers the IPs in `nodes.conf`;
+/// when every Pod comes back with a new IP (a recreated PostCache, a restarted node pool) no
+/// node could reach another, and the cluster would stay down. The Pods start together, so each
+/// waits (up to 20 s, well within the liveness probe's patience) for its peers' names to
+/// resolve; a name that still does not keeps its old address: that node, starting later,
+/// reaches the others, and gossip spreads its address.
+const REFRESH_NODE_ADDRESSES: &str = r#"if [ -s /data/nodes.conf ]; then
+  deadline=$(($(date +%s) + 20))
+  for host in $(awk '{ if (split($2, a, ",") > 1) print a[2] }' /data/nodes.conf); do
+    until getent ahostsv4 "$host" >/dev/null || [ "$(date +%s)" -ge "$deadline" ]; do sleep 1; done
+  done
+  awk '{ if (split($2, a, ",") > 1) { cmd = "getent ahostsv4 " a[2]; ip = ""
+         if ((cmd | getline line) > 0) { split(line, f, " "); ip = f[1] }; close(cmd)
+         if (ip != "") sub(/^[^:]*/, ip, $2) }; print }' /data/nodes.conf >/data/nodes.conf.new &&
+    mv /data/nodes.conf.new /data/nodes.conf
+fi
+"#;
+
+/// Ready: answering, and in Cluster mode part of a healthy cluster (`cluster_state:ok`) or not
+/// part of one yet (a lone node, before the bootstrap Job joins it). So `Ready` on the PostCache
+/// means the cluster serves every slot, and a rolling restart waits for it to heal.
+fn readiness_check(pc: &PostCache) -> &'static str {
+    match pc.spec.redis.mode {
+        RedisMode::Cluster => {
+            "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli cluster info | tr -d '\\r' | \
+             grep -qxE 'cluster_state:ok|cluster_known_nodes:1'"
+        }
+        _ => "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping | grep -q PONG",
+    }
+}
+
+/// Starts `redis-server` with the password; a Standalone replica follows node 0; a cluster node
+/// first refreshes its peers' addresses ([`REFRESH_NODE_ADDRESSES`]).
 fn start_command(pc: &PostCache) -> String {
     let mut script = String::from(
         "set -- /etc/redis/redis.conf --requirepass \"$REDIS_PASSWORD\" --masterauth \"$REDIS_PASSWORD\"\n",
     );
     match pc.spec.redis.mode {
-        RedisMode::Cluster => script.push_str(&format!(
-            "set -- \"$@\" --cluster-announce-hostname \"$(hostname).{}.{}.svc\"\n",
-            headless_name(pc),
-            pc.namespace().unwrap_or_default()
-        )),
+        RedisMode::Cluster => {
+            script.push_str(REFRESH_NODE_ADDRESSES);
+            script.push_str(&format!(
+                "set -- \"$@\" --cluster-announce-hostname \"$(hostname).{}.{}.svc\"\n",
+                headless_name(pc),
+                pc.namespace().unwrap_or_default()
+            ));
+        }
         _ => script.push_str(&format!(
             "[ \"${{HOSTNAME##*-}}\" = 0 ] || set -- \"$@\" --replicaof {}-0.{} {PORT}\n",
             name(pc),
@@ -246,9 +282,7 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
             container_port("redis", PORT),
             container_port("bus", BUS_PORT),
         ]),
-        readiness_probe: Some(exec_probe(
-            "redis-cli -a \"$REDIS_PASSWORD\" --no-auth-warning ping | grep -q PONG",
-        )),
+        readiness_probe: Some(exec_probe(readiness_check(pc))),
         liveness_probe: Some(exec_probe(
             "redis-cli -a \"$REDIS_PASSWORD\" --no-auth-warning ping",
         )),

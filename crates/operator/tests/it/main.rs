@@ -6,6 +6,7 @@
 
 mod chart;
 mod data_plane;
+mod e2e;
 mod image;
 mod leader;
 mod least_privilege;

@@ -75,7 +75,7 @@ fn apply(plane: &ControlPlane, ns: &str, object: &Value, dir: &std::path::Path) 
 }
 
 /// curl from the host, never through a proxy; returns (status, body).
-fn curl(args: &[&str]) -> Result<(u16, String), String> {
+pub(crate) fn curl(args: &[&str]) -> Result<(u16, String), String> {
     let out = Command::new("curl")
         .args([
             "-s",

@@ -34,6 +34,7 @@ pub struct ControlPlane {
     apiserver: Process,
     etcd: Process,
     kubeconfig: PathBuf,
+    ca_cert: PathBuf,
     apiserver_port: u16,
     _dir: TempDir,
 }
@@ -127,6 +128,7 @@ impl ControlPlane {
             apiserver,
             etcd,
             kubeconfig,
+            ca_cert: pki.ca_cert.clone(),
             apiserver_port,
             _dir: dir,
         };
@@ -159,6 +161,16 @@ impl ControlPlane {
     /// The admin kubeconfig file (for `kubectl`, `helm`, or a `KUBECONFIG` of a process under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The cluster CA's certificate (it signed the apiserver's serving and client certificates).
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// The apiserver's address (on loopback).
+    pub fn apiserver_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.apiserver_port).into()
     }
 
     /// `https://127.0.0.1:{port}`.
@@ -298,6 +310,12 @@ fn apiserver_args(pki: &Pki, etcd_port: u16, port: u16) -> Vec<String> {
         ),
         "--service-cluster-ip-range=10.0.0.0/24",
         "--endpoint-reconciler-type=none",
+        // `kubectl logs/exec` reach a real node's kubelet by its address: its name resolves
+        // nowhere on this machine.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        // ... and present the admin certificate there (a real node's kubelet trusts the CA).
+        &format!("--kubelet-client-certificate={}", pki.admin_cert.display()),
+        &format!("--kubelet-client-key={}", pki.admin_key.display()),
     ])
 }
 

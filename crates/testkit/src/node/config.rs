@@ -11,6 +11,8 @@ pub(super) const POD_SUBNET: &str = "10.245.0.0/24";
 pub(super) const SERVICE_SUBNET: &str = "10.0.0.0/24";
 /// The `kube-dns` Service's ClusterIP (kubelet's `clusterDNS`).
 pub(super) const DNS_SERVICE_IP: &str = "10.0.0.10";
+/// The bridge's address: the Pods' gateway, where the apiserver relay listens.
+pub(super) const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 245, 0, 1);
 /// The bridge the CNI plugin creates; host-wide, deleted on teardown.
 pub(super) const BRIDGE: &str = "cni0";
 /// Debian's `containernetworking-plugins`.
@@ -138,7 +140,14 @@ pub(super) fn cni_conflist(layout: &Layout, node_ip: Ipv4Addr) -> String {
 
 /// kubelet on cgroup v1 with cgroupfs, no swap check, eviction thresholds low enough for a
 /// test machine's disk, registered with a taint so that only Pods that ask land here.
-pub(super) fn kubelet_yaml(layout: &Layout, ports: KubeletPorts, taint: &str) -> String {
+/// The kubelet authenticates callers by client certificates of the cluster CA (`client_ca`: the
+/// apiserver's, for `kubectl logs/exec/port-forward`) and lets them do anything.
+pub(super) fn kubelet_yaml(
+    layout: &Layout,
+    ports: KubeletPorts,
+    taint: &str,
+    client_ca: &Path,
+) -> String {
     let KubeletPorts { port, healthz } = ports;
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -146,6 +155,7 @@ kind: KubeletConfiguration
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: false}}
+  x509: {{clientCAFile: "{client_ca}"}}
 authorization: {{mode: AlwaysAllow}}
 cgroupDriver: cgroupfs
 failCgroupV1: false
@@ -169,6 +179,7 @@ fileCheckFrequency: 5s
 "#,
         socket = show(&layout.containerd_socket()),
         logs = show(&layout.base.join("pod-logs")),
+        client_ca = show(client_ca),
     )
 }
 

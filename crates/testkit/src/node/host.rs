@@ -324,6 +324,23 @@ fn remove_container_log_links(base: &Path) {
     }
 }
 
+/// Creates the Pods' bridge with its gateway address (`gateway/prefix`) before the CNI plugin
+/// would, so the apiserver relay can listen there from the start (the plugin adopts it).
+pub(super) fn create_bridge(gateway_cidr: &str) {
+    for args in [
+        vec!["link", "add", BRIDGE, "type", "bridge"],
+        vec!["addr", "add", gateway_cidr, "dev", BRIDGE],
+        vec!["link", "set", BRIDGE, "up"],
+    ] {
+        let out = Command::new("ip").args(&args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// True while the bridge exists.
 pub(super) fn bridge_exists() -> bool {
     Path::new("/sys/class/net").join(BRIDGE).exists()

@@ -167,8 +167,9 @@ fn copy_tree(path: &Path, root: &Path, exclude: &[&str], binaries: &mut Vec<Path
         let target = std::fs::read_link(path).expect("read a symlink");
         let _ = std::fs::remove_file(&dest);
         symlink(&target, &dest).expect("copy a symlink");
-        // A relative link within a copied tree is copied with the tree; follow absolute ones.
-        if target.is_absolute() && !dest_exists(&target, root) {
+        // The link's target comes too (`redis-server -> redis-check-rdb`), unless already there.
+        let target = path.parent().unwrap_or(Path::new("/")).join(target);
+        if !dest_exists(&target, root) {
             copy_tree(&target, root, exclude, binaries);
         }
     } else {

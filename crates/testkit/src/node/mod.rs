@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! kube-apiserver ◀── kubelet ─CRI─▶ containerd ─▶ runc ─▶ container
-//!        ▲               │ CNI bridge cni0 (10.245.0.0/24, no masquerade, no route out)
-//!        └── kube-proxy (iptables: ClusterIP → Pod)     CoreDNS on the node's address (kube-dns)
+//!   ▲    ▲               │ CNI bridge cni0 (10.245.0.0/24, no masquerade, no route out)
+//!   │    └── kube-proxy (iptables: ClusterIP → Pod)     CoreDNS on the node's address (kube-dns)
+//!   └── relay on the bridge's 10.245.0.1 ◀── Pods' `kubernetes` Service (in-cluster clients)
 //! images: crane registry on 127.0.0.1 ─http─▶ containerd (sandbox = a static pause built here)
 //! ```
 //!
@@ -18,6 +19,7 @@
 mod config;
 mod host;
 mod images;
+mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ pub struct Node {
     registry: String,
     node_ip: Ipv4Addr,
     sysctls: Sysctls,
+    relay: Option<relay::Relay>,
     _lock: HostLock,
 }
 
@@ -78,8 +81,14 @@ impl Node {
             registry: String::new(),
             layout,
             sysctls,
+            relay: None,
             _lock: lock,
         };
+        host::create_bridge(&format!("{}/24", config::GATEWAY));
+        node.relay = Some(relay::Relay::start(
+            (config::GATEWAY, 0).into(),
+            node.plane.apiserver_addr(),
+        ));
         node.start_registry();
         let sandbox = node.push_pause_image();
         node.start_containerd(&sandbox);
@@ -106,6 +115,51 @@ impl Node {
     /// returns its reference.
     pub fn push_postgres_image(&self) -> String {
         images::push_postgres(&self.registry, &self.layout.base.join("images"))
+    }
+
+    /// The StorageClass of [`Node::provide_volumes`]' volumes.
+    pub const STORAGE_CLASS: &'static str = "postcache-node-local";
+
+    /// Makes `count` `local` PersistentVolumes of `size` on this node (directories under its base
+    /// directory) in the class [`Node::STORAGE_CLASS`] (no provisioner, bound when a Pod is
+    /// scheduled), for claims that name the class. They go with the node.
+    pub fn provide_volumes(&self, count: usize, size: &str) {
+        let class = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": Node::STORAGE_CLASS, "labels": {TAINT: "true"}},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain",
+        });
+        let mut items = vec![class];
+        for _ in 0..count {
+            let name = crate::unique_name("node-pv");
+            let dir = self.layout.base.join("volumes").join(&name);
+            std::fs::create_dir_all(&dir).expect("create a volume directory");
+            items.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": name, "labels": {TAINT: "true"}},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": Node::STORAGE_CLASS,
+                    "local": {"path": dir.display().to_string()},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [Node::NAME]}
+                    ]}]}},
+                }
+            }));
+        }
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let file = self
+            .layout
+            .base
+            .join(format!("{}.json", crate::unique_name("volumes")));
+        write(&file, &list.to_string());
+        self.plane
+            .kubectl(&["apply", "-f", &file.display().to_string()])
+            .unwrap_or_else(|e| panic!("create the node's volumes: {e}"));
     }
 
     /// The node's InternalIP (where CoreDNS listens).
@@ -241,7 +295,7 @@ impl Node {
         let layout = &self.layout;
         write(
             &layout.kubelet_config(),
-            &config::kubelet_yaml(layout, ports, TAINT),
+            &config::kubelet_yaml(layout, ports, TAINT, self.plane.ca_cert()),
         );
         let root = layout.kubelet_root();
         let args = strings(&[
@@ -292,8 +346,13 @@ impl Node {
             &corefile,
             &config::corefile(self.plane.kubeconfig(), self.node_ip, health, ready_port),
         );
-        let manifest = self.layout.base.join("kube-dns.json");
-        write(&manifest, &kube_dns_manifest(self.node_ip));
+        let manifest = self.layout.base.join("cluster-services.json");
+        let relay = self
+            .relay
+            .as_ref()
+            .map(relay::Relay::addr)
+            .expect("the relay runs");
+        write(&manifest, &cluster_services_manifest(self.node_ip, relay));
         wait_until("the kube-dns Service", Duration::from_secs(30), || {
             self.plane
                 .kubectl(&["apply", "-f", &manifest.display().to_string()])
@@ -307,6 +366,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        drop(self.relay.take());
         while let Some(process) = self.processes.pop() {
             drop(process);
         }
@@ -317,8 +377,23 @@ impl Drop for Node {
             "--wait=false",
             "--ignore-not-found",
             "-f",
-            &self.layout.base.join("kube-dns.json").display().to_string(),
+            &self
+                .layout
+                .base
+                .join("cluster-services.json")
+                .display()
+                .to_string(),
         ]);
+        for kind in ["persistentvolumes", "storageclasses"] {
+            let _ = self.plane.kubectl(&[
+                "delete",
+                kind,
+                "-l",
+                &format!("{TAINT}=true"),
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
+        }
         let _ = self.plane.kubectl(&[
             "delete",
             "node",
@@ -375,7 +450,9 @@ int main(void) {
 }
 "#;
 
-fn kube_dns_manifest(node_ip: Ipv4Addr) -> String {
+/// The cluster's Services backed by the host: `kube-dns` by CoreDNS on the node's address, and
+/// the `kubernetes` Service (the apiserver writes no endpoints here) by the relay on the bridge.
+fn cluster_services_manifest(node_ip: Ipv4Addr, relay: SocketAddr) -> String {
     let ports = serde_json::json!([
         {"name": "dns", "port": 53, "protocol": "UDP"},
         {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
@@ -394,6 +471,14 @@ fn kube_dns_manifest(node_ip: Ipv4Addr) -> String {
                 "addressType": "IPv4",
                 "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}],
                 "ports": ports
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes-postcache-node", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [relay.ip().to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": relay.port(), "protocol": "TCP"}]
             }
         ]
     })

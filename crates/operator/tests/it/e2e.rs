@@ -1,0 +1,874 @@
+//! End to end on running Pods: the operator (the `postcache operator` binary, out of the cluster)
+//! reconciles `deploy/examples/postcache.yaml` on the test kit's real node, in a namespace that
+//! enforces Pod Security `restricted`, with Redis and PostgreSQL images built from Debian's
+//! packages (no entrypoint scripts) and the PostCache image. Then, as a user would check it:
+//!
+//! 1. the PostCache is Ready with every container running (the bootstrap Job succeeded);
+//! 2. the Redis Cluster covers 16384 slots in Pods, both PostgreSQL replicas stream;
+//! 3. a post written on one service Pod is read with its token on the other, arrives over SSE
+//!    there, and is read through the Service's ClusterIP;
+//! 4. a Redis master Pod is deleted under a steady stream of writes: the cluster recovers and every
+//!    acknowledged write is read back;
+//! 5. a PostgreSQL replica Pod is deleted: it comes back and streams again;
+//! 6. the Redis Cluster grows from 3 to 4 shards and back, every key readable after each step;
+//! 7. a new service image rolls out under steady reads through the Service, none failing;
+//! 8. the PostCache is deleted and recreated: the retained volumes and credentials match, and a
+//!    post written at the start is read back.
+//!
+//! The node is torn down at the end and the machine checked for leftovers.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use postcache_operator::{PostCache, postgres, redis, service};
+use postcache_testkit::{
+    ControlPlane, Node, Process, ProcessSpec, free_port, http_get, tool, unique_name, wait_until,
+};
+use serde_json::{Value, json};
+
+use crate::image;
+use crate::node::curl;
+use crate::pod_security::restricted_namespace;
+use crate::{plane_with_crd, repo};
+
+const NAME: &str = "feed";
+
+/// `deploy/examples/postcache.yaml` as is, plus what this cluster needs: the node's volume
+/// class, and every tier placed on the real node (its nodeSelector and toleration).
+fn example() -> Value {
+    let text = std::fs::read_to_string(repo().join("deploy/examples/postcache.yaml")).unwrap();
+    let mut pc: Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(pc["metadata"]["name"], NAME);
+    let placement = json!({
+        "nodeSelector": {"kubernetes.io/hostname": Node::NAME},
+        "tolerations": [{"key": Node::TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+    });
+    for tier in ["redis", "postgres", "service"] {
+        let spec = pc["spec"][tier].as_object_mut().unwrap();
+        for (key, value) in placement.as_object().unwrap() {
+            spec.insert(key.clone(), value.clone());
+        }
+        if let Some(storage) = spec.get_mut("storage") {
+            storage["storageClassName"] = Node::STORAGE_CLASS.into();
+        }
+    }
+    // The node has 2 CPUs: with the default 100m per Redis node, the 8 nodes of 4 shards and
+    // the rest of the example would not fit.
+    pc["spec"]["redis"]["resources"] = json!({
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"memory": "256Mi"},
+    });
+    pc
+}
+
+/// Runs `script` with `sh -c` in the first Redis Pod, where the cluster's hostnames resolve
+/// (`redis-cli -c` follows redirects to them), authenticated by its own environment.
+fn in_redis_pod(plane: &ControlPlane, ns: &str, script: &str) -> Result<String, String> {
+    let script = format!("export REDISCLI_AUTH=\"$REDIS_PASSWORD\"\n{script}");
+    plane.kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        &format!("{NAME}-redis-0"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+}
+
+/// What each Redis Pod says of itself and its cluster, and the first one's log: for failures.
+fn redis_report(plane: &ControlPlane, ns: &str, node: &Node) -> String {
+    let mut report = String::new();
+    for (pod, _) in pods(plane, ns, "redis") {
+        let out = plane
+            .kubectl(&[
+                "exec",
+                "-n",
+                ns,
+                &pod,
+                "--",
+                "sh",
+                "-c",
+                "export REDISCLI_AUTH=\"$REDIS_PASSWORD\"; redis-cli role | head -1; \
+                 redis-cli dbsize; redis-cli cluster nodes",
+            ])
+            .unwrap_or_else(|e| e);
+        report.push_str(&format!("--- {pod} ---\n{out}\n"));
+    }
+    let logs = std::fs::read_dir(node.pod_logs()).map_or_else(
+        |_| Vec::new(),
+        |dir| {
+            dir.filter_map(Result::ok)
+                .filter(|d| {
+                    d.file_name()
+                        .to_string_lossy()
+                        .contains(&format!("_{NAME}-redis-0_"))
+                })
+                .collect()
+        },
+    );
+    for dir in logs {
+        let log = dir.path().join("redis");
+        let newest = std::fs::read_dir(&log)
+            .ok()
+            .and_then(|files| files.filter_map(Result::ok).map(|f| f.path()).max());
+        if let Some(file) = newest {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            report.push_str(&format!("--- {} ---\n", file.display()));
+            for line in tail.into_iter().rev() {
+                report.push_str(line);
+                report.push('\n');
+            }
+        }
+    }
+    report
+}
+
+/// Writes `KEYS` keys through the cluster (from inside it).
+fn write_keys(plane: &ControlPlane, ns: &str) {
+    in_redis_pod(
+        plane,
+        ns,
+        &format!("i=0; while [ $i -lt {KEYS} ]; do redis-cli -c set e2e:$i v$i >/dev/null || exit 1; i=$((i+1)); done"),
+    )
+    .unwrap();
+}
+
+/// How many of the `KEYS` keys read back with their value.
+fn readable_keys(plane: &ControlPlane, ns: &str) -> Result<usize, String> {
+    let out = in_redis_pod(
+        plane,
+        ns,
+        &format!(
+            "i=0; while [ $i -lt {KEYS} ]; do [ \"$(redis-cli -c get e2e:$i)\" = v$i ] && echo ok; i=$((i+1)); done"
+        ),
+    )?;
+    Ok(out.lines().filter(|l| *l == "ok").count())
+}
+
+const KEYS: usize = 200;
+
+/// The PostCache's phase, status shard count and whether a shard change is recorded.
+fn redis_status(plane: &ControlPlane, ns: &str) -> Result<(String, i64, bool), String> {
+    let pc = kubectl_json(plane, &["get", "pcache", NAME, "-n", ns])?;
+    let status = &pc["status"];
+    Ok((
+        status["phase"].as_str().unwrap_or_default().to_owned(),
+        status["redis"]["shards"].as_i64().unwrap_or(0),
+        status["redis"]["shardChange"].is_object(),
+    ))
+}
+
+fn patch(plane: &ControlPlane, ns: &str, patch: &Value) {
+    plane
+        .kubectl(&[
+            "patch",
+            "pcache",
+            NAME,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])
+        .unwrap();
+}
+
+fn kubectl_json(plane: &ControlPlane, args: &[&str]) -> Result<Value, String> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let text = plane.kubectl(&all)?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+fn secret(plane: &ControlPlane, ns: &str, name: &str, key: &str) -> String {
+    let encoded = plane
+        .kubectl(&[
+            "get",
+            "secret",
+            name,
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ])
+        .unwrap();
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(encoded.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// (name, IP) of the Running pods of a component, by name.
+fn pods(plane: &ControlPlane, ns: &str, component: &str) -> Vec<(String, String)> {
+    let list = kubectl_json(
+        plane,
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            &format!("app.kubernetes.io/component={component}"),
+        ],
+    )
+    .unwrap();
+    let mut out: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap().to_owned(),
+                p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every Pod of the namespace: Job pods Succeeded, the others Running with every container
+/// ready; returns the problems otherwise.
+fn all_running(plane: &ControlPlane, ns: &str) -> Result<usize, String> {
+    let list = kubectl_json(plane, &["get", "pods", "-n", ns])?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    for pod in &items {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+        let job = pod["metadata"]["labels"]["job-name"].is_string();
+        let statuses = pod["status"]["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let running = phase == "Running"
+            && !statuses.is_empty()
+            && statuses
+                .iter()
+                .all(|s| s["ready"] == true && s["state"]["running"].is_object());
+        if !(running || (job && phase == "Succeeded")) {
+            problems.push(format!(
+                "{name}: {phase} {}",
+                pod["status"]["containerStatuses"]
+            ));
+        }
+    }
+    if items.is_empty() {
+        problems.push("no pods yet".into());
+    }
+    if problems.is_empty() {
+        Ok(items.len())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+fn redis_cli(ip: &str, password: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool("redis-cli"))
+        .args(["-h", ip, "-p", "6379", "--no-auth-warning", "-a", password])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && !text.starts_with("ERR") {
+        Ok(text)
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// Whether every Redis Pod sees a healthy cluster of all `nodes` with every slot assigned.
+fn cluster_ok(plane: &ControlPlane, ns: &str, password: &str, nodes: usize) -> Result<(), String> {
+    let pods = pods(plane, ns, "redis");
+    if pods.len() != nodes {
+        return Err(format!("{} of {nodes} Redis pods running", pods.len()));
+    }
+    for (name, ip) in pods {
+        let info = redis_cli(&ip, password, &["cluster", "info"])?;
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if field("cluster_state") != "ok"
+            || field("cluster_slots_ok") != "16384"
+            || field("cluster_known_nodes") != nodes.to_string()
+        {
+            return Err(format!("{name}: {info}"));
+        }
+    }
+    Ok(())
+}
+
+fn psql(ip: &str, password: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(tool("psql"))
+        .args(["-h", ip, "-U", postgres::USER, "-d", postgres::DATABASE])
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn streaming_replicas(plane: &ControlPlane, ns: &str, password: &str) -> Result<String, String> {
+    let primary = pods(plane, ns, "postgres")
+        .into_iter()
+        .find(|(name, _)| name == &format!("{NAME}-postgres-0"))
+        .ok_or("the primary is not running")?;
+    psql(
+        &primary.1,
+        password,
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+    )
+}
+
+/// `curl` with the API token; returns (status, headers + body).
+fn api(token: &str, args: &[&str]) -> Result<(u16, String), String> {
+    let auth = format!("authorization: Bearer {token}");
+    let mut all = vec!["-i", "-H", &auth];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+fn header(response: &str, name: &str) -> Option<String> {
+    response.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
+fn body(response: &str) -> Value {
+    let text = response
+        .split_once("\r\n\r\n")
+        .map_or(response, |(_, body)| body);
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn create(token: &str, ip: &str, title: &str) -> Result<(u16, String), String> {
+    let post = json!({"author_id": "e2e", "title": title, "body": format!("body of {title}")});
+    api(
+        token,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &post.to_string(),
+            &format!("http://{ip}:8080/v1/posts"),
+        ],
+    )
+}
+
+/// An SSE reader on `url`: lines arrive on the channel until the stream ends or the child is
+/// killed.
+fn sse(url: &str) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("curl")
+        .args(["-sN", "--noproxy", "*", "--max-time", "120", url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn operator(binary: &Path, plane: &ControlPlane, ns: &str, images: [&str; 3]) -> Process {
+    let port = free_port();
+    let [service, redis, postgres] = images;
+    Process::start(ProcessSpec {
+        name: "operator".into(),
+        program: binary.to_path_buf(),
+        args: vec!["operator".into()],
+        env: vec![
+            (
+                "KUBECONFIG".into(),
+                plane.kubeconfig().display().to_string(),
+            ),
+            (
+                "POSTCACHE_OPERATOR_METRICS_ADDR".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            ("POSTCACHE_OPERATOR_LEADER_ELECTION".into(), "false".into()),
+            ("POSTCACHE_OPERATOR_WATCH_NAMESPACE".into(), ns.into()),
+            ("POSTCACHE_OPERATOR_SERVICE_IMAGE".into(), service.into()),
+            ("POSTCACHE_OPERATOR_REDIS_IMAGE".into(), redis.into()),
+            ("POSTCACHE_OPERATOR_POSTGRES_IMAGE".into(), postgres.into()),
+        ],
+        user: None,
+        log: std::env::temp_dir().join(format!("{}.log", unique_name("e2e-operator"))),
+        ready: Box::new(
+            move || match http_get(([127, 0, 0, 1], port).into(), "/healthz")? {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            },
+        ),
+        ready_timeout: Duration::from_secs(30),
+        stop_signal: Signal::SIGTERM,
+    })
+}
+
+#[test]
+fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() {
+    let binary = image::build_static_binary();
+    let plane = plane_with_crd();
+    let started = Instant::now();
+    let node = Node::start(plane.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let service_image = format!(
+        "{}/postcache/postcache:{}",
+        node.registry(),
+        unique_name("e2e")
+    );
+    image::push(&binary, dir.path(), &service_image);
+    let redis_image = node.push_redis_image();
+    let postgres_image = node.push_postgres_image();
+    // 8 Redis nodes (at 4 shards) and 3 PostgreSQL instances, and room to spare.
+    node.provide_volumes(14, "10Gi");
+    eprintln!("node and images ready in {:?}", started.elapsed());
+
+    let ns = restricted_namespace(&plane);
+    let operator = operator(
+        &binary,
+        &plane,
+        &ns,
+        [&service_image, &redis_image, &postgres_image],
+    );
+    let manifest = example();
+    let pc: PostCache = serde_json::from_value(manifest.clone()).unwrap();
+    let file = dir.path().join("postcache.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    plane
+        .kubectl(&["apply", "-n", &ns, "-f", file.to_str().unwrap()])
+        .unwrap();
+
+    // 1. Ready, every container running.
+    let applied = Instant::now();
+    let diagnose = || {
+        format!(
+            "{}\n--- operator ---\n{}\n--- kubelet ---\n{}",
+            plane
+                .kubectl(&["get", "pods,pvc,jobs,pcache", "-n", &ns, "-o", "wide"])
+                .unwrap_or_else(|e| e),
+            operator.log_tail(20),
+            node.log_tail("kubelet", 20)
+        )
+    };
+    wait_until(
+        "the PostCache to be Ready",
+        Duration::from_secs(300),
+        || {
+            let phase = plane.kubectl(&[
+                "get",
+                "pcache",
+                NAME,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.phase}",
+            ])?;
+            if phase == "Ready" {
+                Ok(())
+            } else {
+                Err(format!("phase {phase:?}\n{}", diagnose()))
+            }
+        },
+    );
+    plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pcache/{NAME}"),
+            "-n",
+            &ns,
+            "--timeout=10s",
+        ])
+        .unwrap();
+    let count = wait_until("every container running", Duration::from_secs(60), || {
+        all_running(&plane, &ns).map_err(|e| format!("{e}\n{}", diagnose()))
+    });
+    eprintln!(
+        "Ready with {count} pods running {:?} after apply",
+        applied.elapsed()
+    );
+    let services = pods(&plane, &ns, "service");
+    assert_eq!(services.len(), 2, "{services:?}");
+    let restarts = plane
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/component=service",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[*].restartCount}",
+        ])
+        .unwrap();
+    assert!(
+        restarts.split_whitespace().all(|r| r == "0"),
+        "service pods wait for their backends instead of crash-looping: restarts {restarts}"
+    );
+
+    // kubectl reaches the node's kubelet: logs of a service Pod, a command in a Redis Pod.
+    let logs = plane.kubectl(&["logs", "-n", &ns, &services[0].0]).unwrap();
+    assert!(logs.contains("postcache serving on"), "{logs}");
+    let pong = plane
+        .kubectl(&[
+            "exec",
+            "-n",
+            &ns,
+            &format!("{NAME}-redis-0"),
+            "--",
+            "sh",
+            "-c",
+            "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping",
+        ])
+        .unwrap();
+    assert_eq!(pong.trim(), "PONG");
+
+    // 2. The data tier in Pods.
+    let redis_password = secret(
+        &plane,
+        &ns,
+        &redis::auth_secret_name(&pc),
+        redis::PASSWORD_KEY,
+    );
+    assert!(!redis_password.is_empty());
+    cluster_ok(&plane, &ns, &redis_password, 6).unwrap();
+    let pg_password = secret(
+        &plane,
+        &ns,
+        &postgres::credentials_secret_name(&pc),
+        postgres::PASSWORD_KEY,
+    );
+    wait_until(
+        "both replicas to stream",
+        Duration::from_secs(60),
+        || match streaming_replicas(&plane, &ns, &pg_password)?.as_str() {
+            "2" => Ok(()),
+            other => Err(format!("{other} streaming")),
+        },
+    );
+
+    // 3. Fresh reads across Pods, live events, the Service.
+    let tokens = secret(
+        &plane,
+        &ns,
+        &service::tokens_secret_name(&pc),
+        service::TOKENS_KEY,
+    );
+    let token = tokens.split(',').next().unwrap().trim().to_owned();
+    let (writer, reader) = (&services[0].1, &services[1].1);
+    let (mut listener, events) = sse(&format!("http://{reader}:8080/v1/events?topics=posts"));
+    // The stream is open once its first bytes (a comment or a resync) or a heartbeat arrive.
+    let _ = events.recv_timeout(Duration::from_secs(10));
+    let (status, response) = create(&token, writer, "first").unwrap();
+    assert_eq!(status, 201, "{response}");
+    let post = body(&response);
+    let id = post["id"].as_str().unwrap().to_owned();
+    let read_token = header(&response, "x-postcache-token").expect("a read token");
+    let (status, response) = api(
+        &token,
+        &[
+            "-H",
+            &format!("x-postcache-token: {read_token}"),
+            &format!("http://{reader}:8080/v1/posts/{id}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "read-your-writes on the other pod: {response}");
+    assert_eq!(body(&response)["title"], "first");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        if let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
+            seen = line.starts_with("data:") && line.contains(&id) && line.contains("post.created");
+        }
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(
+        seen,
+        "the other pod's SSE stream delivers post.created for {id}"
+    );
+    let cluster_ip = plane
+        .kubectl(&[
+            "get",
+            "service",
+            &service::name(&pc),
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    let (status, response) = wait_until("the Service's ClusterIP", Duration::from_secs(30), || {
+        curl(&[&format!("http://{cluster_ip}:8080/v1/posts/{id}")])
+    });
+    assert_eq!(status, 200, "{response}");
+
+    // 4. A Redis master Pod dies under writes; nothing acknowledged is lost.
+    let doomed = format!("{NAME}-redis-0");
+    let role = redis_cli(&pods(&plane, &ns, "redis")[0].1, &redis_password, &["role"]).unwrap();
+    eprintln!(
+        "deleting {doomed} ({})",
+        role.lines().next().unwrap_or_default()
+    );
+    plane
+        .kubectl(&["delete", "pod", &doomed, "-n", &ns, "--wait=false"])
+        .unwrap();
+    let fault = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let mut healed = false;
+    let mut saw_fault = false;
+    let mut writes = 0;
+    while !healed || writes < 20 {
+        assert!(
+            fault.elapsed() < Duration::from_secs(240),
+            "the cluster did not heal: {:?}\n{}",
+            cluster_ok(&plane, &ns, &redis_password, 6),
+            diagnose()
+        );
+        let title = format!("during-fault-{writes}");
+        match create(&token, &services[writes % 2].1, &title) {
+            Ok((201, response)) => {
+                acknowledged.push((body(&response)["id"].as_str().unwrap().to_owned(), title));
+            }
+            Ok((status, _)) => {
+                assert!(
+                    status == 503 || status == 429,
+                    "a write under the fault answered {status}"
+                );
+                refused += 1;
+            }
+            Err(_) => refused += 1,
+        }
+        writes += 1;
+        match cluster_ok(&plane, &ns, &redis_password, 6) {
+            Ok(()) => healed = healed || saw_fault,
+            Err(_) => saw_fault = true,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "Redis healed {:?} after the delete; {} writes acknowledged, {refused} refused",
+        fault.elapsed(),
+        acknowledged.len()
+    );
+    assert!(saw_fault && healed);
+    assert!(!acknowledged.is_empty(), "the service keeps taking writes");
+    for (id, title) in &acknowledged {
+        let (status, response) =
+            api(&token, &[&format!("http://{reader}:8080/v1/posts/{id}")]).unwrap();
+        assert_eq!(status, 200, "acknowledged write {id} lost: {response}");
+        assert_eq!(&body(&response)["title"], title.as_str());
+    }
+
+    // 5. A PostgreSQL replica Pod dies: it comes back and streams.
+    plane
+        .kubectl(&[
+            "delete",
+            "pod",
+            &format!("{NAME}-postgres-replica-0"),
+            "-n",
+            &ns,
+        ])
+        .unwrap();
+    wait_until(
+        "the replica to stream again",
+        Duration::from_secs(120),
+        || match streaming_replicas(&plane, &ns, &pg_password)?.as_str() {
+            "2" => all_running(&plane, &ns).map(|_| ()),
+            other => Err(format!("{other} streaming")),
+        },
+    );
+
+    // 6. Shards 3 → 4 → 3, every key still readable.
+    write_keys(&plane, &ns);
+    for (shards, nodes) in [(4, 8), (3, 6)] {
+        let change = Instant::now();
+        patch(&plane, &ns, &json!({"spec": {"redis": {"shards": shards}}}));
+        wait_until(
+            &format!("{shards} shards"),
+            Duration::from_secs(300),
+            || {
+                let (phase, now, changing) = redis_status(&plane, &ns)?;
+                if phase != "Ready" || now != shards || changing {
+                    return Err(format!("{phase} {now} {changing}\n{}", diagnose()));
+                }
+                cluster_ok(&plane, &ns, &redis_password, nodes)?;
+                all_running(&plane, &ns).map(|_| ())
+            },
+        );
+        let masters = in_redis_pod(&plane, &ns, "redis-cli cluster nodes").unwrap();
+        let with_slots = masters
+            .lines()
+            .filter(|l| l.contains("master") && l.split_whitespace().count() > 8)
+            .count();
+        assert_eq!(with_slots, shards as usize, "{masters}");
+        assert_eq!(
+            readable_keys(&plane, &ns),
+            Ok(KEYS),
+            "after the change to {shards} shards"
+        );
+        eprintln!("{shards} shards in {:?}", change.elapsed());
+    }
+
+    // 7. A new image rolls out under steady reads through the Service: none fails.
+    let rolled_image = format!(
+        "{}/postcache/postcache:{}",
+        node.registry(),
+        unique_name("e2e-next")
+    );
+    let next = dir.path().join("next");
+    std::fs::create_dir(&next).unwrap();
+    image::push(&binary, &next, &rolled_image);
+    patch(
+        &plane,
+        &ns,
+        &json!({"spec": {"service": {"image": rolled_image}}}),
+    );
+    let roll = Instant::now();
+    let (mut ok, mut failed) = (0, Vec::new());
+    let mut done_at: Option<Instant> = None;
+    while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            roll.elapsed() < Duration::from_secs(180),
+            "the rollout did not finish\n{}",
+            diagnose()
+        );
+        match curl(&[&format!("http://{cluster_ip}:8080/v1/posts/{id}")]) {
+            Ok((200, _)) => ok += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+        if done_at.is_none() {
+            let images = plane
+                .kubectl(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    &ns,
+                    "-l",
+                    "app.kubernetes.io/component=service",
+                    "-o",
+                    "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
+                ])
+                .unwrap_or_default();
+            let lines: Vec<&str> = images.lines().collect();
+            if lines.len() == 2 && lines.iter().all(|l| *l == format!("{rolled_image} true")) {
+                done_at = Some(Instant::now());
+            }
+        }
+    }
+    eprintln!(
+        "rolled out in {:?}: {ok} reads answered, {} failed",
+        roll.elapsed(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "reads failed during the rollout: {failed:?}"
+    );
+
+    // 8. Deleted and recreated: the retained volumes and credentials still match, the data is there.
+    plane
+        .kubectl(&[
+            "delete",
+            "pcache",
+            NAME,
+            "-n",
+            &ns,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    wait_until(
+        "the PostCache's pods to go",
+        Duration::from_secs(120),
+        || {
+            let left = plane.kubectl(&["get", "pods", "-n", &ns, "-o", "name"])?;
+            left.trim().is_empty().then_some(()).ok_or(left)
+        },
+    );
+    let recreated = Instant::now();
+    plane
+        .kubectl(&["apply", "-n", &ns, "-f", file.to_str().unwrap()])
+        .unwrap();
+    wait_until(
+        "the recreated PostCache to be Ready",
+        Duration::from_secs(300),
+        || {
+            let (phase, _, _) = redis_status(&plane, &ns)?;
+            if phase != "Ready" {
+                return Err(format!("phase {phase}\n{}", diagnose()));
+            }
+            // Every Pod has a new address; the cluster must find itself again.
+            cluster_ok(&plane, &ns, &redis_password, 6)
+                .map_err(|e| format!("{e}\n{}", redis_report(&plane, &ns, &node)))?;
+            all_running(&plane, &ns).map(|_| ())
+        },
+    );
+    let services = pods(&plane, &ns, "service");
+    let (status, response) = api(
+        &token,
+        &[&format!("http://{}:8080/v1/posts/{id}", services[0].1)],
+    )
+    .unwrap();
+    assert_eq!(
+        status, 200,
+        "the post written before the delete: {response}"
+    );
+    assert_eq!(body(&response)["title"], "first");
+    // The cluster may still settle (a failover among nodes that found each other late).
+    wait_until(
+        "Redis to serve the keys kept on its volumes",
+        Duration::from_secs(60),
+        || match readable_keys(&plane, &ns) {
+            Ok(KEYS) => Ok(()),
+            other => Err(format!(
+                "{other:?} of {KEYS}\n{}",
+                redis_report(&plane, &ns, &node)
+            )),
+        },
+    );
+    eprintln!("recreated and Ready in {:?}", recreated.elapsed());
+
+    drop(operator);
+    let _ = plane.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    let teardown = Instant::now();
+    drop(node);
+    eprintln!("node torn down in {:?}", teardown.elapsed());
+    Node::leftovers().unwrap_or_else(|found| panic!("the node left behind:\n{found}"));
+}
