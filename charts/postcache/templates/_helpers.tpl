@@ -38,22 +38,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/*
-What the operator may do to the objects it reconciles: exactly the verbs it uses, nothing on
-kinds it does not manage. A ClusterRole when it watches every namespace, a Role otherwise.
+What the operator may do to the objects it reconciles: exactly the verbs it uses (the end-to-end
+test compares them with the apiserver's audit log), nothing on kinds it does not manage. Children
+are written by server-side apply (`patch`, and `create` for the apply that creates one), read by
+name (`get`), listed and deleted when no longer desired (pruning); only the kinds it owns and
+reacts to are watched.
+A ClusterRole when it watches every namespace, a Role otherwise.
 */}}
 {{- define "postcache.reconcileRules" -}}
 - apiGroups: [postcache.io]
   resources: [postcaches]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [postcache.io]
   resources: [postcaches/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
+# Setting blockOwnerDeletion on children, where OwnerReferencesPermissionEnforcement is on.
 - apiGroups: [postcache.io]
   resources: [postcaches/finalizers]
   verbs: [update]
 - apiGroups: [""]
   resources: [services, configmaps, serviceaccounts]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # Generated credentials: read by name, created once by server-side apply, never listed or pruned.
 - apiGroups: [""]
   resources: [secrets]
@@ -66,19 +71,16 @@ kinds it does not manage. A ClusterRole when it watches every namespace, a Role 
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, prometheusrules]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

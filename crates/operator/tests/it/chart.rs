@@ -306,13 +306,12 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
 
     let elsewhere = plane.create_namespace();
     let mut checks = AccessChecks::new(&sa);
-    let managed = [
+    // Owned kinds the controller reacts to: watched too.
+    let owned = ["statefulsets.apps", "deployments.apps", "jobs.batch"];
+    let applied = [
         "services",
         "configmaps",
         "serviceaccounts",
-        "statefulsets.apps",
-        "deployments.apps",
-        "jobs.batch",
         "poddisruptionbudgets.policy",
         "horizontalpodautoscalers.autoscaling",
         "networkpolicies.networking.k8s.io",
@@ -321,27 +320,35 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
     ];
     // Everywhere, since the operator watches every namespace by default.
     for namespace in [ns.as_str(), elsewhere.as_str()] {
-        for verb in ["get", "list", "watch"] {
+        for verb in ["list", "watch"] {
             checks.allow(&[verb, "postcaches.postcache.io", "-n", namespace]);
+        }
+        for verb in ["get", "list", "watch"] {
             // Nothing in the operator reads Pods: it goes by its workloads' status.
             checks.deny(&[verb, "pods", "-n", namespace]);
         }
-        // Generated credentials are read by name and created once; never listed or deleted.
+        // Generated credentials are read by name and created once by server-side apply; never
+        // listed or deleted.
         for verb in ["get", "create", "patch"] {
             checks.allow(&[verb, "secrets", "-n", namespace]);
         }
         for verb in ["list", "watch", "delete", "update", "deletecollection", "*"] {
             checks.deny(&[verb, "secrets", "-n", namespace]);
         }
-        for verb in ["get", "patch", "update"] {
-            checks.allow(&[
-                verb,
-                "postcaches.postcache.io",
-                "-n",
-                namespace,
-                "--subresource=status",
-            ]);
-        }
+        checks.allow(&[
+            "patch",
+            "postcaches.postcache.io",
+            "-n",
+            namespace,
+            "--subresource=status",
+        ]);
+        checks.deny(&[
+            "update",
+            "postcaches.postcache.io",
+            "-n",
+            namespace,
+            "--subresource=status",
+        ]);
         checks.allow(&[
             "update",
             "postcaches.postcache.io",
@@ -350,19 +357,27 @@ fn helm_install_runs_the_operator_with_exactly_the_agreed_rights() {
             "--subresource=finalizers",
         ]);
         for verb in ["create", "patch"] {
-            checks.allow(&[verb, "events", "-n", namespace]);
+            checks.deny(&[verb, "events", "-n", namespace]);
             checks.allow(&[verb, "events.events.k8s.io", "-n", namespace]);
         }
-        for resource in managed {
-            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-                checks.allow(&[verb, resource, "-n", namespace]);
-            }
-            for verb in ["update", "deletecollection", "*"] {
-                checks.deny(&[verb, resource, "-n", namespace]);
+        for (resources, watched) in [(&owned[..], true), (&applied[..], false)] {
+            for &resource in resources {
+                // Server-side apply: `patch`, and `create` when the apply creates.
+                for verb in ["get", "list", "create", "patch", "delete"] {
+                    checks.allow(&[verb, resource, "-n", namespace]);
+                }
+                if watched {
+                    checks.allow(&["watch", resource, "-n", namespace]);
+                } else {
+                    checks.deny(&["watch", resource, "-n", namespace]);
+                }
+                for verb in ["update", "deletecollection", "*"] {
+                    checks.deny(&[verb, resource, "-n", namespace]);
+                }
             }
         }
     }
-    for verb in ["get", "create", "update", "patch"] {
+    for verb in ["get", "create", "update"] {
         checks.allow(&[verb, "leases.coordination.k8s.io", "-n", &ns]);
         checks.deny(&[verb, "leases.coordination.k8s.io", "-n", &elsewhere]);
     }
@@ -435,7 +450,7 @@ fn with_a_watch_namespace_the_operator_gets_a_role_there_and_nothing_cluster_wid
     let set = format!("operator.watchNamespace={watched}");
     let (ns, sa) = install(&plane, &release, &["--set", &set]);
     let mut checks = AccessChecks::new(&sa);
-    for verb in ["get", "list", "watch"] {
+    for verb in ["list", "watch"] {
         checks.allow(&[verb, "postcaches.postcache.io", "-n", &watched]);
         checks.deny(&[verb, "postcaches.postcache.io", "-n", &other]);
         checks.deny(&[verb, "postcaches.postcache.io"]);

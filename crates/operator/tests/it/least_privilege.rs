@@ -14,20 +14,20 @@ use crate::reconcile::{Operator, create, eventually, wait_ready};
 
 /// The agreed ClusterRole rules.
 fn cluster_rules() -> serde_json::Value {
-    let crud = ["get", "list", "watch", "create", "patch", "delete"];
+    let owned = ["get", "list", "watch", "create", "patch", "delete"];
+    let applied = ["get", "list", "create", "patch", "delete"];
     json!([
-        {"apiGroups": ["postcache.io"], "resources": ["postcaches"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["postcache.io"], "resources": ["postcaches/status"], "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["postcache.io"], "resources": ["postcaches"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["postcache.io"], "resources": ["postcaches/status"], "verbs": ["patch"]},
         {"apiGroups": ["postcache.io"], "resources": ["postcaches/finalizers"], "verbs": ["update"]},
-        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": crud},
+        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": applied},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
-        {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"], "verbs": crud},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": crud},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": crud},
-        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": crud},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": crud},
-        {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors", "prometheusrules"], "verbs": crud},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"], "verbs": owned},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": owned},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": applied},
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": applied},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": applied},
+        {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors", "prometheusrules"], "verbs": applied},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])
 }
@@ -77,7 +77,7 @@ async fn grant(client: &kube::Client, ns: &str) {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "postcache-operator-lease"},
             "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                       "verbs": ["get", "create", "update", "patch"]}],
+                       "verbs": ["get", "create", "update"]}],
         })),
     )
     .await

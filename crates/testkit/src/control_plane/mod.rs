@@ -35,6 +35,7 @@ pub struct ControlPlane {
     etcd: Process,
     kubeconfig: PathBuf,
     ca_cert: PathBuf,
+    audit_log: PathBuf,
     apiserver_port: u16,
     _dir: TempDir,
 }
@@ -56,6 +57,9 @@ impl ControlPlane {
         let (etcd_port, peer_port, apiserver_port) = (free_port(), free_port(), free_port());
         let kubeconfig = d.join("admin.kubeconfig");
         write_kubeconfig(&kubeconfig, &pki, apiserver_port);
+        let audit_policy = d.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY).expect("write the audit policy");
+        let audit_log = d.join("audit.log");
 
         let etcd_addr = SocketAddr::from(([127, 0, 0, 1], etcd_port));
         let etcd = Process::start(spec(
@@ -69,7 +73,7 @@ impl ControlPlane {
             ..spec(
                 d,
                 "kube-apiserver",
-                apiserver_args(&pki, etcd_port, apiserver_port),
+                apiserver_args(&pki, etcd_port, apiserver_port, &audit_policy, &audit_log),
                 kubectl_ready(&kubeconfig),
             )
         });
@@ -129,6 +133,7 @@ impl ControlPlane {
             etcd,
             kubeconfig,
             ca_cert: pki.ca_cert.clone(),
+            audit_log,
             apiserver_port,
             _dir: dir,
         };
@@ -166,6 +171,11 @@ impl ControlPlane {
     /// The cluster CA's certificate (it signed the apiserver's serving and client certificates).
     pub fn ca_cert(&self) -> &Path {
         &self.ca_cert
+    }
+
+    /// The apiserver's audit log (JSON lines): every request a ServiceAccount made.
+    pub fn audit_log(&self) -> &Path {
+        &self.audit_log
     }
 
     /// The apiserver's address (on loopback).
@@ -291,8 +301,28 @@ fn etcd_args(dir: &Path, port: u16, peer: u16) -> Vec<String> {
     ])
 }
 
-fn apiserver_args(pki: &Pki, etcd_port: u16, port: u16) -> Vec<String> {
+/// What the apiserver audits: every request of a ServiceAccount (an operator in the cluster,
+/// whose use of its RBAC a test compares with what it was granted), at `Metadata` level.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: [\"system:serviceaccounts\"]
+- level: None
+";
+
+fn apiserver_args(
+    pki: &Pki,
+    etcd_port: u16,
+    port: u16,
+    audit_policy: &Path,
+    audit_log: &Path,
+) -> Vec<String> {
     args(&[
+        &format!("--audit-policy-file={}", audit_policy.display()),
+        &format!("--audit-log-path={}", audit_log.display()),
+        "--audit-log-mode=blocking",
         &format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
