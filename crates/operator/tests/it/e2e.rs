@@ -12,7 +12,9 @@
 //!    acknowledged write is read back;
 //! 5. a PostgreSQL replica Pod is deleted: it comes back and streams again;
 //! 6. the Redis Cluster grows from 3 to 4 shards and back, every key readable after each step;
-//! 7. a new service image rolls out under steady reads through the Service, none failing;
+//! 7. a new service image rolls out under steady reads through the Service, none failing; under
+//!    load the HorizontalPodAutoscaler scales the service out; with autoscaling off it takes
+//!    the replicas of the spec;
 //! 8. the PostCache is deleted and recreated: the retained volumes and credentials match, and a
 //!    post written at the start is read back;
 //! 9. the apiserver's audit log shows the operator used every permission the chart grants it
@@ -57,6 +59,10 @@ fn example() -> Value {
             storage["storageClassName"] = Node::STORAGE_CLASS.into();
         }
     }
+    // The load of the autoscaling step comes from one address: no per-client rate limit (the
+    // pod options' `env` comes after the operator's variables, so it wins).
+    pc["spec"]["service"]["env"] =
+        json!([{"name": "POSTCACHE_RATE_LIMIT_PER_SECOND", "value": "0"}]);
     // The node has 2 CPUs: with the default 100m per Redis node, the 8 nodes of 4 shards and
     // the rest of the example would not fit.
     pc["spec"]["redis"]["resources"] = json!({
@@ -935,6 +941,62 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
     assert!(
         failed.is_empty(),
         "reads failed during the rollout: {failed:?}"
+    );
+
+    // The HPA scales the service out under load (CPU from the kubelet, by metrics-server).
+    let mut load = Command::new(&binary)
+        .args([
+            "bench",
+            "--url",
+            &format!("http://{cluster_ip}:8080"),
+            "--token",
+            &token,
+        ])
+        .args([
+            "--posts",
+            "20",
+            "--concurrency",
+            "32",
+            "--seconds",
+            "300",
+            "--read-ratio",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let loaded = Instant::now();
+    let deployment = service::name(&pc);
+    let scaled = wait_until(
+        "the HPA to scale the service out",
+        Duration::from_secs(240),
+        || {
+            let replicas = plane.kubectl(&[
+                "get",
+                "deployment",
+                &deployment,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ])?;
+            match replicas.parse::<u32>() {
+                Ok(n) if n > 2 => Ok(n),
+                _ => Err(format!(
+                    "{replicas} replicas\n{}",
+                    plane
+                        .kubectl(&["get", "hpa", "-n", &ns])
+                        .unwrap_or_else(|e| e)
+                )),
+            }
+        },
+    );
+    let _ = load.kill();
+    let _ = load.wait();
+    eprintln!(
+        "the HPA scaled the service to {scaled} replicas {:?} into the load",
+        loaded.elapsed()
     );
 
     // The service scales: autoscaling off, 3 replicas (the HPA is pruned).

@@ -346,6 +346,17 @@ fn apiserver_args(
         // ... and present the admin certificate there (a real node's kubelet trusts the CA).
         &format!("--kubelet-client-certificate={}", pki.admin_cert.display()),
         &format!("--kubelet-client-key={}", pki.admin_key.display()),
+        // The aggregation layer, for a real node's metrics-server (the metrics API the
+        // HorizontalPodAutoscaler reads): the apiserver proxies with the front-proxy client
+        // certificate, the only one whose forwarded identity is believed.
+        &format!("--requestheader-client-ca-file={}", pki.ca_cert.display()),
+        &format!("--requestheader-allowed-names={}", pki::FRONT_PROXY_CN),
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        &format!("--proxy-client-cert-file={}", pki.front_proxy_cert.display()),
+        &format!("--proxy-client-key-file={}", pki.front_proxy_key.display()),
+        "--enable-aggregator-routing=true",
     ])
 }
 

@@ -1,9 +1,14 @@
 //! The control plane's certificates, made with Debian's `openssl`: a CA, the apiserver's serving
 //! certificate (127.0.0.1 as an IP SAN, which rustls insists on), an admin client certificate in
-//! `system:masters`, and the service-account signing key.
+//! `system:masters`, the aggregation layer's front-proxy client certificate, and the
+//! service-account signing key.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The common name of the front-proxy client certificate: the only one allowed to assert an
+/// identity in the aggregation layer's request headers.
+pub(super) const FRONT_PROXY_CN: &str = "front-proxy-client";
 
 /// Paths of the generated files.
 pub(super) struct Pki {
@@ -13,6 +18,8 @@ pub(super) struct Pki {
     pub(super) serving_key: PathBuf,
     pub(super) admin_cert: PathBuf,
     pub(super) admin_key: PathBuf,
+    pub(super) front_proxy_cert: PathBuf,
+    pub(super) front_proxy_key: PathBuf,
     pub(super) sa_key: PathBuf,
     pub(super) sa_pub: PathBuf,
 }
@@ -28,6 +35,8 @@ impl Pki {
             serving_key: p("apiserver.key"),
             admin_cert: p("admin.crt"),
             admin_key: p("admin.key"),
+            front_proxy_cert: p("front-proxy-client.crt"),
+            front_proxy_key: p("front-proxy-client.key"),
             sa_key: p("sa.key"),
             sa_pub: p("sa.pub"),
         };
@@ -62,6 +71,12 @@ impl Pki {
             &["extendedKeyUsage=clientAuth"],
             &pki.admin_key,
             &pki.admin_cert,
+        )?;
+        pki.sign(
+            &format!("/CN={FRONT_PROXY_CN}"),
+            &["extendedKeyUsage=clientAuth"],
+            &pki.front_proxy_key,
+            &pki.front_proxy_cert,
         )?;
         openssl(&["genrsa", "-out", s(&pki.sa_key), "2048"])?;
         openssl(&[

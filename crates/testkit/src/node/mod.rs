@@ -6,7 +6,8 @@
 //! kube-apiserver ◀── kubelet ─CRI─▶ containerd ─▶ runc ─▶ container
 //!   ▲    ▲               │ CNI bridge cni0 (10.245.0.0/24, no masquerade, no route out)
 //!   │    └── kube-proxy (iptables: ClusterIP → Pod)     CoreDNS on the node's address (kube-dns)
-//!   └── relay on the bridge's 10.245.0.1 ◀── Pods' `kubernetes` Service (in-cluster clients)
+//!   ├── relay on the bridge's 10.245.0.1 ◀── Pods' `kubernetes` Service (in-cluster clients)
+//!   └─aggregation─▶ metrics-server on 10.245.0.1 ─▶ kubelet (metrics.k8s.io: `kubectl top`, HPA)
 //! images: crane registry on 127.0.0.1 ─http─▶ containerd (sandbox = a static pause built here)
 //! ```
 //!
@@ -95,6 +96,7 @@ impl Node {
         node.start_kubelet();
         node.start_kube_proxy();
         node.start_coredns();
+        node.start_metrics_server();
         node
     }
 
@@ -364,25 +366,110 @@ impl Node {
     }
 }
 
+impl Node {
+    /// metrics-server on the bridge's gateway address, scraping the kubelet (by its status port
+    /// and InternalIP, with the admin certificate), served through the aggregation layer as
+    /// `metrics.k8s.io`: what `kubectl top` and the HorizontalPodAutoscaler read.
+    fn start_metrics_server(&mut self) {
+        let port = free_port();
+        let certs = self.layout.base.join("metrics-server");
+        std::fs::create_dir_all(&certs).expect("metrics-server dir");
+        let kubeconfig = self.plane.kubeconfig().display().to_string();
+        let args = strings(&[
+            &format!("--kubeconfig={kubeconfig}"),
+            &format!("--authentication-kubeconfig={kubeconfig}"),
+            &format!("--authorization-kubeconfig={kubeconfig}"),
+            &format!("--bind-address={}", config::GATEWAY),
+            &format!("--secure-port={port}"),
+            &format!("--cert-dir={}", certs.display()),
+            "--kubelet-insecure-tls",
+            "--kubelet-use-node-status-port",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--metric-resolution=15s",
+        ]);
+        let ready: Readiness = Box::new(|| Ok(()));
+        let spec = self.spec("metrics-server", args, ready);
+        self.processes.push(Process::start(spec));
+        let manifest = self.layout.base.join("metrics-api.json");
+        write(&manifest, &metrics_api_manifest(port));
+        self.plane
+            .kubectl(&["apply", "-f", &manifest.display().to_string()])
+            .unwrap_or_else(|e| panic!("register the metrics API: {e}"));
+        wait_until("the metrics API", Duration::from_secs(90), || {
+            self.plane
+                .kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"])
+                .map_err(|e| format!("{e}\n{}", self.log_tail("metrics-server", 10)))
+        });
+    }
+}
+
+/// The metrics API, served by the metrics-server on the bridge (a selector-less Service and its
+/// EndpointSlice, an APIService).
+fn metrics_api_manifest(port: u16) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port}]}
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "metrics-server-postcache-node", "namespace": "kube-system",
+                             "labels": {"kubernetes.io/service-name": "metrics-server"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [config::GATEWAY.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+            },
+            {
+                "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                "metadata": {"name": "v1beta1.metrics.k8s.io"},
+                "spec": {
+                    "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                    "group": "metrics.k8s.io", "version": "v1beta1",
+                    "insecureSkipTLSVerify": true,
+                    "groupPriorityMinimum": 100, "versionPriority": 100
+                }
+            }
+        ]
+    })
+    .to_string()
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
+        // The metrics API first: an APIService whose server is gone breaks discovery.
+        let metrics_api = self
+            .layout
+            .base
+            .join("metrics-api.json")
+            .display()
+            .to_string();
+        let _ = self.plane.kubectl(&[
+            "delete",
+            "--wait=false",
+            "--ignore-not-found",
+            "-f",
+            &metrics_api,
+        ]);
         drop(self.relay.take());
         while let Some(process) = self.processes.pop() {
             drop(process);
         }
         host::clean(&self.layout.base);
         self.sysctls.restore();
+        let services = self
+            .layout
+            .base
+            .join("cluster-services.json")
+            .display()
+            .to_string();
         let _ = self.plane.kubectl(&[
             "delete",
             "--wait=false",
             "--ignore-not-found",
             "-f",
-            &self
-                .layout
-                .base
-                .join("cluster-services.json")
-                .display()
-                .to_string(),
+            &services,
         ]);
         for kind in ["persistentvolumes", "storageclasses"] {
             let _ = self.plane.kubectl(&[
