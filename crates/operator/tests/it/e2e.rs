@@ -10,7 +10,8 @@
 //!    there, and is read through the Service's ClusterIP;
 //! 4. a Redis master Pod is deleted under a steady stream of writes: the cluster recovers and every
 //!    acknowledged write is read back;
-//! 5. a PostgreSQL replica Pod is deleted: it comes back and streams again;
+//! 5. a PostgreSQL replica Pod is deleted: it comes back and streams again; deleted with its
+//!    volume, it is seeded anew from the primary;
 //! 6. the Redis Cluster grows from 3 to 4 shards and back, every key readable after each step;
 //! 7. a new service image rolls out under steady reads through the Service, none failing; under
 //!    load the HorizontalPodAutoscaler scales the service out; with autoscaling off it takes
@@ -417,6 +418,43 @@ fn sse(url: &str) -> (std::process::Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
+/// A post created on `writer` is read back with its token on `reader` and arrives as
+/// `post.created` on `listener`'s SSE stream (opened before the write); returns its id.
+fn fresh_across_pods(token: &str, [writer, reader, listener]: [&str; 3], title: &str) -> String {
+    let (mut stream, events) = sse(&format!("http://{listener}:8080/v1/events?topics=posts"));
+    // The stream is open once its first bytes (a comment or a resync) or a heartbeat arrive.
+    let _ = events.recv_timeout(Duration::from_secs(10));
+    let (status, response) = create(token, writer, title).unwrap();
+    assert_eq!(status, 201, "{response}");
+    let id = body(&response)["id"].as_str().unwrap().to_owned();
+    let read_token = header(&response, "x-postcache-token").expect("a read token");
+    let (status, response) = api(
+        token,
+        &[
+            "-H",
+            &format!("x-postcache-token: {read_token}"),
+            &format!("http://{reader}:8080/v1/posts/{id}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "read-your-writes on {reader}: {response}");
+    assert_eq!(body(&response)["title"], title);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        if let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
+            seen = line.starts_with("data:") && line.contains(&id) && line.contains("post.created");
+        }
+    }
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert!(
+        seen,
+        "the SSE stream of {listener} delivers post.created for {id}"
+    );
+    id
+}
+
 /// The chart's release and what it names after it.
 const RELEASE: &str = "postcache";
 const OPERATOR: &str = "postcache-operator";
@@ -713,38 +751,10 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
         service::TOKENS_KEY,
     );
     let token = tokens.split(',').next().unwrap().trim().to_owned();
-    let (writer, reader) = (&services[0].1, &services[1].1);
-    let (mut listener, events) = sse(&format!("http://{reader}:8080/v1/events?topics=posts"));
-    // The stream is open once its first bytes (a comment or a resync) or a heartbeat arrive.
-    let _ = events.recv_timeout(Duration::from_secs(10));
-    let (status, response) = create(&token, writer, "first").unwrap();
-    assert_eq!(status, 201, "{response}");
-    let post = body(&response);
-    let id = post["id"].as_str().unwrap().to_owned();
-    let read_token = header(&response, "x-postcache-token").expect("a read token");
-    let (status, response) = api(
+    let id = fresh_across_pods(
         &token,
-        &[
-            "-H",
-            &format!("x-postcache-token: {read_token}"),
-            &format!("http://{reader}:8080/v1/posts/{id}"),
-        ],
-    )
-    .unwrap();
-    assert_eq!(status, 200, "read-your-writes on the other pod: {response}");
-    assert_eq!(body(&response)["title"], "first");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = false;
-    while !seen && Instant::now() < deadline {
-        if let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
-            seen = line.starts_with("data:") && line.contains(&id) && line.contains("post.created");
-        }
-    }
-    let _ = listener.kill();
-    let _ = listener.wait();
-    assert!(
-        seen,
-        "the other pod's SSE stream delivers post.created for {id}"
+        [&services[0].1, &services[1].1, &services[1].1],
+        "first",
     );
     let cluster_ip = plane
         .kubectl(&[
@@ -831,30 +841,51 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
     assert!(saw_fault && healed);
     assert!(!acknowledged.is_empty(), "the service keeps taking writes");
     for (id, title) in &acknowledged {
-        let (status, response) =
-            api(&token, &[&format!("http://{reader}:8080/v1/posts/{id}")]).unwrap();
+        let (status, response) = api(
+            &token,
+            &[&format!("http://{}:8080/v1/posts/{id}", services[1].1)],
+        )
+        .unwrap();
         assert_eq!(status, 200, "acknowledged write {id} lost: {response}");
         assert_eq!(&body(&response)["title"], title.as_str());
     }
 
-    // 5. A PostgreSQL replica Pod dies: it comes back and streams.
-    plane
-        .kubectl(&[
-            "delete",
-            "pod",
-            &format!("{NAME}-postgres-replica-0"),
-            "-n",
-            &ns,
-        ])
-        .unwrap();
-    wait_until(
-        "the replica to stream again",
-        Duration::from_secs(120),
-        || match streaming_replicas(&plane, &ns, &pg_password)?.as_str() {
-            "2" => all_running(&plane, &ns).map(|_| ()),
-            other => Err(format!("{other} streaming")),
-        },
-    );
+    // 5. A PostgreSQL replica Pod dies: it comes back and streams. Then one dies with its
+    //    volume: the new Pod's init container seeds it again from the primary.
+    let replica = format!("{NAME}-postgres-replica-0");
+    for with_volume in [false, true] {
+        if with_volume {
+            plane
+                .kubectl(&[
+                    "delete",
+                    "pvc",
+                    &format!("data-{replica}"),
+                    "-n",
+                    &ns,
+                    "--wait=false",
+                ])
+                .unwrap();
+        }
+        plane
+            .kubectl(&["delete", "pod", &replica, "-n", &ns])
+            .unwrap();
+        wait_until(
+            "the replica to stream again",
+            Duration::from_secs(120),
+            || match streaming_replicas(&plane, &ns, &pg_password)?.as_str() {
+                "2" => all_running(&plane, &ns).map(|_| ()),
+                other => Err(format!("{other} streaming\n{}", diagnose())),
+            },
+        );
+        let seed = plane
+            .kubectl(&["logs", "-n", &ns, &replica, "-c", "seed"])
+            .unwrap();
+        let seeded = seed.contains("base backup from");
+        assert_eq!(
+            seeded, with_volume,
+            "seeded again only on a new volume:\n{seed}"
+        );
+    }
 
     // 6. Shards 3 → 4 → 3, every key still readable.
     write_keys(&plane, &ns);
@@ -1022,6 +1053,12 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
         },
     );
     eprintln!("scaled to 3 service pods in {:?}", scaling.elapsed());
+    let three = pods(&plane, &ns, "service");
+    fresh_across_pods(
+        &token,
+        [&three[0].1, &three[1].1, &three[2].1],
+        "three pods",
+    );
 
     // 8. Deleted and recreated: the retained volumes and credentials still match, the data is there.
     plane
