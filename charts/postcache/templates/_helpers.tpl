@@ -1,9 +1,15 @@
-{{/* The release's base name: the release name, with the chart name unless it already holds it. */}}
+{{/* The release's base name: fullnameOverride, else the release name with the chart name (or
+nameOverride) unless it already holds it. */}}
 {{- define "postcache.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 54 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 54 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

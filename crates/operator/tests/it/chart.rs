@@ -95,6 +95,73 @@ fn the_chart_carries_the_generated_crd() {
     );
 }
 
+/// `helm template` of the chart with `--set` pairs.
+fn template(sets: &[&str]) -> Result<String, String> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "postcache",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "postcache-system",
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm(&args, None)
+}
+
+#[test]
+fn helm_refuses_values_the_chart_does_not_know_or_cannot_use() {
+    let cases = [
+        ("replicaCount=0", "replicaCount"),
+        ("operator.logFormat=xml", "logFormat"),
+        ("operator.leaderElecton=false", "leaderElecton"),
+        ("operator.metricsAddr=9090", "metricsAddr"),
+        ("operator.watchNamespace=Team_A", "watchNamespace"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("serviceMonitor.interval=often", "interval"),
+        ("resourses.limits.memory=1Gi", "resourses"),
+    ];
+    for (set, field) in cases {
+        let refused = template(&[set]).expect_err(set);
+        assert!(
+            refused.contains("values don't meet the specifications of the schema")
+                && refused.contains(field),
+            "{set}: {refused}"
+        );
+    }
+}
+
+#[test]
+fn names_follow_the_overrides_and_a_pdb_guards_the_operator_replicas() {
+    let kinds_named = |rendered: &str, name: &str| {
+        rendered
+            .lines()
+            .filter(|l| l.trim() == format!("name: {name}"))
+            .count()
+    };
+    let renamed = template(&["fullnameOverride=pc"]).unwrap();
+    assert!(kinds_named(&renamed, "pc-operator") >= 3, "{renamed}");
+    assert_eq!(kinds_named(&renamed, "postcache-operator"), 0);
+    let short = template(&["nameOverride=ops"]).unwrap();
+    assert!(
+        kinds_named(&short, "postcache-ops-operator") >= 3,
+        "{short}"
+    );
+
+    let default = template(&[]).unwrap();
+    assert!(default.contains("kind: PodDisruptionBudget"), "{default}");
+    assert!(default.contains("maxUnavailable: 1"));
+    let single = template(&["replicaCount=1"]).unwrap();
+    assert!(
+        !single.contains("kind: PodDisruptionBudget"),
+        "a budget over one replica would block every drain"
+    );
+}
+
 #[test]
 fn helm_template_matches_the_snapshots() {
     let chart = chart();
