@@ -4,6 +4,7 @@
 //! agreed rights and nothing broader, checked for the operator's ServiceAccount with the
 //! SubjectAccessReviews that `kubectl auth can-i --as` sends.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -111,6 +112,69 @@ fn template(sets: &[&str]) -> Result<String, String> {
         args.extend(["--set", set]);
     }
     helm(&args, None)
+}
+
+/// The dotted keys the schema describes; an object without `properties` is one key.
+fn schema_keys(schema: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    for (key, sub) in schema["properties"].as_object().into_iter().flatten() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if sub.get("properties").is_some() {
+            schema_keys(sub, &path, out);
+        } else {
+            out.insert(path);
+        }
+    }
+}
+
+/// The dotted keys of `values`, as deep as the schema describes them.
+fn value_keys(
+    values: &serde_json::Value,
+    schema: &serde_json::Value,
+    prefix: &str,
+    out: &mut BTreeSet<String>,
+) {
+    for (key, value) in values.as_object().into_iter().flatten() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match schema["properties"].get(key) {
+            Some(sub) if sub.get("properties").is_some() => value_keys(value, sub, &path, out),
+            _ => {
+                out.insert(path);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chart_readme_values_yaml_and_the_schema_name_the_same_keys() {
+    let read = |name: &str| std::fs::read_to_string(chart().join(name)).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&read("values.schema.json")).unwrap();
+    let values: serde_json::Value = serde_norway::from_str(&read("values.yaml")).unwrap();
+    let mut described = BTreeSet::new();
+    schema_keys(&schema, "", &mut described);
+    let mut defaulted = BTreeSet::new();
+    value_keys(&values, &schema, "", &mut defaulted);
+    let documented: BTreeSet<String> = read("README.md")
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("| `")?
+                .split('`')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(defaulted, described, "values.yaml vs values.schema.json");
+    assert_eq!(
+        documented, described,
+        "README.md's table vs values.schema.json"
+    );
 }
 
 #[test]
