@@ -230,6 +230,13 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTCACHE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Origins whose browser pages may call the API (comma-separated, each `scheme://host[:port]`,
+    /// e.g. `https://app.example.com`; `*` for any origin). Preflights are answered before
+    /// authentication; responses expose `ETag`, `Location`, `Retry-After` and the
+    /// `X-PostCache-*` headers. None (the default) sends no CORS headers.
+    #[arg(long, env = "POSTCACHE_CORS_ORIGINS", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
+    pub cors_origins: Vec<String>,
+
     /// Keys that sign consistency tokens (comma-separated, at least 16 bytes each). The first
     /// signs; all verify (rotate by putting the new key first). Without any, a key kept in the
     /// database signs, shared by every process on it.

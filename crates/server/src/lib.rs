@@ -11,6 +11,7 @@ mod auth;
 mod background;
 mod client;
 mod config;
+mod cors;
 mod error;
 mod io;
 mod json;
@@ -82,6 +83,8 @@ pub struct Http {
     pub tokens: TokenKeys,
     /// Turns true when the process drains (readiness fails).
     pub draining: watch::Receiver<bool>,
+    /// Origins whose pages may call the API from a browser (`*`: any); none answers no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl Http {
@@ -93,6 +96,7 @@ impl Http {
             request_timeout: None,
             tokens,
             draining: watch::channel(false).1,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -193,6 +197,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The router with every route, its OpenAPI document, and the middleware.
 pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Router {
     let (router, openapi) = routes();
+    let cors = cors::layer(&http.cors_origins);
     let state = AppState(Arc::new(AppParts {
         posts,
         auth,
@@ -203,7 +208,7 @@ pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Rou
         metrics: metrics::handle(),
         openapi: Arc::new(openapi),
     }));
-    router
+    let router = router
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -213,8 +218,13 @@ pub fn app(posts: Arc<Posts>, auth: Auth, http: Http, realtime: Realtime) -> Rou
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    // Outermost: a preflight is answered before authentication and the limits see it.
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 /// Middleware: a request that is not a realtime stream answers 503 (with `Retry-After`) once it

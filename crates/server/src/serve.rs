@@ -178,6 +178,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .then(|| Duration::from_millis(args.request_timeout_ms)),
         tokens,
         draining: drain_rx,
+        cors_origins: args.cors_origins.clone(),
     };
     let app = crate::app(Arc::clone(&posts), auth, http, realtime);
 

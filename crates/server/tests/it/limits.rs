@@ -88,3 +88,98 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         );
     }
 }
+
+/// A page on an allowed origin gets its preflight answered before authentication and may read the
+/// headers read-your-writes needs; another origin gets no CORS headers; without origins, none.
+#[tokio::test]
+async fn browser_pages_of_allowed_origins_may_call_the_api_and_read_its_headers() {
+    let app = TestApp::with_options(
+        Backend::Sqlite,
+        Transport::InProcess,
+        crate::Options {
+            auth: Auth::new(["s3cret-token".to_owned()]),
+            cors_origins: vec!["https://app.example.com".to_owned()],
+            ..crate::Options::default()
+        },
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", "PATCH"),
+            (
+                "access-control-request-headers",
+                "authorization,content-type,if-match,x-postcache-token",
+            ),
+        ]
+    };
+    let allowed = app
+        .send(
+            Method::OPTIONS,
+            "/v1/posts/x",
+            &preflight("https://app.example.com"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        allowed.status,
+        StatusCode::OK,
+        "no token needed for a preflight"
+    );
+    let header = |reply: &crate::Reply, name: &str| {
+        reply
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    let methods = header(&allowed, "access-control-allow-methods").unwrap();
+    assert!(
+        methods.contains("patch") && methods.contains("delete"),
+        "{methods}"
+    );
+    let headers = header(&allowed, "access-control-allow-headers").unwrap();
+    for name in ["authorization", "if-match", "x-postcache-token"] {
+        assert!(headers.contains(name), "{headers}");
+    }
+
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/posts",
+            &[
+                ("origin", "https://app.example.com"),
+                ("authorization", "Bearer s3cret-token"),
+            ],
+            Some(NEW_POST),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let exposed = header(&created, "access-control-expose-headers").unwrap();
+    for name in ["etag", "location", "x-postcache-token", "retry-after"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+
+    let other = app
+        .send(
+            Method::OPTIONS,
+            "/v1/posts/x",
+            &preflight("https://evil.example"),
+            None,
+        )
+        .await;
+    assert!(header(&other, "access-control-allow-origin").is_none());
+    let plain = TestApp::start(Backend::Sqlite, Transport::InProcess).await;
+    let reply = plain
+        .send(
+            Method::GET,
+            "/v1/posts",
+            &[("origin", "https://app.example.com")],
+            None,
+        )
+        .await;
+    assert!(header(&reply, "access-control-allow-origin").is_none());
+}

@@ -84,6 +84,7 @@ pub struct Options {
     pub retention: usize,
     pub lag: usize,
     pub max_connections: usize,
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -94,6 +95,7 @@ impl Default for Options {
             retention: 1000,
             lag: 64,
             max_connections: 100,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -142,6 +144,7 @@ impl TestApp {
             retention,
             lag,
             max_connections,
+            cors_origins,
         } = options;
         let (url, dir) = match backend {
             Backend::Sqlite => {
@@ -174,6 +177,7 @@ impl TestApp {
         let realtime = Realtime::new(log, max_connections, Duration::from_millis(200));
         let http = Http {
             limit,
+            cors_origins,
             ..Http::new(TokenKeys::new(&["the integration tests' token key"]).unwrap())
         };
         let router = app(Arc::clone(&posts), auth, http, realtime);
