@@ -290,16 +290,12 @@ fn stateful_set(
     object
 }
 
-fn primary(pc: &PostCache, image: &str) -> StatefulSet {
+/// A pod whose init container runs `script` (from the scripts ConfigMap, with `env`) on the data
+/// volume before `postgres` starts on it.
+fn scripted_pod(pc: &PostCache, image: &str, init: Container, script: &str) -> PodSpec {
     let init = Container {
-        name: "init".into(),
         image: Some(image.to_owned()),
-        command: Some(vec![
-            "bash".into(),
-            format!("{SCRIPTS_DIR}/{PRIMARY_INIT_SCRIPT}"),
-        ]),
-        env: Some(server_env(pc)),
-        resources: Some(resources(pc)),
+        command: Some(vec!["bash".into(), format!("{SCRIPTS_DIR}/{script}")]),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(
             writable_mounts()
@@ -307,9 +303,9 @@ fn primary(pc: &PostCache, image: &str) -> StatefulSet {
                 .chain([scripts_mount()])
                 .collect(),
         ),
-        ..Container::default()
+        ..init
     };
-    let pod = PodSpec {
+    PodSpec {
         init_containers: Some(vec![init]),
         containers: vec![server_container(pc, image)],
         volumes: Some(vec![
@@ -318,7 +314,17 @@ fn primary(pc: &PostCache, image: &str) -> StatefulSet {
             scratch_volume("run"),
         ]),
         ..PodSpec::default()
+    }
+}
+
+fn primary(pc: &PostCache, image: &str) -> StatefulSet {
+    let init = Container {
+        name: "init".into(),
+        env: Some(server_env(pc)),
+        resources: Some(resources(pc)),
+        ..Container::default()
     };
+    let pod = scripted_pod(pc, image, init, PRIMARY_INIT_SCRIPT);
     stateful_set(pc, primary_name(pc), "primary", 1, pod)
 }
 
@@ -348,28 +354,10 @@ pub fn seed_env(pc: &PostCache) -> Vec<EnvVar> {
 fn replicas(pc: &PostCache, image: &str) -> StatefulSet {
     let seed = Container {
         name: "seed".into(),
-        image: Some(image.to_owned()),
-        command: Some(vec!["bash".into(), format!("{SCRIPTS_DIR}/{SEED_SCRIPT}")]),
         env: Some(seed_env(pc)),
-        security_context: Some(restricted_security_context()),
-        volume_mounts: Some(
-            writable_mounts()
-                .into_iter()
-                .chain([scripts_mount()])
-                .collect(),
-        ),
         ..Container::default()
     };
-    let pod = PodSpec {
-        init_containers: Some(vec![seed]),
-        containers: vec![server_container(pc, image)],
-        volumes: Some(vec![
-            scripts_volume(&crate::scripts_config::name(pc)),
-            scratch_volume("tmp"),
-            scratch_volume("run"),
-        ]),
-        ..PodSpec::default()
-    };
+    let pod = scripted_pod(pc, image, seed, SEED_SCRIPT);
     stateful_set(pc, replica_name(pc), "replica", replica_count(pc), pod)
 }
 

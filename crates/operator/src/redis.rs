@@ -284,7 +284,7 @@ fn stateful_set(pc: &PostCache, image: &str, replicas: i32) -> StatefulSet {
         ]),
         readiness_probe: Some(exec_probe(readiness_check(pc))),
         liveness_probe: Some(exec_probe(
-            "redis-cli -a \"$REDIS_PASSWORD\" --no-auth-warning ping",
+            "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli ping",
         )),
         resources: Some(resources(spec)),
         security_context: Some(restricted_security_context()),

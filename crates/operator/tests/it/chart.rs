@@ -386,13 +386,25 @@ impl<'a> AccessChecks<'a> {
 /// Deployment is Available. Returns the namespace and the ServiceAccount as `namespace/name`.
 fn install(plane: &ControlPlane, release: &str, extra: &[&str]) -> (String, String) {
     let ns = plane.create_namespace();
+    let sa = install_into(plane, &ns, release, extra);
+    (ns, sa)
+}
+
+/// Installs the chart as `release` into the existing namespace `ns` and waits until the operator
+/// Deployment is Available. Returns the ServiceAccount as `namespace/name`.
+pub(crate) fn install_into(
+    plane: &ControlPlane,
+    ns: &str,
+    release: &str,
+    extra: &[&str],
+) -> String {
     let chart = chart();
     let mut args = vec![
         "install",
         release,
         chart.to_str().unwrap(),
         "--namespace",
-        &ns,
+        ns,
     ];
     args.extend_from_slice(extra);
     helm(&args, Some(plane.kubeconfig())).unwrap();
@@ -404,15 +416,14 @@ fn install(plane: &ControlPlane, release: &str, extra: &[&str]) -> (String, Stri
             plane.kubectl(&[
                 "wait",
                 "-n",
-                &ns,
+                ns,
                 "--for=condition=Available",
                 &deployment,
                 "--timeout=5s",
             ])
         },
     );
-    let sa = format!("{ns}/{release}-postcache-operator");
-    (ns, sa)
+    format!("{ns}/{release}-postcache-operator")
 }
 
 #[test]

@@ -33,7 +33,7 @@ use postcache_operator::{PostCache, postgres, redis, service};
 use postcache_testkit::{ControlPlane, Node, tool, unique_name, wait_until};
 use serde_json::{Value, json};
 
-use crate::chart::helm;
+use crate::chart::{helm, install_into};
 use crate::image;
 use crate::node::curl;
 use crate::pod_security::restricted_namespace;
@@ -202,8 +202,9 @@ fn kubectl_json(plane: &ControlPlane, args: &[&str]) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// A Secret's value, decoded by kubectl's template.
 fn secret(plane: &ControlPlane, ns: &str, name: &str, key: &str) -> String {
-    let encoded = plane
+    plane
         .kubectl(&[
             "get",
             "secret",
@@ -211,21 +212,23 @@ fn secret(plane: &ControlPlane, ns: &str, name: &str, key: &str) -> String {
             "-n",
             ns,
             "-o",
-            &format!("jsonpath={{.data.{key}}}"),
+            &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}"),
         ])
-        .unwrap();
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(encoded.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
+        .unwrap()
+}
+
+/// A JSONPath over the service Pods.
+fn service_pods(plane: &ControlPlane, ns: &str, jsonpath: &str) -> Result<String, String> {
+    plane.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/component=service",
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
 }
 
 /// (name, IP) of the Running pods of a component, by name.
@@ -456,8 +459,8 @@ fn fresh_across_pods(token: &str, [writer, reader, listener]: [&str; 3], title: 
 }
 
 /// The chart's release and what it names after it.
-const RELEASE: &str = "postcache";
-const OPERATOR: &str = "postcache-operator";
+const RELEASE: &str = "e2e";
+const OPERATOR: &str = "e2e-postcache-operator";
 
 /// `helm install` of the chart in its own namespace (enforcing Pod Security `restricted` too):
 /// the operator runs in the cluster, two replicas and a Lease, on the real node, defaulting to
@@ -466,17 +469,14 @@ fn install_operator(plane: &ControlPlane, images: [&str; 3]) -> String {
     let [service, redis, postgres] = images;
     let (repository, tag) = service.rsplit_once(':').unwrap();
     let ns = restricted_namespace(plane);
-    let chart = repo().join("charts/postcache");
     let node_selector = json!({"kubernetes.io/hostname": Node::NAME}).to_string();
     let tolerations =
         json!([{"key": Node::TAINT, "operator": "Exists", "effect": "NoSchedule"}]).to_string();
-    helm(
+    install_into(
+        plane,
+        &ns,
+        RELEASE,
         &[
-            "install",
-            RELEASE,
-            chart.to_str().unwrap(),
-            "-n",
-            &ns,
             "--set",
             &format!("image.repository={repository}"),
             "--set",
@@ -489,12 +489,8 @@ fn install_operator(plane: &ControlPlane, images: [&str; 3]) -> String {
             &format!("nodeSelector={node_selector}"),
             "--set-json",
             &format!("tolerations={tolerations}"),
-            "--wait",
-            "--timeout=180s",
         ],
-        Some(plane.kubeconfig()),
-    )
-    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    );
     ns
 }
 
@@ -685,18 +681,12 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
     );
     let services = pods(&plane, &ns, "service");
     assert_eq!(services.len(), 2, "{services:?}");
-    let restarts = plane
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            &ns,
-            "-l",
-            "app.kubernetes.io/component=service",
-            "-o",
-            "jsonpath={.items[*].status.containerStatuses[*].restartCount}",
-        ])
-        .unwrap();
+    let restarts = service_pods(
+        &plane,
+        &ns,
+        "{.items[*].status.containerStatuses[*].restartCount}",
+    )
+    .unwrap();
     assert!(
         restarts.split_whitespace().all(|r| r == "0"),
         "service pods wait for their backends instead of crash-looping: restarts {restarts}"
@@ -946,18 +936,12 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
             other => failed.push(format!("{other:?}")),
         }
         if done_at.is_none() {
-            let images = plane
-                .kubectl(&[
-                    "get",
-                    "pods",
-                    "-n",
-                    &ns,
-                    "-l",
-                    "app.kubernetes.io/component=service",
-                    "-o",
-                    "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
-                ])
-                .unwrap_or_default();
+            let images = service_pods(
+                &plane,
+                &ns,
+                "{range .items[*]}{.spec.containers[0].image} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
+            )
+            .unwrap_or_default();
             let lines: Vec<&str> = images.lines().collect();
             if lines.len() == 2 && lines.iter().all(|l| *l == format!("{rolled_image} true")) {
                 done_at = Some(Instant::now());

@@ -436,41 +436,27 @@ fn metrics_api_manifest(port: u16) -> String {
     .to_string()
 }
 
+impl Node {
+    /// Deletes what the manifest `name` (in the node's directory) created, without waiting.
+    fn delete_manifest(&self, name: &str) {
+        let file = self.layout.base.join(name).display().to_string();
+        let _ = self
+            .plane
+            .kubectl(&["delete", "--wait=false", "--ignore-not-found", "-f", &file]);
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         // The metrics API first: an APIService whose server is gone breaks discovery.
-        let metrics_api = self
-            .layout
-            .base
-            .join("metrics-api.json")
-            .display()
-            .to_string();
-        let _ = self.plane.kubectl(&[
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "-f",
-            &metrics_api,
-        ]);
+        self.delete_manifest("metrics-api.json");
         drop(self.relay.take());
         while let Some(process) = self.processes.pop() {
             drop(process);
         }
         host::clean(&self.layout.base);
         self.sysctls.restore();
-        let services = self
-            .layout
-            .base
-            .join("cluster-services.json")
-            .display()
-            .to_string();
-        let _ = self.plane.kubectl(&[
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "-f",
-            &services,
-        ]);
+        self.delete_manifest("cluster-services.json");
         for kind in ["persistentvolumes", "storageclasses"] {
             let _ = self.plane.kubectl(&[
                 "delete",
