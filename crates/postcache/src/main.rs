@@ -21,7 +21,7 @@ enum Command {
     Crd,
     /// Print the API's OpenAPI 3.1 document (JSON), as a running service serves `/openapi.json`.
     Openapi,
-    /// Load a running PostCache with a read/write mix and report throughput and latency.
+    /// Load a running PostCache (HTTP mix, or realtime fan-out) and report throughput and latency.
     Bench(postcache_bench::BenchArgs),
     /// Check a running deployment's freshness guarantees (G1–G5) from outside: drive a workload,
     /// report violations, lost writes and convergence; exit status 1 on any violation.

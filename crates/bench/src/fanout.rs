@@ -1,0 +1,362 @@
+//! The fan-out load: `--subscribers` connections over WebSocket, SSE or Socket.IO, and one
+//! publisher creating `--events-per-second` posts, each titled `fanout-<unix nanos>` at its
+//! send time. Every subscriber finds that time in each event it receives: delivery latency
+//! is publish → received, whatever the transport's framing.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::header::{ACCEPT, HOST};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::http::Target;
+use crate::report::{FanoutReport, FanoutServer};
+use crate::server::{Window, rss_bytes};
+use crate::stats::OpStats;
+use crate::{BenchArgs, BenchError, Mode};
+
+const MARKER: &str = "fanout-";
+const SHARDS: usize = 8;
+
+/// What the subscribers share.
+struct Inbox {
+    /// When publishing started (unix nanos): the timeline's zero.
+    start_nanos: AtomicU64,
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    deliveries: AtomicU64,
+    shards: Vec<Mutex<OpStats>>,
+}
+
+impl Inbox {
+    /// Records one received event (any text holding the marker).
+    fn received(&self, shard: usize, text: &str) {
+        let Some(sent) = sent_nanos(text) else {
+            return;
+        };
+        let now = unix_nanos();
+        let start = u128::from(self.start_nanos.load(Ordering::Relaxed));
+        let at = sent.saturating_sub(start) as f64 / 1e9;
+        let micros = (now.saturating_sub(sent) / 1000) as u64;
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.shards[shard % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(at, micros);
+    }
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The send time the publisher wrote after the marker.
+fn sent_nanos(text: &str) -> Option<u128> {
+    let rest = &text[text.find(MARKER)? + MARKER.len()..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, BenchError> {
+    if !(args.events_per_second > 0.0 && args.events_per_second.is_finite()) {
+        return Err(BenchError::Invalid(
+            "--events-per-second must be above 0".into(),
+        ));
+    }
+    let target = Target::parse(&args.url)?;
+    let inbox = Arc::new(Inbox {
+        start_nanos: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        deliveries: AtomicU64::new(0),
+        shards: (0..SHARDS)
+            .map(|_| Mutex::new(OpStats::new(args.seconds)))
+            .collect(),
+    });
+    let rss_idle = args.pid.and_then(rss_bytes);
+
+    // Connect everyone (a bounded number of handshakes at once), then measure.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut subscribers = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let (target, inbox, ready, handshakes) = (
+            target.clone(),
+            Arc::clone(&inbox),
+            ready_tx.clone(),
+            Arc::clone(&handshakes),
+        );
+        subscribers.push(tokio::spawn(async move {
+            let permit = handshakes.acquire_owned().await;
+            subscribe(mode, &target, i, &inbox, ready, permit.ok()).await;
+        }));
+    }
+    drop(ready_tx);
+    let mut last_error = String::new();
+    for _ in 0..args.subscribers {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => last_error = e,
+            None => break,
+        }
+    }
+    let connected = inbox.connected.load(Ordering::Relaxed);
+    if connected == 0 {
+        return Err(BenchError::Connect(last_error));
+    }
+    let rss_connected = args.pid.and_then(rss_bytes);
+    if !args.quiet {
+        eprintln!("{connected} subscribers connected; publishing");
+    }
+
+    let window = Window::start(args.pid);
+    inbox
+        .start_nanos
+        .store(u64::try_from(unix_nanos()).unwrap_or(0), Ordering::Relaxed);
+    let (published, publish_errors) =
+        publish(args, Instant::now(), Duration::from_secs_f64(args.seconds)).await;
+    // Let what is in flight arrive: until every delivery is in, or 2 s pass without progress.
+    let expected = published * connected as u64;
+    let mut last = (inbox.deliveries.load(Ordering::Relaxed), Instant::now());
+    while last.0 < expected && last.1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = inbox.deliveries.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    let usage = window.and_then(|w| w.end());
+    for s in &subscribers {
+        s.abort();
+    }
+
+    let mut all = OpStats::new(args.seconds);
+    for shard in &inbox.shards {
+        all.merge(&shard.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+    let deliveries = inbox.deliveries.load(Ordering::Relaxed);
+    let server = usage.map(|usage| FanoutServer {
+        deliveries_per_cpu_second: deliveries as f64 / usage.cpu_seconds.max(f64::EPSILON),
+        rss_idle_bytes: rss_idle.unwrap_or(0),
+        rss_per_connection_bytes: match (rss_idle, rss_connected) {
+            (Some(idle), Some(busy)) => busy.saturating_sub(idle) as f64 / connected as f64,
+            _ => 0.0,
+        },
+        usage,
+    });
+    Ok(FanoutReport {
+        mode,
+        url: args.url.clone(),
+        seconds: args.seconds,
+        subscribers: args.subscribers,
+        connected,
+        connect_errors: inbox.failed.load(Ordering::Relaxed),
+        events_per_second: args.events_per_second,
+        published,
+        publish_errors,
+        deliveries,
+        expected_deliveries: expected,
+        deliveries_per_second: deliveries as f64 / args.seconds,
+        latency: all.summary(args.seconds),
+        timeline: all.timeline(),
+        server,
+    })
+}
+
+/// Creates posts at the asked rate for `length`; returns (published, failed).
+async fn publish(args: &BenchArgs, start: Instant, length: Duration) -> (u64, u64) {
+    let client = reqwest::Client::new();
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let in_flight = Arc::new(Semaphore::new(64));
+    let mut sends = Vec::new();
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(i as f64 / args.events_per_second);
+        if due >= start + length {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let body = serde_json::json!({
+            "author_id": "fanout",
+            "title": format!("{MARKER}{}", unix_nanos()),
+            "body": "y".repeat(200),
+            "tags": ["fanout"],
+        });
+        let mut request = client.post(format!("{}/v1/posts", args.url)).json(&body);
+        if let Some(token) = &args.token {
+            request = request.bearer_auth(token);
+        }
+        let (ok, failed) = (Arc::clone(&ok), Arc::clone(&failed));
+        sends.push(tokio::spawn(async move {
+            let _permit = permit;
+            match request.send().await {
+                Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }));
+    }
+    for send in sends {
+        let _ = send.await;
+    }
+    (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+/// One subscriber: connects, says whether it could, then records what it receives.
+async fn subscribe(
+    mode: Mode,
+    target: &Target,
+    index: usize,
+    inbox: &Inbox,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let announce = |result: Result<(), String>| {
+        match &result {
+            Ok(()) => inbox.connected.fetch_add(1, Ordering::Relaxed),
+            Err(_) => inbox.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        let _ = ready.send(result);
+    };
+    match mode {
+        Mode::Ws | Mode::Socketio => {
+            let url = if mode == Mode::Ws {
+                format!("ws://{}{}", target.addr, target.path("/v1/ws"))
+            } else {
+                format!(
+                    "ws://{}{}",
+                    target.addr,
+                    target.path("/socket.io/?EIO=4&transport=websocket")
+                )
+            };
+            let mut socket = match tokio_tungstenite::connect_async(url).await {
+                Ok((socket, _)) => socket,
+                Err(e) => return announce(Err(e.to_string())),
+            };
+            if mode == Mode::Ws {
+                announce(Ok(()));
+            }
+            drop(permit);
+            let mut announce = Some(announce);
+            while let Some(Ok(message)) = socket.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                if mode == Mode::Ws {
+                    inbox.received(index, &text);
+                    continue;
+                }
+                // engine.io v4: 0 open, 2 ping, 4 message; socket.io inside: 0 connect, 2 event.
+                let reply = match text.as_bytes() {
+                    [b'0', ..] => Some("40"),
+                    [b'2', ..] => Some("3"),
+                    [b'4', b'0', ..] => {
+                        if let Some(announce) = announce.take() {
+                            announce(Ok(()));
+                        }
+                        None
+                    }
+                    [b'4', b'2', ..] => {
+                        inbox.received(index, &text);
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(reply) = reply
+                    && socket.send(Message::text(reply)).await.is_err()
+                {
+                    break;
+                }
+            }
+            if let Some(announce) = announce.take() {
+                announce(Err("the Socket.IO handshake did not finish".into()));
+            }
+        }
+        Mode::Sse => {
+            let result = sse(target, index, inbox, &announce, permit).await;
+            if let Err(e) = result {
+                announce(Err(e));
+            }
+        }
+        Mode::Http => {}
+    }
+}
+
+/// An SSE subscriber: `Err` only when it never connected.
+async fn sse(
+    target: &Target,
+    index: usize,
+    inbox: &Inbox,
+    announce: &(dyn Fn(Result<(), String>) + Sync),
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(&target.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = target
+        .path("/v1/events")
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
+    request.headers_mut().insert(HOST, target.host().clone());
+    request.headers_mut().insert(
+        ACCEPT,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("GET /v1/events answered {}", response.status()));
+    }
+    announce(Ok(()));
+    drop(permit);
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        // Events end with a blank line.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            if let Ok(event) = std::str::from_utf8(&pending[..end]) {
+                inbox.received(index, event);
+            }
+            pending.drain(..end + 2);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_time_is_found_in_any_framing() {
+        for text in [
+            r#"{"type":"post.created","post":{"title":"fanout-1234567","body":"y"}}"#,
+            r#"42["post",{"title":"fanout-1234567"}]"#,
+            "id: 1-2\ndata: {\"title\":\"fanout-1234567\"}",
+        ] {
+            assert_eq!(sent_nanos(text), Some(1_234_567), "{text}");
+        }
+        assert_eq!(sent_nanos(r#"{"type":"resync"}"#), None);
+    }
+}
