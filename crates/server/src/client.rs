@@ -7,10 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
 use crate::io::Peer;
@@ -59,13 +57,9 @@ impl TrustedProxies {
     }
 }
 
-/// Middleware: resolves [`ClientIp`] for the layers and handlers after it. Without a peer (the
-/// in-process router in tests) every request is one client, loopback.
-pub(crate) async fn identify(
-    State(proxies): State<TrustedProxies>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Resolves [`ClientIp`] for the steps and handlers after it. Without a peer (the in-process
+/// router in tests) every request is one client, loopback.
+pub(crate) fn identify(proxies: &TrustedProxies, request: &mut Request) -> IpAddr {
     let extensions = request.extensions();
     let peer = extensions
         .get::<ConnectInfo<Peer>>()
@@ -78,7 +72,7 @@ pub(crate) async fn identify(
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let client = proxies.client(peer, request.headers());
     request.extensions_mut().insert(ClientIp(client));
-    next.run(request).await
+    client
 }
 
 /// The hops of `Forwarded` (RFC 7239) if present, else of `X-Forwarded-For`, nearest last;

@@ -3,18 +3,15 @@
 //! Over the limit a request gets 429 with `Retry-After`. The key is the [`ClientIp`]: the peer, or
 //! behind trusted proxies the client they forwarded.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::client::ClientIp;
 use crate::error::ApiError;
 use crate::metrics::CLIENT_LIMITED;
 
@@ -48,25 +45,14 @@ impl RateLimit {
     }
 }
 
-/// Middleware: rejects requests over the limit with 429.
-pub(crate) async fn enforce(
-    State(limit): State<Option<RateLimit>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(limit) = limit
-        && !UNLIMITED.contains(&request.uri().path())
-    {
-        let client = request
-            .extensions()
-            .get::<ClientIp>()
-            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |client| client.0);
-        if let Err(wait) = limit.check(client) {
-            metrics::counter!(CLIENT_LIMITED, "limit" => "rate").increment(1);
-            return ApiError::too_many_requests(wait).into_response();
-        }
+/// The 429 answer when `client` is over `limit` for `path`; `None` lets the request through.
+pub(crate) fn refuse(limit: &RateLimit, client: IpAddr, path: &str) -> Option<Response> {
+    if UNLIMITED.contains(&path) {
+        return None;
     }
-    next.run(request).await
+    let wait = limit.check(client).err()?;
+    metrics::counter!(CLIENT_LIMITED, "limit" => "rate").increment(1);
+    Some(ApiError::too_many_requests(wait).into_response())
 }
 
 /// Routes no client limit applies to: the kubelet's probes and Prometheus's scrape come from one

@@ -2,15 +2,14 @@
 //!
 //! Names follow CONTRACT.md; histograms have buckets from 50 µs (an L1 hit) to 10 s (an outlier).
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use axum::http::{Method, StatusCode};
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests by `route` (the matched template), `method` and `status`.
@@ -156,23 +155,46 @@ pub(crate) fn upkeep() {
     handle().run_upkeep();
 }
 
-/// Middleware: counts and times every request under its route template (never raw paths, so ids
-/// do not explode the label set). Every label value is a `&'static str`, so recording allocates
-/// nothing on the hot path.
-pub(crate) async fn track(request: Request, next: Next) -> Response {
-    let start = Instant::now();
+/// The labels a request is counted under: its route template (never the raw path, so ids do not
+/// explode the label set; `unmatched` for no route) and its method.
+pub(crate) fn labels(request: &Request) -> (&'static str, &'static str) {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| intern(p.as_str()));
-    let method = method_label(request.method());
-    let response = next.run(request).await;
-    let status = intern(response.status().as_str());
-    metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
-    response
+    (route, method_label(request.method()))
+}
+
+/// Counts and times one answer. The counter and histogram of each (route, method, status) are
+/// looked up in the recorder once per thread and kept: the hot path allocates nothing and takes
+/// no lock but the read side of [`intern`]'s.
+pub(crate) fn record(
+    (route, method): (&'static str, &'static str),
+    status: StatusCode,
+    started: Instant,
+) {
+    HANDLES.with_borrow_mut(|handles| {
+        let (requests, duration) = handles
+            .entry((route, method, status.as_u16()))
+            .or_insert_with(|| {
+                let status = intern(status.as_str());
+                (
+                    metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status),
+                    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method),
+                )
+            });
+        requests.increment(1);
+        duration.record(started.elapsed().as_secs_f64());
+    });
+}
+
+/// Route template, method and status.
+type RequestKey = (&'static str, &'static str, u16);
+
+thread_local! {
+    /// This thread's handles of the HTTP metrics.
+    static HANDLES: RefCell<HashMap<RequestKey, (Counter, Histogram)>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The one `'static` copy of a route template or a status code (as many as there are routes and

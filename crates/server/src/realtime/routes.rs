@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::OnceLock;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -10,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use metrics::{Counter, Histogram};
 use postcache_api::{ErrorBody, Event};
 use postcache_cache::Position;
 use time::OffsetDateTime;
@@ -47,17 +49,21 @@ pub(crate) async fn events(
     let connection = realtime.admit("sse", client_ip(client))?;
     let subscription = Subscription::open(&realtime.log, topics, since);
     let deadline = realtime.deadline();
+    // The stop signal and the age limit are made once per connection, not once per event.
+    let end = Box::pin(async move {
+        tokio::select! {
+            () = stopped(realtime.stop.clone()) => "shutdown",
+            () = aged(deadline) => "age",
+        }
+    });
     let stream = futures_util::stream::unfold(
-        (subscription, connection, realtime.stop.clone()),
-        move |(mut sub, mut conn, stop)| async move {
+        (subscription, connection, end),
+        |(mut sub, mut conn, mut end)| async move {
             let out = tokio::select! {
+                biased;
                 out = sub.next() => out?,
-                () = stopped(stop.clone()) => {
-                    conn.ends_because("shutdown");
-                    return None;
-                }
-                () = aged(deadline) => {
-                    conn.ends_because("age");
+                reason = &mut end => {
+                    conn.ends_because(reason);
                     return None;
                 }
             };
@@ -66,7 +72,7 @@ pub(crate) async fn events(
             }
             sent(&out);
             let event = SseEvent::default().id(out.id()).data(out.json());
-            Some((Ok::<_, Infallible>(event), (sub, conn, stop)))
+            Some((Ok::<_, Infallible>(event), (sub, conn, end)))
         },
     );
     let keep_alive = KeepAlive::new()
@@ -132,8 +138,15 @@ async fn stream_ws(
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
     let mut awaiting_pong = false;
+    // Made once per connection, not once per event: no timer or channel clone per delivery.
+    let stopped = stopped(stop);
+    let aged = aged(deadline);
+    tokio::pin!(stopped, aged);
     loop {
+        // Biased, events first: a delivery wakes this task and is sent without first trying
+        // a read of the socket (which fills a read buffer only to find nothing there).
         tokio::select! {
+            biased;
             out = sub.next() => {
                 let Some(out) = out else { break };
                 sent(&out);
@@ -146,6 +159,20 @@ async fn stream_ws(
                     break;
                 }
             }
+            () = &mut stopped => {
+                conn.ends_because("shutdown");
+                let _ = tx.send(Message::Close(None)).await;
+                break;
+            }
+            () = &mut aged => {
+                conn.ends_because("age");
+                let close = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "maximum connection age; resume with since".into(),
+                };
+                let _ = tx.send(Message::Close(Some(close))).await;
+                break;
+            }
             _ = ping.tick() => {
                 if awaiting_pong {
                     conn.ends_because("idle");
@@ -157,20 +184,6 @@ async fn stream_ws(
                     break;
                 }
             }
-            () = stopped(stop.clone()) => {
-                conn.ends_because("shutdown");
-                let _ = tx.send(Message::Close(None)).await;
-                break;
-            }
-            () = aged(deadline) => {
-                conn.ends_because("age");
-                let close = axum::extract::ws::CloseFrame {
-                    code: axum::extract::ws::close_code::AWAY,
-                    reason: "maximum connection age; resume with since".into(),
-                };
-                let _ = tx.send(Message::Close(Some(close))).await;
-                break;
-            }
             message = rx.next() => match message {
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
@@ -180,12 +193,21 @@ async fn stream_ws(
     }
 }
 
+/// Counts a sent event and, for a logged one, its commit → sent delay. The metric handles are
+/// looked up once per process, not once per delivery.
 fn sent(out: &Outgoing) {
-    metrics::counter!(REALTIME_EVENTS_SENT).increment(1);
+    static HANDLES: OnceLock<(Counter, Histogram)> = OnceLock::new();
+    let (events, delivery) = HANDLES.get_or_init(|| {
+        (
+            metrics::counter!(REALTIME_EVENTS_SENT),
+            metrics::histogram!(REALTIME_DELIVERY),
+        )
+    });
+    events.increment(1);
     if let Outgoing::Event(event) = out {
         let delay = (OffsetDateTime::now_utc() - event.committed_at)
             .as_seconds_f64()
             .max(0.0);
-        metrics::histogram!(REALTIME_DELIVERY).record(delay);
+        delivery.record(delay);
     }
 }

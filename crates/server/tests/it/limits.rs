@@ -86,6 +86,19 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
             app.get("/v1/posts").await.status,
             StatusCode::TOO_MANY_REQUESTS
         );
+        // Refusals are counted like every answer, under their route: a flood shows on the
+        // dashboards and in the error-rate alert.
+        let metrics = String::from_utf8(app.get("/metrics").await.body.to_vec()).unwrap();
+        let refused = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("postcache_http_requests_total{")
+                    && l.contains(r#"route="/v1/posts""#)
+                    && l.contains(r#"status="429""#)
+            })
+            .unwrap_or_else(|| panic!("no 429 counted: {metrics}"));
+        let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 2.0, "{refused}");
     }
 }
 
