@@ -4,7 +4,8 @@
 #   docker build -t ghcr.io/postcache/postcache:0.1.0 .
 #
 # The tests assemble the same image without a container engine (crates/operator/tests/it/image.rs):
-# the same musl build, the same single layer, user and entrypoint.
+# the same musl build (profile `release`; the image's `dist` adds LTO, see Cargo.toml), the same
+# single layer, user and entrypoint.
 
 FROM rust:1.95-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl \
@@ -15,8 +16,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p postcache \
- && install -m 0755 target/x86_64-unknown-linux-musl/release/postcache /postcache
+    cargo build --profile dist --locked --target x86_64-unknown-linux-musl -p postcache \
+ && install -m 0755 target/x86_64-unknown-linux-musl/dist/postcache /postcache
 
 FROM scratch
 COPY --from=build /postcache /postcache

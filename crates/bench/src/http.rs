@@ -276,6 +276,7 @@ async fn worker(run: &Run, index: usize) {
     let shard = &run.shards[index % SHARDS];
     let end = run.start + Duration::from_secs_f64(run.seconds);
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
+    let mut answered = run.start;
     loop {
         let due = match run.rate {
             Some(rate) => {
@@ -285,7 +286,10 @@ async fn worker(run: &Run, index: usize) {
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
-                due
+                // Held up by the server (the previous answer came after this request was due):
+                // the wait counts. Otherwise the timer's millisecond grain is ours, not the
+                // server's: count from now.
+                if answered > due { due } else { Instant::now() }
             }
             None => {
                 let now = Instant::now();
@@ -317,7 +321,8 @@ async fn worker(run: &Run, index: usize) {
         };
         let at = due.duration_since(run.start).as_secs_f64();
         let outcome = send(&mut connection, &run.target, request).await;
-        let micros = due.elapsed().as_micros() as u64;
+        answered = Instant::now();
+        let micros = answered.duration_since(due).as_micros() as u64;
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let stats = &mut shard.ops[op as usize];
         match outcome {
