@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use postcache_api::{ErrorBody, FeedPage, Post};
 use postcache_cache::{ConsistencyToken, Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
 
-use super::response::{ReadToken, TIER_HEADER, add_token, etag_versions, post_headers, read_token};
+use super::response::{
+    ReadToken, TIER_HEADER, add_token, etag_versions, post_response, read_token,
+};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::json::ApiJson;
@@ -60,16 +62,17 @@ pub(crate) async fn get(
     if read.entry.post.is_none() {
         return Err(ApiError::not_found(format!("post {id} does not exist")));
     }
-    let headers = post_headers(&read.entry, Some(read.tier));
     let not_modified = request_headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
         etag_versions(v)
             .into_iter()
             .any(|t| t.is_none_or(|v| v == read.entry.version))
     });
-    if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
-    }
-    Ok((StatusCode::OK, headers, read.entry.json.clone()).into_response())
+    let status = if not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    Ok(post_response(status, &read.entry, Some(read.tier)))
 }
 
 /// Change a post's title, body or tags. `If-Match` guards against lost updates.
@@ -190,9 +193,9 @@ fn written_response(
     keys: &TokenKeys,
     token: ConsistencyToken,
 ) -> Response {
-    let mut headers = post_headers(&written.entry, None);
-    add_token(&mut headers, keys, token);
-    (status, headers, written.entry.json.clone()).into_response()
+    let mut response = post_response(status, &written.entry, None);
+    add_token(response.headers_mut(), keys, token);
+    response
 }
 
 fn id_param(id: &str) -> Result<PostId, ApiError> {
