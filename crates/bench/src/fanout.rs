@@ -84,35 +84,8 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
     });
     let rss_idle = args.pid.and_then(rss_bytes);
 
-    // Connect everyone (a bounded number of handshakes at once), then measure.
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
-    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let mut subscribers = Vec::with_capacity(args.subscribers);
-    for i in 0..args.subscribers {
-        let (target, inbox, ready, handshakes) = (
-            target.clone(),
-            Arc::clone(&inbox),
-            ready_tx.clone(),
-            Arc::clone(&handshakes),
-        );
-        subscribers.push(tokio::spawn(async move {
-            let permit = handshakes.acquire_owned().await;
-            subscribe(mode, &target, i, &inbox, ready, permit.ok()).await;
-        }));
-    }
-    drop(ready_tx);
-    let mut last_error = String::new();
-    for _ in 0..args.subscribers {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => last_error = e,
-            None => break,
-        }
-    }
+    let subscribers = connect_all(args, mode, &target, &inbox).await?;
     let connected = inbox.connected.load(Ordering::Relaxed);
-    if connected == 0 {
-        return Err(BenchError::Connect(last_error));
-    }
     let rss_connected = args.pid.and_then(rss_bytes);
     if !args.quiet {
         eprintln!("{connected} subscribers connected; publishing");
@@ -124,16 +97,8 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
         .store(u64::try_from(unix_nanos()).unwrap_or(0), Ordering::Relaxed);
     let (published, publish_errors) =
         publish(args, Instant::now(), Duration::from_secs_f64(args.seconds)).await;
-    // Let what is in flight arrive: until every delivery is in, or 2 s pass without progress.
     let expected = published * connected as u64;
-    let mut last = (inbox.deliveries.load(Ordering::Relaxed), Instant::now());
-    while last.0 < expected && last.1.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = inbox.deliveries.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-    }
+    drain(&inbox, expected).await;
     let usage = window.and_then(|w| w.end());
     for s in &subscribers {
         s.abort();
@@ -170,6 +135,57 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
         timeline: all.timeline(),
         server,
     })
+}
+
+/// Opens every subscriber (a bounded number of handshakes at once) and waits until each has
+/// connected or failed; `Err` when none connected.
+async fn connect_all(
+    args: &BenchArgs,
+    mode: Mode,
+    target: &Target,
+    inbox: &Arc<Inbox>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, BenchError> {
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let subscribers: Vec<_> = (0..args.subscribers)
+        .map(|i| {
+            let (target, inbox, ready, handshakes) = (
+                target.clone(),
+                Arc::clone(inbox),
+                ready_tx.clone(),
+                Arc::clone(&handshakes),
+            );
+            tokio::spawn(async move {
+                let permit = handshakes.acquire_owned().await;
+                subscribe(mode, &target, i, &inbox, ready, permit.ok()).await;
+            })
+        })
+        .collect();
+    drop(ready_tx);
+    let mut last_error = String::new();
+    for _ in 0..args.subscribers {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => last_error = e,
+            None => break,
+        }
+    }
+    if inbox.connected.load(Ordering::Relaxed) == 0 {
+        return Err(BenchError::Connect(last_error));
+    }
+    Ok(subscribers)
+}
+
+/// Lets what is in flight arrive: until `expected` deliveries are in, or 2 s pass without one.
+async fn drain(inbox: &Inbox, expected: u64) {
+    let mut last = (inbox.deliveries.load(Ordering::Relaxed), Instant::now());
+    while last.0 < expected && last.1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = inbox.deliveries.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
 }
 
 /// Creates posts at the asked rate for `length`; returns (published, failed).
@@ -228,67 +244,87 @@ async fn subscribe(
         };
         let _ = ready.send(result);
     };
-    match mode {
-        Mode::Ws | Mode::Socketio => {
-            let url = if mode == Mode::Ws {
-                format!("ws://{}{}", target.addr, target.path("/v1/ws"))
-            } else {
-                format!(
-                    "ws://{}{}",
-                    target.addr,
-                    target.path("/socket.io/?EIO=4&transport=websocket")
-                )
-            };
-            let mut socket = match tokio_tungstenite::connect_async(url).await {
-                Ok((socket, _)) => socket,
-                Err(e) => return announce(Err(e.to_string())),
-            };
-            if mode == Mode::Ws {
+    let result = match mode {
+        Mode::Ws | Mode::Socketio => websocket(mode, target, index, inbox, &announce, permit).await,
+        Mode::Sse => sse(target, index, inbox, &announce, permit).await,
+        Mode::Http => Ok(()),
+    };
+    if let Err(e) = result {
+        announce(Err(e));
+    }
+}
+
+/// A handshake that takes longer fails: a server out of file descriptors leaves connections in
+/// its listen queue, never answered.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn handshake<T, E: std::fmt::Display>(
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, step).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer to the handshake within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A WebSocket subscriber, plain (PostCache's `/v1/ws`: one event per text frame) or Socket.IO
+/// (engine.io v4 framing, answering its pings): `Err` only when it never connected.
+async fn websocket(
+    mode: Mode,
+    target: &Target,
+    index: usize,
+    inbox: &Inbox,
+    announce: &(dyn Fn(Result<(), String>) + Sync),
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<(), String> {
+    let path = match mode {
+        Mode::Socketio => "/socket.io/?EIO=4&transport=websocket",
+        _ => "/v1/ws",
+    };
+    let url = format!("ws://{}{}", target.addr, target.path(path));
+    let (mut socket, _) = handshake(tokio_tungstenite::connect_async(url)).await?;
+    drop(permit);
+    // Plain WebSocket subscribers are subscribed once upgraded; Socket.IO ones once joined.
+    let mut joined = mode == Mode::Ws;
+    if joined {
+        announce(Ok(()));
+    }
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        if mode == Mode::Ws {
+            inbox.received(index, &text);
+            continue;
+        }
+        // engine.io v4: 0 open, 2 ping, 4 message; socket.io inside: 0 connect, 2 event.
+        let reply = match text.as_bytes() {
+            [b'0', ..] => Some("40"),
+            [b'2', ..] => Some("3"),
+            [b'4', b'0', ..] if !joined => {
+                joined = true;
                 announce(Ok(()));
+                None
             }
-            drop(permit);
-            let mut announce = Some(announce);
-            while let Some(Ok(message)) = socket.next().await {
-                let Message::Text(text) = message else {
-                    continue;
-                };
-                if mode == Mode::Ws {
-                    inbox.received(index, &text);
-                    continue;
-                }
-                // engine.io v4: 0 open, 2 ping, 4 message; socket.io inside: 0 connect, 2 event.
-                let reply = match text.as_bytes() {
-                    [b'0', ..] => Some("40"),
-                    [b'2', ..] => Some("3"),
-                    [b'4', b'0', ..] => {
-                        if let Some(announce) = announce.take() {
-                            announce(Ok(()));
-                        }
-                        None
-                    }
-                    [b'4', b'2', ..] => {
-                        inbox.received(index, &text);
-                        None
-                    }
-                    _ => None,
-                };
-                if let Some(reply) = reply
-                    && socket.send(Message::text(reply)).await.is_err()
-                {
-                    break;
-                }
+            [b'4', b'2', ..] => {
+                inbox.received(index, &text);
+                None
             }
-            if let Some(announce) = announce.take() {
-                announce(Err("the Socket.IO handshake did not finish".into()));
-            }
+            _ => None,
+        };
+        if let Some(reply) = reply
+            && socket.send(Message::text(reply)).await.is_err()
+        {
+            break;
         }
-        Mode::Sse => {
-            let result = sse(target, index, inbox, &announce, permit).await;
-            if let Err(e) = result {
-                announce(Err(e));
-            }
-        }
-        Mode::Http => {}
+    }
+    if joined {
+        Ok(())
+    } else {
+        Err("the Socket.IO handshake did not finish".into())
     }
 }
 
@@ -300,12 +336,9 @@ async fn sse(
     announce: &(dyn Fn(Result<(), String>) + Sync),
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(&target.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = handshake(tokio::net::TcpStream::connect(&target.addr)).await?;
+    let (mut send, connection) =
+        handshake(hyper::client::conn::http1::handshake(TokioIo::new(stream))).await?;
     tokio::spawn(connection);
     let mut request = Request::new(Empty::<Bytes>::new());
     *request.uri_mut() = target
@@ -317,10 +350,7 @@ async fn sse(
         ACCEPT,
         hyper::header::HeaderValue::from_static("text/event-stream"),
     );
-    let response = send
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let response = handshake(send.send_request(request)).await?;
     if !response.status().is_success() {
         return Err(format!("GET /v1/events answered {}", response.status()));
     }

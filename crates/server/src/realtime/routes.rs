@@ -113,7 +113,7 @@ pub(crate) async fn ws(
     );
     // Small buffers: an idle connection must stay cheap.
     let upgrade = upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .max_message_size(MAX_CLIENT_MESSAGE);
