@@ -113,6 +113,30 @@ struct Shard {
     tiers: BTreeMap<String, u64>,
 }
 
+impl Shard {
+    fn new(seconds: f64) -> Shard {
+        Shard {
+            ops: std::array::from_fn(|_| OpStats::new(seconds)),
+            tiers: BTreeMap::new(),
+        }
+    }
+
+    /// All shards' figures in one.
+    fn merged(shards: &[Mutex<Shard>], seconds: f64) -> Shard {
+        let mut total = Shard::new(seconds);
+        for shard in shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (all, part) in total.ops.iter_mut().zip(&shard.ops) {
+                all.merge(part);
+            }
+            for (tier, n) in &shard.tiers {
+                *total.tiers.entry(tier.clone()).or_insert(0) += n;
+            }
+        }
+        total
+    }
+}
+
 /// Seeds (unless `ids` are given), runs the load and returns the measured ops.
 pub(crate) async fn run(args: &BenchArgs) -> Result<HttpReport, BenchError> {
     if !(0.0..=1.0).contains(&args.read_ratio)
@@ -204,12 +228,7 @@ async fn load(
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         shards: (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    ops: std::array::from_fn(|_| OpStats::new(args.seconds)),
-                    tiers: BTreeMap::new(),
-                })
-            })
+            .map(|_| Mutex::new(Shard::new(args.seconds)))
             .collect(),
     });
     let window = Window::start(pid);
@@ -231,19 +250,7 @@ async fn load(
         progress.abort();
     }
     let server = window.and_then(|w| w.end());
-    let mut total = Shard {
-        ops: std::array::from_fn(|_| OpStats::new(args.seconds)),
-        tiers: BTreeMap::new(),
-    };
-    for shard in &run.shards {
-        let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        for (all, part) in total.ops.iter_mut().zip(&shard.ops) {
-            all.merge(part);
-        }
-        for (tier, n) in &shard.tiers {
-            *total.tiers.entry(tier.clone()).or_insert(0) += n;
-        }
-    }
+    let total = Shard::merged(&run.shards, args.seconds);
     let [read, write, feed] = &total.ops;
     Ok((
         Ops::of(read, write, feed, args.seconds),
@@ -274,68 +281,77 @@ async fn worker(run: &Run, index: usize) {
     let mut rng =
         SmallRng::seed_from_u64(run.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
     let shard = &run.shards[index % SHARDS];
-    let end = run.start + Duration::from_secs_f64(run.seconds);
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
     let mut answered = run.start;
-    loop {
-        let due = match run.rate {
-            Some(rate) => {
-                let slot = run.next_slot.fetch_add(1, Ordering::Relaxed);
-                let due = run.start + Duration::from_secs_f64(slot as f64 / rate);
-                if due >= end {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                // Held up by the server (the previous answer came after this request was due):
-                // the wait counts. Otherwise the timer's millisecond grain is ours, not the
-                // server's: count from now.
-                if answered > due { due } else { Instant::now() }
-            }
-            None => {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                now
-            }
-        };
-        let draw: f64 = rng.random();
-        let (op, request) = if draw < run.read_ratio {
-            let id = &run.ids[run.picker.pick(&mut rng)];
-            (
-                Op::Read,
-                request(run, Method::GET, &format!("/v1/posts/{id}"), None),
-            )
-        } else if draw < run.read_ratio + run.feed_ratio {
-            (
-                Op::Feed,
-                request(run, Method::GET, "/v1/posts?limit=20", None),
-            )
-        } else {
-            let id = &run.ids[run.picker.pick(&mut rng)];
-            let body = format!(r#"{{"body":"edited by bench, draw {draw}"}}"#);
-            (
-                Op::Write,
-                request(run, Method::PATCH, &format!("/v1/posts/{id}"), Some(body)),
-            )
-        };
-        let at = due.duration_since(run.start).as_secs_f64();
+    while let Some(start) = run.next_start(answered).await {
+        let (op, request) = run.draw(&mut rng);
         let outcome = send(&mut connection, &run.target, request).await;
         answered = Instant::now();
-        let micros = answered.duration_since(due).as_micros() as u64;
+        run.record(shard, op, start, answered, outcome);
+    }
+}
+
+impl Run {
+    /// When the next request's latency starts, `None` once the run is over. Closed loop: now.
+    /// Open loop: the next slot's due time, waited for; if the server held this connection
+    /// (`answered`) past it, the wait counts, otherwise the timer's millisecond grain is ours,
+    /// not the server's, and the clock starts now.
+    async fn next_start(&self, answered: Instant) -> Option<Instant> {
+        let end = self.start + Duration::from_secs_f64(self.seconds);
+        let Some(rate) = self.rate else {
+            let now = Instant::now();
+            return (now < end).then_some(now);
+        };
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let due = self.start + Duration::from_secs_f64(slot as f64 / rate);
+        if due >= end {
+            return None;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        Some(if answered > due { due } else { Instant::now() })
+    }
+
+    /// The next operation of the mix, and its request.
+    fn draw(&self, rng: &mut SmallRng) -> (Op, Request<Full<Bytes>>) {
+        let draw: f64 = rng.random();
+        if draw < self.read_ratio {
+            let id = &self.ids[self.picker.pick(rng)];
+            let path = format!("/v1/posts/{id}");
+            (Op::Read, request(self, Method::GET, &path, None))
+        } else if draw < self.read_ratio + self.feed_ratio {
+            let path = "/v1/posts?limit=20";
+            (Op::Feed, request(self, Method::GET, path, None))
+        } else {
+            let id = &self.ids[self.picker.pick(rng)];
+            let body = format!(r#"{{"body":"edited by bench, draw {draw}"}}"#);
+            let path = format!("/v1/posts/{id}");
+            (Op::Write, request(self, Method::PATCH, &path, Some(body)))
+        }
+    }
+
+    /// Records one outcome (`Some(tier)`: a 2xx answer) of a request started at `start`.
+    fn record(
+        &self,
+        shard: &Mutex<Shard>,
+        op: Op,
+        start: Instant,
+        answered: Instant,
+        outcome: Option<Option<String>>,
+    ) {
+        let at = start.duration_since(self.start).as_secs_f64();
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let stats = &mut shard.ops[op as usize];
         match outcome {
             Some(tier) => {
-                stats.record(at, micros);
+                stats.record(at, answered.duration_since(start).as_micros() as u64);
                 if let (Op::Read, Some(tier)) = (op, tier) {
                     *shard.tiers.entry(tier).or_insert(0) += 1;
                 }
-                run.done.fetch_add(1, Ordering::Relaxed);
+                self.done.fetch_add(1, Ordering::Relaxed);
             }
             None => {
                 stats.error(at);
-                run.failed.fetch_add(1, Ordering::Relaxed);
+                self.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
