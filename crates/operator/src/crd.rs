@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
     plural = "postcaches",
     shortname = "pc",
     shortname = "pcache",
+    category = "cache",
+    doc = "A cache-fronted posts service: Redis, PostgreSQL and autoscaled PostCache pods, reconciled from this one object (spec); what is running and ready (status).",
     namespaced,
     status = "PostCacheStatus",
     scale(

@@ -122,6 +122,16 @@ fn the_examples_apply_defaults_fill_in_and_kubectl_explains_fields() {
         .kubectl(&["explain", "postcache.spec.redis.shards"])
         .unwrap();
     assert!(explained.contains("Masters of the cluster"), "{explained}");
+    // From the root, `kubectl explain` says what the object is, not how it was generated.
+    let root = plane.kubectl(&["explain", "postcache"]).unwrap();
+    assert!(root.contains("A cache-fronted posts service"), "{root}");
+    assert!(!root.contains("Auto-generated"), "{root}");
+    // The `cache` category lists PostCaches beside any other cache a cluster runs.
+    let category = plane.kubectl(&["get", "cache", "-n", &ns]).unwrap();
+    assert!(
+        category.lines().any(|l| l.contains("minimal")),
+        "`kubectl get cache` lists no PostCache:\n{category}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
