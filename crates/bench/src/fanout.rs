@@ -9,10 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::header::{ACCEPT, HOST};
-use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -336,11 +335,8 @@ async fn sse(
     announce: &(dyn Fn(Result<(), String>) + Sync),
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(), String> {
-    let stream = handshake(tokio::net::TcpStream::connect(&target.addr)).await?;
-    let (mut send, connection) =
-        handshake(hyper::client::conn::http1::handshake(TokioIo::new(stream))).await?;
-    tokio::spawn(connection);
-    let mut request = Request::new(Empty::<Bytes>::new());
+    let mut send = handshake(crate::http::connect(target)).await?;
+    let mut request = Request::new(Full::new(Bytes::new()));
     *request.uri_mut() = target
         .path("/v1/events")
         .parse()

@@ -358,12 +358,13 @@ impl Run {
 }
 
 fn request(run: &Run, method: Method, path: &str, body: Option<String>) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body.clone().map(Bytes::from).unwrap_or_default()));
+    let has_body = body.is_some();
+    let mut request = Request::new(Full::new(body.map(Bytes::from).unwrap_or_default()));
     *request.method_mut() = method;
     *request.uri_mut() = run.target.path(path).parse().unwrap_or_default();
     let headers = request.headers_mut();
     headers.insert(HOST, run.target.host.clone());
-    if body.is_some() {
+    if has_body {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(token) = &run.token {
             headers.insert(AUTHORIZATION, token.clone());
