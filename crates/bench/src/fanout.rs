@@ -208,10 +208,7 @@ async fn publish(args: &BenchArgs, start: Instant, length: Duration) -> (u64, u6
             "body": "y".repeat(200),
             "tags": ["fanout"],
         });
-        let mut request = client.post(format!("{}/v1/posts", args.url)).json(&body);
-        if let Some(token) = &args.token {
-            request = request.bearer_auth(token);
-        }
+        let request = crate::http::create_post(&client, args, &body);
         let (ok, failed) = (Arc::clone(&ok), Arc::clone(&failed));
         sends.push(tokio::spawn(async move {
             let _permit = permit;

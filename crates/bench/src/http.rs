@@ -421,11 +421,7 @@ async fn seed(args: &BenchArgs) -> Result<Vec<String>, BenchError> {
                     "body": "x".repeat(400),
                     "tags": [format!("t{}", i % 20)],
                 });
-                let mut request = client.post(format!("{}/v1/posts", args.url)).json(&body);
-                if let Some(token) = &args.token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request
+                let response = create_post(&client, args, &body)
                     .send()
                     .await
                     .map_err(|e| BenchError::Seed(e.to_string()))?;
@@ -448,6 +444,19 @@ async fn seed(args: &BenchArgs) -> Result<Vec<String>, BenchError> {
     let mut ids = posts.into_iter().collect::<Result<Vec<_>, _>>()?;
     ids.sort_unstable();
     Ok(ids.into_iter().map(|(_, id)| id).collect())
+}
+
+/// `POST /v1/posts` of `post` to the target, with the bearer token when there is one.
+pub(crate) fn create_post(
+    client: &reqwest::Client,
+    args: &BenchArgs,
+    post: &serde_json::Value,
+) -> reqwest::RequestBuilder {
+    let request = client.post(format!("{}/v1/posts", args.url)).json(post);
+    match &args.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
 }
 
 /// Writes each post's body, as the target serves it, to `dir/v1/posts/{id}`.
