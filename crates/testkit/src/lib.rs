@@ -30,7 +30,7 @@ mod tls;
 mod tools;
 
 pub use control_plane::{ControlPlane, NODE_NAME};
-pub use net::{free_port, http_get, unique_name};
+pub use net::{Switch, free_port, http_get, unique_name};
 pub use node::Node;
 pub use postgres::Postgres;
 pub use process::{Process, ProcessSpec, Readiness};

@@ -104,3 +104,102 @@ mod tests {
         );
     }
 }
+
+/// A TCP front on a loopback port that sends every new connection to one of its backends, the
+/// one last chosen: a Kubernetes Service whose Pod was replaced by another in a different state.
+/// [`Switch::route_to`] also cuts every connection made so far, as the old Pod's end would.
+/// Stops accepting when dropped.
+#[derive(Debug)]
+pub struct Switch {
+    port: u16,
+    state: std::sync::Arc<SwitchState>,
+}
+
+#[derive(Debug)]
+struct SwitchState {
+    backend: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl Switch {
+    /// Starts sending connections to `backends[0]` (loopback ports).
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub fn start(backends: Vec<u16>) -> Switch {
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the switch");
+        let state = std::sync::Arc::new(SwitchState {
+            backend: AtomicU64::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+        });
+        let shared = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let backend = backends[shared.backend.load(Ordering::Relaxed) as usize];
+                let Ok(server) = TcpStream::connect(("127.0.0.1", backend)) else {
+                    continue;
+                };
+                if let Ok(handle) = client.try_clone() {
+                    shared
+                        .open
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(handle);
+                }
+                std::thread::spawn(move || splice(client, server));
+            }
+        });
+        Switch { port, state }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends new connections to backend `index` and cuts the open ones.
+    pub fn route_to(&self, index: usize) {
+        self.state.backend.store(index as u64, Ordering::Relaxed);
+        let open = std::mem::take(
+            &mut *self
+                .state
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for stream in open {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies both ways until either side closes.
+fn splice(client: TcpStream, server: TcpStream) {
+    let (Ok(mut client_read), Ok(mut server_read)) = (client.try_clone(), server.try_clone())
+    else {
+        return;
+    };
+    let (mut client_write, mut server_write) = (client, server);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut server_write);
+        let _ = server_write.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut server_read, &mut client_write);
+    let _ = client_write.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}

@@ -157,6 +157,17 @@ impl Postgres {
         url(self.port, db)
     }
 
+    /// Each replica's port on 127.0.0.1.
+    pub fn replica_ports(&self) -> &[u16] {
+        &self.replica_ports
+    }
+
+    /// The URL of database `db` on whatever listens on loopback `port` (a proxy in front of
+    /// these servers).
+    pub fn url_on_port(&self, port: u16, db: &str) -> String {
+        url(port, db)
+    }
+
     /// `postgres://` URLs of database `db` on each replica.
     pub fn replica_urls(&self, db: &str) -> Vec<String> {
         self.replica_ports.iter().map(|&p| url(p, db)).collect()

@@ -111,69 +111,88 @@ impl PostgresStore {
         self
     }
 
-    /// The pool a read at `at` runs on, and its `role` label.
-    async fn reader(&self, at: ReadAt) -> (&PgPool, &'static str) {
+    /// A connection for a read at `at`, and its `role` label: a replica that has replayed what
+    /// the read needs (checked on that connection, see [`Replicas::connect`]), else the primary.
+    async fn reader(
+        &self,
+        at: ReadAt,
+    ) -> (Result<PoolConnection<Postgres>, StoreError>, &'static str) {
         if let (Some(replicas), ReadAt::Replica(lsn)) = (&self.replicas, at)
-            && let Some(pool) = replicas.choose(lsn).await
+            && let Some(conn) = replicas.connect(lsn).await
         {
-            return (pool, "replica");
+            return (Ok(conn), "replica");
         }
-        (&self.pool, "primary")
+        (self.acquire().await, "primary")
     }
 
-    /// Where a read goes when the pool it used (`failed`) is unreachable: a replica's reads go
+    /// Where a read goes when the server it used (`failed`) is unreachable: a replica's reads go
     /// to the primary; a [`ReadAt::Latest`] read goes to a replica while the primary is down
     /// (nothing new can be acknowledged then).
-    async fn fallback(&self, at: ReadAt, failed: &str) -> Option<(&PgPool, &'static str)> {
+    async fn fallback(
+        &self,
+        at: ReadAt,
+        failed: &str,
+    ) -> Option<(Result<PoolConnection<Postgres>, StoreError>, &'static str)> {
         if failed == "replica" {
-            return Some((&self.pool, "primary"));
+            return Some((self.acquire().await, "primary"));
         }
         match (&self.replicas, at) {
-            (Some(replicas), ReadAt::Latest) => replicas.choose(0).await.map(|p| (p, "replica")),
+            (Some(replicas), ReadAt::Latest) => {
+                replicas.connect(0).await.map(|c| (Ok(c), "replica"))
+            }
             _ => None,
         }
     }
 
-    /// Runs `read` where `at` allows, timed under the pool's role; if that pool is unreachable,
-    /// once more where [`PostgresStore::fallback`] says.
-    async fn read_at<'a, T, F, Fut>(&'a self, at: ReadAt, read: F) -> Result<T, StoreError>
+    /// Runs `read` where `at` allows, timed under the server's role; if that server is
+    /// unreachable, once more where [`PostgresStore::fallback`] says.
+    async fn read_at<T, F, Fut>(&self, at: ReadAt, read: F) -> Result<T, StoreError>
     where
-        F: Fn(&'a PgPool) -> Fut,
+        F: Fn(PoolConnection<Postgres>) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let (pool, role) = self.reader(at).await;
-        match timed(role, read(pool)).await {
+        let run = async |conn: Result<PoolConnection<Postgres>, StoreError>, role| match conn {
+            Ok(conn) => timed(role, read(conn)).await,
+            Err(e) => Err(e),
+        };
+        let (conn, role) = self.reader(at).await;
+        match run(conn, role).await {
             Err(e) if e.is_unavailable() => match self.fallback(at, role).await {
-                Some((pool, role)) => timed(role, read(pool)).await,
+                Some((conn, role)) => run(conn, role).await,
                 None => Err(e),
             },
             done => done,
         }
     }
 
-    async fn read_post(&self, pool: &PgPool, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+    async fn read_post(
+        mut conn: PoolConnection<Postgres>,
+        id: PostId,
+    ) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(sql::GET)
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::query("read a post"))?;
         Ok(row.map(StoredPost::from))
     }
 
     async fn read_posts(
-        &self,
-        pool: &PgPool,
+        mut conn: PoolConnection<Postgres>,
         ids: &[PostId],
     ) -> Result<Vec<StoredPost>, StoreError> {
         let rows: Vec<PostRow> = sqlx::query_as(sql::GET_MANY)
             .bind(ids)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::query("read posts"))?;
         Ok(rows.into_iter().map(StoredPost::from).collect())
     }
 
-    async fn read_feed(&self, pool: &PgPool, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+    async fn read_feed(
+        mut conn: PoolConnection<Postgres>,
+        q: &FeedQuery,
+    ) -> Result<Vec<PostId>, StoreError> {
         let before = q.cursor.map_or(i64::MAX, |c| c.0);
         let limit = i64::from(q.limit);
         let query = match (&q.tag, &q.author_id) {
@@ -189,7 +208,7 @@ impl PostgresStore {
         };
         query
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::query("read a feed page"))
     }
@@ -388,7 +407,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
-        self.read_at(at, |pool| self.read_post(pool, id)).await
+        self.read_at(at, |conn| Self::read_post(conn, id)).await
     }
 
     async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
@@ -396,7 +415,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
-        self.read_at(at, |pool| self.read_posts(pool, ids)).await
+        self.read_at(at, |conn| Self::read_posts(conn, ids)).await
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
@@ -418,7 +437,7 @@ impl Store for PostgresStore {
     }
 
     async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
-        self.read_at(at, |pool| self.read_feed(pool, q)).await
+        self.read_at(at, |conn| Self::read_feed(conn, q)).await
     }
 
     async fn hold_alone(&self) -> Result<bool, StoreError> {

@@ -2,16 +2,18 @@
 //!
 //! ```text
 //! every 200 ms: each replica ─▶ replay LSN, lag (0 when caught up with the primary) ─▶ gauges
-//! a read needing LSN n ─▶ a healthy replica within the lag limit whose replay LSN ≥ n
-//!                         (its LSN re-checked once if the cached one is behind) ─▶ else the primary
+//! a read needing LSN n ─▶ a connection to a healthy replica within the lag limit whose replay
+//!                         LSN, checked on that connection just before the read, is ≥ n
+//!                         (caught-up ones by the last poll first) ─▶ else the primary
 //! ```
 //! Pools connect lazily, so a replica that is down at start-up only makes reads go elsewhere.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgPool, Postgres};
 
 use crate::stats::set_degraded;
 use crate::store::postgres::{pool_options, session_options};
@@ -51,6 +53,26 @@ pub fn eligible(states: &[ReplicaState], lsn: u64, max_lag_ms: u64) -> (Vec<usiz
     (caught_up, behind)
 }
 
+/// A replica's lag in milliseconds from one poll: 0 when it has replayed all the primary has
+/// written, else the age of the last transaction it replayed. Behind with no transaction replayed
+/// since it started (restarted, catching up from its last restart point), how far is unknown: it
+/// counts as past `max_lag` until it replays one. With the primary unreachable nothing new can be
+/// replayed, so the lag stays what it was (`previous`).
+pub fn lag_ms(
+    primary_lsn: Option<i64>,
+    replay: i64,
+    since_last_replay_ms: Option<i64>,
+    previous: u64,
+    max_lag: Duration,
+) -> u64 {
+    match (primary_lsn, since_last_replay_ms) {
+        (Some(p), _) if replay >= p => 0,
+        (Some(_), Some(ms)) => ms.max(0) as u64,
+        (Some(_), None) => max_lag.as_millis() as u64 + 1,
+        (None, _) => previous,
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     /// `host:port/db`, without credentials (a metric label).
@@ -82,8 +104,13 @@ pub struct Replicas {
 /// How long one poll of a server may take.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The replay position (0 on a server not in recovery) and the age of the last transaction
+/// replayed (`NULL` when none has been since the server started).
 const REPLAY: &str = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
-     COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, 0)::bigint";
+     (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::bigint";
+
+/// The replay position alone, checked before a read.
+const REPLAYED: &str = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)";
 
 impl Replicas {
     /// Pools for `urls` (connected on first use); reads skip replicas more than `max_lag` behind.
@@ -147,7 +174,7 @@ impl Replicas {
         .and_then(Result::ok);
         let mut degraded = false;
         for member in &self.members {
-            let polled: Result<(i64, i64), String> = match tokio::time::timeout(
+            let polled: Result<(i64, Option<i64>), String> = match tokio::time::timeout(
                 POLL_TIMEOUT,
                 sqlx::query_as(REPLAY).fetch_one(&member.pool),
             )
@@ -158,13 +185,13 @@ impl Replicas {
             };
             match polled {
                 Ok((replay, since_last_replay_ms)) => {
-                    // With the primary unreachable nothing new can be replayed: the replica is as
-                    // fresh as it can be, so its lag stays what it was.
-                    let lag = match primary_lsn {
-                        Some(p) if replay >= p => 0,
-                        Some(_) => since_last_replay_ms.max(0) as u64,
-                        None => member.lag_ms.load(Ordering::Relaxed),
-                    };
+                    let lag = lag_ms(
+                        primary_lsn,
+                        replay,
+                        since_last_replay_ms,
+                        member.lag_ms.load(Ordering::Relaxed),
+                        self.max_lag,
+                    );
                     // Stored, not maxed: a replica that crashed and restarted replays again from
                     // its last restart point, so its position can go back.
                     member.replay_lsn.store(replay as u64, Ordering::Relaxed);
@@ -185,23 +212,32 @@ impl Replicas {
         set_degraded("replica", degraded);
     }
 
-    /// A replica pool for a read that needs `lsn` replayed, or `None` (use the primary).
-    pub async fn choose(&self, lsn: u64) -> Option<&PgPool> {
+    /// A connection to a replica that has replayed `lsn`, or `None` (use the primary). The
+    /// position is checked on that very connection, in a statement that ends before the read's
+    /// own begins: a replica restarted since the last poll replays again from its last restart
+    /// point, so a cached position says nothing about the server a new connection reaches.
+    /// Replicas the last poll found caught up are tried first, in turn, then the others.
+    pub async fn connect(&self, lsn: u64) -> Option<PoolConnection<Postgres>> {
         let states: Vec<ReplicaState> = self.members.iter().map(Member::state).collect();
         let (caught_up, behind) = eligible(&states, lsn, self.max_lag.as_millis() as u64);
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        if !caught_up.is_empty() {
-            return Some(&self.members[caught_up[turn % caught_up.len()]].pool);
-        }
-        // The cached LSN is a poll old; a replica a few milliseconds behind may have caught up.
-        for i in behind {
+        let first = caught_up.len();
+        let order = (0..first)
+            .map(|k| caught_up[(turn + k) % first])
+            .chain(behind);
+        for i in order {
             let member = &self.members[i];
-            let replay: Result<(i64, i64), _> =
-                sqlx::query_as(REPLAY).fetch_one(&member.pool).await;
-            if let Ok((replay, _)) = replay {
-                member.replay_lsn.store(replay as u64, Ordering::Relaxed);
-                if replay as u64 >= lsn {
-                    return Some(&member.pool);
+            // A black-holed replica must not hold the read: the primary answers instead.
+            let checked = tokio::time::timeout(POLL_TIMEOUT, async {
+                let mut conn = member.pool.acquire().await?;
+                let replay: i64 = sqlx::query_scalar(REPLAYED).fetch_one(&mut *conn).await?;
+                Ok::<_, sqlx::Error>((conn, replay as u64))
+            })
+            .await;
+            if let Ok(Ok((conn, replay))) = checked {
+                member.replay_lsn.store(replay, Ordering::Relaxed);
+                if replay >= lsn {
+                    return Some(conn);
                 }
             }
         }
@@ -253,5 +289,24 @@ mod tests {
         assert_eq!(eligible(&states, 0, 10_000), (vec![0, 1], vec![]));
         assert_eq!(eligible(&states, 500, 10_000), (vec![], vec![0, 1]));
         assert_eq!(eligible(&[], 0, 10_000), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_replica_behind_that_replayed_nothing_since_it_started_counts_as_past_the_limit() {
+        let limit = Duration::from_secs(10);
+        assert_eq!(lag_ms(Some(100), 100, None, 7, limit), 0, "caught up");
+        assert_eq!(lag_ms(Some(100), 90, Some(250), 0, limit), 250);
+        assert_eq!(lag_ms(Some(100), 90, None, 0, limit), 10_001, "restarted");
+        assert_eq!(
+            lag_ms(None, 90, Some(250), 7, limit),
+            7,
+            "primary unreachable"
+        );
+        let restarted = ReplicaState {
+            healthy: true,
+            replay_lsn: 90,
+            lag_ms: lag_ms(Some(100), 90, None, 0, limit),
+        };
+        assert_eq!(eligible(&[restarted], 0, 10_000), (vec![], vec![]));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use postcache_testkit::Postgres;
+use postcache_testkit::{Postgres, Redis, Switch};
 
 use crate::tiers::{Pods, ReplicatedStack, Stack};
 
@@ -329,4 +329,111 @@ async fn a_black_holed_primary_leaves_readiness_up_while_a_replica_answers() {
     pg.replica(0).restart();
     stop_primary("-CONT");
     ready(200).await;
+}
+
+/// The replica URL is a Service, and the replica behind it is replaced by one far behind (a
+/// replica Pod restarted from an old restart point, or another Pod of the Service): the position
+/// the last poll saw says nothing about the server a new connection reaches. Reads right after
+/// each switch (feed pages without a token, G3; posts with one, G1) still see every write, and the
+/// replica that keeps up serves reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_replaced_behind_its_url_serves_no_stale_read() {
+    let pg = Postgres::start(2);
+    let db = pg.create_database();
+    let service = Switch::start(pg.replica_ports().to_vec());
+    let (primary, replica) = (pg.primary_url(&db), pg.url_on_port(service.port(), &db));
+    let redis = Redis::start();
+    let redis_url = redis.url();
+    let pods = Pods::start(
+        1,
+        &[
+            ("POSTCACHE_DATABASE_URL", primary.as_str()),
+            ("POSTCACHE_REPLICA_URLS", replica.as_str()),
+            ("POSTCACHE_REDIS_URL", redis_url.as_str()),
+            ("POSTCACHE_STALENESS_BOUND_MS", "1000"),
+        ],
+    );
+    let caught_up = |replica: usize, lsn: u64| {
+        let sql = format!("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= {lsn}");
+        postcache_testkit::poll(Duration::from_secs(10), || {
+            let out = pg.psql_replica(replica, &db, &sql)?;
+            (out.trim() == "t").then_some(()).ok_or(out)
+        })
+        .unwrap();
+    };
+    let mut stale = Vec::new();
+    let primary_lsn = || -> u64 {
+        let out = pg.psql_primary(&db, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
+        out.unwrap().trim().parse().unwrap()
+    };
+    // Replica 1 stops after the schema and before any post: a read it answers lists none.
+    caught_up(1, primary_lsn());
+    pg.psql_replica(1, &db, "SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(pods.create(0, "kim", &format!("post {i}")).await.0);
+    }
+    // Every post is older than the staleness bound before the first read.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Each page size is asked once, so that each read misses L1 and L2 and comes from L3.
+    let feed = |limit: usize| format!("{}/v1/posts?author_id=kim&limit={limit}", pods.base(0));
+    let check_page = |round: usize, page: serde_json::Value| {
+        let listed = page["items"].as_array().map_or(0, Vec::len);
+        (listed != 5).then(|| format!("round {round}: a feed page listed {listed} of 5 posts"))
+    };
+    for round in 0..10 {
+        // A write, then a page the replica that keeps up answers once it has replayed the
+        // write: the pod has seen that replica's position cover everything the next reads need.
+        let id = &ids[round % ids.len()];
+        let (written, token) = pods.update(0, id, &format!("round {round}")).await;
+        caught_up(0, primary_lsn());
+        let reply = pods.http.get(feed(90 + round)).send().await.unwrap();
+        stale.extend(check_page(round, reply.json().await.unwrap()));
+        // Then the replica behind the URL is replaced by one far behind.
+        service.route_to(1);
+        let pages = futures_util::future::join_all((0..4).map(|k| {
+            let url = feed(10 + 4 * round + k);
+            let http = &pods.http;
+            async move {
+                let reply = http.get(url).send().await.unwrap();
+                let status = reply.status();
+                let body = reply.text().await.unwrap();
+                match status.as_u16() {
+                    200 => Ok(serde_json::from_str::<serde_json::Value>(&body).unwrap()),
+                    _ => Err(format!("round {round}: {status} {body}")),
+                }
+            }
+        }))
+        .await;
+        for page in pages {
+            match page {
+                Ok(page) => stale.extend(check_page(round, page)),
+                Err(failed) => stale.push(failed),
+            }
+        }
+        let (seen, tier) = pods.read(0, id, Some(&token)).await;
+        if seen < written {
+            stale.push(format!(
+                "round {round}: read v{seen} from {tier} after writing v{written}"
+            ));
+        }
+        service.route_to(0);
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale or failed reads: {stale:#?}",
+        stale.len()
+    );
+    let replica_reads = pods
+        .metric(
+            0,
+            "postcache_db_query_duration_seconds_count{role=\"replica\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        replica_reads > 0.0,
+        "the replica that keeps up served no read"
+    );
 }
