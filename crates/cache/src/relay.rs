@@ -292,10 +292,15 @@ impl Posts {
         }
     }
 
-    /// The newest entries at start-up: into the local log (so subscribers can resume) and L1's
-    /// floors; not the proof of a heartbeat (an old one proves nothing now). Returns the position
-    /// to follow from.
+    /// The newest entries at start-up: into the local log (so subscribers can resume) and L1 (as
+    /// if they were new: the pod may have filled L1 before they were appended); not the proof of
+    /// a heartbeat (an old one proves nothing now). Returns the position to follow from.
     async fn load_tail(&self, entries: Vec<Logged>) -> Position {
+        // What was filled before is older than a position this pod has: writes appended before
+        // the tail's first entry are in no log it will read. (A fill still running is caught by
+        // the floors the entries below raise.)
+        self.l1.posts.invalidate_all();
+        self.l1.feeds.invalidate_all();
         let mut last = Position::ZERO;
         if entries.is_empty() {
             // An empty stream: positions are Redis's, whatever this pod's clock says.
@@ -308,14 +313,22 @@ impl Posts {
                 self.log.restart_at(prev);
             }
             last = logged.position;
-            if let Entry::Change { change, lsn, .. } = logged.entry {
-                self.freshness.note_lsn(lsn);
-                if let Ok(id) = change.post_id.parse::<PostId>() {
-                    self.l1.raise_floor(id, change.version).await;
+            match logged.entry {
+                Entry::Change {
+                    change,
+                    lsn,
+                    relayed,
+                } => {
+                    self.freshness.note_lsn(lsn);
+                    // This pod may have served (and filled L1) before its follower started: what
+                    // it filled may predate these entries, which it will never read as new.
+                    self.apply_to_l1(&change, lsn, relayed).await;
+                    if self.newest_delivered(&change).await {
+                        self.log.append_at(last, *change);
+                    }
                 }
-                if self.newest_delivered(&change).await {
-                    self.log.append_at(last, *change);
-                }
+                Entry::Invalidate { ids, tags } => self.invalidate_l1(ids, tags).await,
+                Entry::Heartbeat { .. } | Entry::Unreadable => {}
             }
         }
         self.freshness.rebase(last);
@@ -376,14 +389,7 @@ impl Posts {
                 covered,
                 at_ms,
             } => self.freshness.prove(lsn, covered, at_ms),
-            Entry::Invalidate { ids, tags } => {
-                for id in ids {
-                    self.l1.invalidate(id).await;
-                }
-                for tag in tags.iter().filter_map(|t| TagKey::parse(t)) {
-                    self.l1.bump(tag, 0).await;
-                }
-            }
+            Entry::Invalidate { ids, tags } => self.invalidate_l1(ids, tags).await,
             Entry::Unreadable => {
                 // Written by a newer version, or damaged: what it changed is unknown.
                 self.start_over(position, position).await;
@@ -420,6 +426,13 @@ impl Posts {
     /// late may be older than the post now (its newer versions' events, and their floors, may be
     /// gone with a Redis that lost data): it only drops the post, which is then read again.
     async fn apply_remote(&self, change: &Change, lsn: u64, relayed: bool) {
+        self.apply_to_l1(change, lsn, relayed).await;
+        let lag = OffsetDateTime::now_utc() - change.committed_at;
+        metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
+    }
+
+    /// [`Posts::apply_remote`]'s effect on L1, also for the entries of the tail at start-up.
+    async fn apply_to_l1(&self, change: &Change, lsn: u64, relayed: bool) {
         let Ok(id) = change.post_id.parse::<PostId>() else {
             return;
         };
@@ -432,8 +445,16 @@ impl Posts {
         for tag in affected_tags(change) {
             self.l1.bump(tag, lsn).await;
         }
-        let lag = OffsetDateTime::now_utc() - change.committed_at;
-        metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
+    }
+
+    /// An administrator's invalidation: the posts leave L1, and the feeds of the tags are rebuilt.
+    async fn invalidate_l1(&self, ids: Vec<PostId>, tags: Vec<String>) {
+        for id in ids {
+            self.l1.invalidate(id).await;
+        }
+        for tag in tags.iter().filter_map(|t| TagKey::parse(t)) {
+            self.l1.bump(tag, 0).await;
+        }
     }
 }
 

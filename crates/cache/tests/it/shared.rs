@@ -185,3 +185,74 @@ async fn each_view_batch_is_applied_once_even_when_its_flusher_dies() {
     assert_eq!(posts.flush_shared_views(&shared).await.unwrap(), 0);
     assert_eq!(shared.views.pending().await.unwrap(), 0);
 }
+
+/// A pod that serves (and fills L1) before its follower has read the log, as a restarted pod
+/// does: writes appended meanwhile are in (or, after many, before) the tail the follower starts
+/// from, never "new" to it. Once a heartbeat proves it fresh, it must not answer from what it
+/// filled before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_pod_filled_before_its_follower_started_is_not_served_once_trusted() {
+    let redis = Redis::start();
+    let store: Arc<dyn Store> = Arc::new(postgres().await);
+    let (writer, writer_shared) = pod(Arc::clone(&store), &redis);
+    let (reader, reader_shared) = pod(Arc::clone(&store), &redis);
+    let author = postcache_testkit::unique_name("tail");
+    let id = writer
+        .create(new_post(&author, &[]))
+        .await
+        .unwrap()
+        .entry
+        .id;
+    let feed = || postcache_cache::FeedQuery {
+        author_id: Some(author.clone()),
+        tag: None,
+        limit: 20,
+        cursor: None,
+    };
+
+    // Starting: it answers (from L3, filling L1) before its follower runs.
+    assert_eq!(reader.get(id, None).await.unwrap().entry.version, 1);
+    assert_eq!(reader.feed(feed(), None).await.unwrap().posts.len(), 1);
+    // Another pod writes meanwhile: both entries land before the follower's first read.
+    let patch = postcache_cache::PostPatch {
+        title: Some("v2".into()),
+        body: None,
+        tags: None,
+    };
+    writer.update(id, patch, None).await.unwrap();
+    writer.create(new_post(&author, &[])).await.unwrap();
+    // And more than the tail holds after them (a follower that could not reach Redis for a while).
+    let other = postcache_testkit::unique_name("other");
+    for _ in 0..120 {
+        writer.create(new_post(&other, &[])).await.unwrap();
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = Arc::new(reader);
+    let following = tokio::spawn({
+        let reader = Arc::clone(&reader);
+        async move {
+            reader
+                .follow(&reader_shared.log, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        }
+    });
+    // The relay's heartbeat proves the follower fresh.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.freshness().trusts_l1() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat proved the reader fresh"
+        );
+        writer.relay_shared(&writer_shared).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = reader.get(id, None).await.unwrap();
+    assert_eq!(read.entry.version, 2, "served from {:?}", read.tier);
+    let page = reader.feed(feed(), None).await.unwrap();
+    assert_eq!(page.posts.len(), 2, "feed page from {:?}", page.tier);
+    let _ = stop_tx.send(());
+    following.await.unwrap();
+}
