@@ -314,19 +314,13 @@ impl Posts {
             }
             last = logged.position;
             match logged.entry {
+                // This pod may have served (and filled L1) before its follower started: what it
+                // filled may predate these entries, which it will never read as new.
                 Entry::Change {
                     change,
                     lsn,
                     relayed,
-                } => {
-                    self.freshness.note_lsn(lsn);
-                    // This pod may have served (and filled L1) before its follower started: what
-                    // it filled may predate these entries, which it will never read as new.
-                    self.apply_to_l1(&change, lsn, relayed).await;
-                    if self.newest_delivered(&change).await {
-                        self.log.append_at(last, *change);
-                    }
-                }
+                } => self.take_change(last, change, lsn, relayed).await,
                 Entry::Invalidate { ids, tags } => self.invalidate_l1(ids, tags).await,
                 Entry::Heartbeat { .. } | Entry::Unreadable => {}
             }
@@ -373,16 +367,10 @@ impl Posts {
                 lsn,
                 relayed,
             } => {
-                self.freshness.note_lsn(lsn);
-                self.apply_remote(&change, lsn, relayed).await;
-                if self.newest_delivered(&change).await {
-                    self.log.append_at(position, *change);
-                } else {
-                    // Overtaken in the log by a newer version of its post (two writers racing
-                    // to append, or a row relayed late): delivering it now would show subscribers
-                    // v2 after v3. The newer event carries the whole post (G5, DESIGN §5).
-                    tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
-                }
+                let committed = change.committed_at;
+                self.take_change(position, change, lsn, relayed).await;
+                let lag = OffsetDateTime::now_utc() - committed;
+                metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
             }
             Entry::Heartbeat {
                 lsn,
@@ -396,6 +384,21 @@ impl Posts {
             }
         }
         self.freshness.advance(position);
+    }
+
+    /// A change read from the log at `position`: into L1, and to this pod's subscribers unless a
+    /// newer version of its post was delivered already.
+    async fn take_change(&self, position: Position, change: Box<Change>, lsn: u64, relayed: bool) {
+        self.freshness.note_lsn(lsn);
+        self.apply_to_l1(&change, lsn, relayed).await;
+        if self.newest_delivered(&change).await {
+            self.log.append_at(position, *change);
+        } else {
+            // Overtaken in the log by a newer version of its post (two writers racing to append,
+            // or a row relayed late): delivering it now would show subscribers v2 after v3. The
+            // newer event carries the whole post (G5, DESIGN §5).
+            tracing::debug!(post = %change.post_id, version = change.version, "skipping a superseded event");
+        }
     }
 
     /// Whether `change` is newer than every event of its post delivered so far (and records it).
@@ -425,13 +428,6 @@ impl Posts {
     /// (their next pages need a source that has replayed `lsn`). A change the relay appended
     /// late may be older than the post now (its newer versions' events, and their floors, may be
     /// gone with a Redis that lost data): it only drops the post, which is then read again.
-    async fn apply_remote(&self, change: &Change, lsn: u64, relayed: bool) {
-        self.apply_to_l1(change, lsn, relayed).await;
-        let lag = OffsetDateTime::now_utc() - change.committed_at;
-        metrics::histogram!(INVALIDATION_LAG).record(lag.as_seconds_f64().max(0.0));
-    }
-
-    /// [`Posts::apply_remote`]'s effect on L1, also for the entries of the tail at start-up.
     async fn apply_to_l1(&self, change: &Change, lsn: u64, relayed: bool) {
         let Ok(id) = change.post_id.parse::<PostId>() else {
             return;
