@@ -1,5 +1,5 @@
 //! The randomized fault harness (Jepsen-style): three `postcache serve` pods over PostgreSQL
-//! (primary + streaming replica) and Redis (standalone or Cluster), the black-box checker of
+//! (primary + two streaming replicas behind one replica URL, as a Service) and Redis (standalone or Cluster), the black-box checker of
 //! `postcache check` as the clients (creates, patches, deletes, post and feed reads with and
 //! without tokens, one SSE subscriber per pod), and a nemesis that injects faults drawn from a
 //! printed seed while they run. The history is then checked for G1–G5 over posts and feeds.
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postcache_check::{Plan, check_until, render};
-use postcache_testkit::{Postgres, Redis, RedisCluster, free_port};
+use postcache_testkit::{Postgres, Redis, RedisCluster, Switch, free_port};
 
 use crate::{Served, serve, wait_healthy};
 
@@ -51,6 +51,9 @@ enum Fault {
     ReplicaPause,
     /// The replica is killed, then started again.
     ReplicaKill,
+    /// The replica URL (a Service) reaches another replica, whose replay is paused for the
+    /// fault's length, and every connection to the first one is cut.
+    ReplicaReplaced,
     /// Redis (standalone, or one Cluster node) is SIGSTOPped.
     RedisStop(usize),
     /// Redis is killed and started again empty (no persistence).
@@ -166,14 +169,17 @@ impl Pod {
 struct Deployment {
     pg: Postgres,
     db: String,
+    /// The pods' replica URL: one of the two replicas at a time.
+    service: Switch,
     redis: RedisUnderTest,
     pods: Vec<std::sync::Mutex<Pod>>,
 }
 
 impl Deployment {
     fn start(cluster: bool) -> Deployment {
-        let pg = Postgres::start(1);
+        let pg = Postgres::start(2);
         let db = pg.create_database();
+        let service = Switch::start(pg.replica_ports().to_vec());
         let redis = if cluster {
             RedisUnderTest::Cluster(RedisCluster::start())
         } else {
@@ -185,7 +191,10 @@ impl Deployment {
         };
         let env: Vec<(String, String)> = [
             ("POSTCACHE_DATABASE_URL", pg.primary_url(&db)),
-            ("POSTCACHE_REPLICA_URLS", pg.replica_urls(&db).join(",")),
+            (
+                "POSTCACHE_REPLICA_URLS",
+                pg.url_on_port(service.port(), &db),
+            ),
             ("POSTCACHE_REDIS_URL", redis_url),
             ("POSTCACHE_REDIS_CLUSTER", cluster.to_string()),
             ("POSTCACHE_STALENESS_BOUND_MS", BOUND_MS.to_string()),
@@ -200,6 +209,7 @@ impl Deployment {
         Deployment {
             pg,
             db,
+            service,
             redis,
             pods,
         }
@@ -212,15 +222,19 @@ impl Deployment {
             .collect()
     }
 
-    fn replica_sql(&self, sql: &str) {
-        let _ = self.pg.psql_replica(0, &self.db, sql);
+    fn replica_sql(&self, replica: usize, sql: &str) {
+        let _ = self.pg.psql_replica(replica, &self.db, sql);
     }
 
     /// Injects `fault` (blocking: run off the async workers).
     fn inject(&self, fault: Fault) {
         match fault {
-            Fault::ReplicaPause => self.replica_sql("SELECT pg_wal_replay_pause()"),
+            Fault::ReplicaPause => self.replica_sql(0, "SELECT pg_wal_replay_pause()"),
             Fault::ReplicaKill => self.pg.replica(0).kill(),
+            Fault::ReplicaReplaced => {
+                self.replica_sql(1, "SELECT pg_wal_replay_pause()");
+                self.service.route_to(1);
+            }
             Fault::RedisStop(node) => self.redis.process(node).pause(),
             Fault::RedisRestart => self.redis.process(0).kill(),
             Fault::RedisFlush => {
@@ -263,8 +277,12 @@ impl Deployment {
     /// Heals `fault`.
     fn heal(&self, fault: Fault) {
         match fault {
-            Fault::ReplicaPause => self.replica_sql("SELECT pg_wal_replay_resume()"),
+            Fault::ReplicaPause => self.replica_sql(0, "SELECT pg_wal_replay_resume()"),
             Fault::ReplicaKill => self.pg.replica(0).restart(),
+            Fault::ReplicaReplaced => {
+                self.service.route_to(0);
+                self.replica_sql(1, "SELECT pg_wal_replay_resume()");
+            }
             Fault::RedisStop(node) => self.redis.process(node).resume(),
             Fault::RedisRestart => self.redis.process(0).restart(),
             Fault::RedisRefuseWrites(node) => {
@@ -296,7 +314,7 @@ fn schedule(
     while at < run {
         let node = rng.below(nodes as u64) as usize;
         let pod = rng.below(3) as usize;
-        let kinds = if cluster { 11 } else { 10 };
+        let kinds = if cluster { 12 } else { 11 };
         let fault = match rng.below(kinds) {
             0 => Fault::ReplicaPause,
             1 => Fault::ReplicaKill,
@@ -309,6 +327,7 @@ fn schedule(
             7 => Fault::TrimLog,
             8 => Fault::PodStop(pod),
             9 => Fault::PodRestart(pod),
+            10 => Fault::ReplicaReplaced,
             _ => Fault::ClusterFailover,
         };
         let length = rng.millis(300, 2500);
