@@ -1,6 +1,7 @@
 //! PostCache's alert rules as data: the one source of the plain Prometheus rules file, the
-//! PrometheusRule manifest (both under `deploy/monitoring/`) and, later, what the operator applies
-//! for a PostCache's `spec.monitoring.alerts` thresholds.
+//! PrometheusRule manifest, Grafana's alert provisioning (all under `deploy/monitoring/`) and the
+//! PrometheusRule the operator applies for each PostCache (its `spec.monitoring.alerts`
+//! thresholds, scoped to its namespace and job).
 //!
 //! Rendering is plain text on purpose: the output is a small, fixed shape of YAML whose strings are
 //! written as double-quoted scalars (JSON string escaping is valid YAML).
@@ -34,14 +35,83 @@ impl Default for AlertThresholds {
     }
 }
 
-/// One alerting rule.
+/// Which PostCache the expressions watch: label matchers added to every selector. A PostCache's
+/// own rules (the operator's PrometheusRule) are scoped to its `namespace` and `job`; the plain
+/// files under `deploy/monitoring/` watch every PostCache a Prometheus scrapes. Either way every
+/// expression aggregates `by (namespace, job)`, so two PostCaches never mix (nor, scoped, fire
+/// each other's alerts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    matchers: String,
+}
+
+impl Scope {
+    /// Every PostCache.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    /// The PostCache whose metrics carry `namespace` and `job` (a ServiceMonitor's job is the
+    /// Service's name).
+    pub fn of(namespace: &str, job: &str) -> Scope {
+        Scope {
+            matchers: format!("namespace={namespace:?},job={job:?}"),
+        }
+    }
+
+    /// `metric{matchers}` with this scope's matchers added.
+    pub fn select(&self, metric: &str, matchers: &str) -> String {
+        let all: Vec<&str> = [matchers, self.matchers.as_str()]
+            .into_iter()
+            .filter(|m| !m.is_empty())
+            .collect();
+        if all.is_empty() {
+            return metric.to_owned();
+        }
+        format!("{metric}{{{}}}", all.join(","))
+    }
+}
+
+/// How an alert compares its query's value with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// Fires below the threshold.
+    Below,
+    /// Fires above the threshold.
+    Above,
+}
+
+impl Comparison {
+    fn promql(self) -> &'static str {
+        match self {
+            Comparison::Below => "<",
+            Comparison::Above => ">",
+        }
+    }
+
+    /// Grafana's threshold evaluator type.
+    fn grafana(self) -> &'static str {
+        match self {
+            Comparison::Below => "lt",
+            Comparison::Above => "gt",
+        }
+    }
+}
+
+/// One alerting rule: `query` compared with `threshold`, where `guard` has series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRule {
     /// The alert's name (CONTRACT.md).
     pub name: &'static str,
-    /// PromQL that yields a series per firing instance.
-    pub expr: String,
-    /// How long `expr` must hold before the alert fires.
+    /// PromQL whose value is compared, one series per PostCache (or pod, replica, component).
+    pub query: String,
+    /// How the value is compared.
+    pub comparison: Comparison,
+    /// The threshold.
+    pub threshold: f64,
+    /// Only where this has series too (e.g. there was traffic at all).
+    pub guard: Option<String>,
+    /// How long the condition must hold before the alert fires.
     pub for_duration: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -56,93 +126,161 @@ impl AlertRule {
     pub fn runbook_url(&self) -> String {
         format!("{RUNBOOK_BASE}#{}", self.name.to_lowercase())
     }
+
+    /// The query where the guard holds (what Grafana compares with the threshold).
+    pub fn guarded_query(&self) -> String {
+        match &self.guard {
+            Some(guard) => format!("({}) and ({guard})", self.query),
+            None => self.query.clone(),
+        }
+    }
+
+    /// The Prometheus rule's expression: a series per firing instance.
+    pub fn expr(&self) -> String {
+        let compared = format!(
+            "({}) {} {}",
+            self.query,
+            self.comparison.promql(),
+            self.threshold
+        );
+        match &self.guard {
+            Some(guard) => format!("{compared} and ({guard})"),
+            None => compared,
+        }
+    }
 }
+
+/// `namespace/job` of the alert's series, or `job` outside Kubernetes (no namespace label).
+const WHO: &str = "{{ with $labels.namespace }}{{ . }}/{{ end }}{{ $labels.job }}";
 
 /// Fraction of reads served from a cache tier: hits in L1 or L2 over every lookup in L1 (every
-/// read asks L1 first), per job.
-pub fn hit_ratio_expr(window: &str) -> String {
+/// read asks L1 first), per PostCache.
+pub fn hit_ratio_expr(window: &str, scope: &Scope) -> String {
+    let hits = scope.select(
+        "postcache_cache_requests_total",
+        "tier=~\"l1|l2\",result=\"hit\"",
+    );
+    let lookups = scope.select("postcache_cache_requests_total", "tier=\"l1\"");
     format!(
-        "sum by (job) (rate(postcache_cache_requests_total{{tier=~\"l1|l2\",result=\"hit\"}}[{window}])) \
-         / sum by (job) (rate(postcache_cache_requests_total{{tier=\"l1\"}}[{window}]))"
+        "sum by (namespace, job) (rate({hits}[{window}])) / sum by (namespace, job) (rate({lookups}[{window}]))"
     )
 }
 
-/// p99 latency of API requests (health and metrics routes excluded), per job.
-pub fn p99_latency_expr(window: &str) -> String {
-    format!(
-        "histogram_quantile(0.99, sum by (job, le) (rate(postcache_http_request_duration_seconds_bucket\
-         {{route!~\"/metrics|/healthz|/readyz\"}}[{window}])))"
-    )
+/// p99 latency of API requests (health and metrics routes excluded), per PostCache.
+pub fn p99_latency_expr(window: &str, scope: &Scope) -> String {
+    let buckets = scope.select(
+        "postcache_http_request_duration_seconds_bucket",
+        "route!~\"/metrics|/healthz|/readyz\"",
+    );
+    format!("histogram_quantile(0.99, sum by (namespace, job, le) (rate({buckets}[{window}])))")
 }
 
 /// Used fraction of each database pool, per pod and role.
-pub fn db_pool_usage_expr() -> String {
-    "sum without (state) (postcache_db_pool_connections{state=\"used\"}) / postcache_db_pool_max"
-        .to_owned()
+pub fn db_pool_usage_expr(scope: &Scope) -> String {
+    format!(
+        "sum without (state) ({}) / {}",
+        scope.select("postcache_db_pool_connections", "state=\"used\""),
+        scope.select("postcache_db_pool_max", "")
+    )
 }
 
-/// Every alert of CONTRACT.md with the given thresholds.
-pub fn alert_rules(t: &AlertThresholds) -> Vec<AlertRule> {
+/// Every alert of CONTRACT.md with the given thresholds, watching `scope`.
+pub fn alert_rules(t: &AlertThresholds, scope: &Scope) -> Vec<AlertRule> {
+    let degraded = |component: &str| scope.select("postcache_degraded", component);
     vec![
         AlertRule {
             name: "PostCacheLowHitRate",
-            expr: format!("({}) < {} and sum by (job) (rate(postcache_cache_requests_total{{tier=\"l1\"}}[5m])) > 0", hit_ratio_expr("5m"), t.min_hit_ratio),
+            query: hit_ratio_expr("5m", scope),
+            comparison: Comparison::Below,
+            threshold: t.min_hit_ratio,
+            guard: Some(format!(
+                "sum by (namespace, job) (rate({}[5m])) > 0",
+                scope.select("postcache_cache_requests_total", "tier=\"l1\"")
+            )),
             for_duration: "5m",
             severity: "warning",
             summary: "PostCache cache hit ratio is low".into(),
             description: format!(
-                "Only {{{{ $value | humanizePercentage }}}} of reads in {{{{ $labels.job }}}} were served from a cache tier over 5m (threshold {}).",
+                "Only {{{{ $value | humanizePercentage }}}} of reads in {WHO} were served from a cache tier over 5m (threshold {}).",
                 t.min_hit_ratio
             ),
         },
         AlertRule {
             name: "PostCacheHighLatency",
-            expr: format!("{} > {}", p99_latency_expr("5m"), t.max_p99_latency_seconds),
+            query: p99_latency_expr("5m", scope),
+            comparison: Comparison::Above,
+            threshold: t.max_p99_latency_seconds,
+            guard: None,
             for_duration: "5m",
             severity: "warning",
             summary: "PostCache p99 latency is high".into(),
             description: format!(
-                "p99 request latency of {{{{ $labels.job }}}} is {{{{ $value | humanizeDuration }}}} (threshold {}s).",
+                "p99 request latency of {WHO} is {{{{ $value | humanizeDuration }}}} (threshold {}s).",
                 t.max_p99_latency_seconds
             ),
         },
         AlertRule {
             name: "PostCacheRealtimeDisconnected",
-            expr: "max by (job, instance) (postcache_degraded{component=\"eventlog\"}) == 1".into(),
+            query: format!(
+                "max by (namespace, job, instance) ({})",
+                degraded("component=\"eventlog\"")
+            ),
+            comparison: Comparison::Above,
+            threshold: 0.0,
+            guard: None,
             for_duration: "1m",
             severity: "critical",
             summary: "A PostCache pod is not consuming the event log".into(),
-            description: "{{ $labels.instance }} has had no event-log consumer for 1m: its realtime subscribers get no events and it no longer trusts its L1.".into(),
+            description: format!(
+                "{{{{ $labels.instance }}}} of {WHO} has had no event-log consumer for 1m: its realtime subscribers get no events and it no longer trusts its L1."
+            ),
         },
         AlertRule {
             name: "PostCacheDbPoolSaturated",
-            expr: format!("{} > {}", db_pool_usage_expr(), t.max_db_pool_usage),
+            query: db_pool_usage_expr(scope),
+            comparison: Comparison::Above,
+            threshold: t.max_db_pool_usage,
+            guard: None,
             for_duration: "5m",
             severity: "warning",
             summary: "PostCache database pool is nearly exhausted".into(),
             description: format!(
-                "The {{{{ $labels.role }}}} pool of {{{{ $labels.instance }}}} is {{{{ $value | humanizePercentage }}}} used (threshold {}).",
+                "The {{{{ $labels.role }}}} pool of {{{{ $labels.instance }}}} ({WHO}) is {{{{ $value | humanizePercentage }}}} used (threshold {}).",
                 t.max_db_pool_usage
             ),
         },
         AlertRule {
             name: "PostCacheReplicaLag",
-            expr: format!("max by (job, instance, replica) (postcache_db_replica_lag_seconds) > {}", t.max_replica_lag_seconds),
+            query: format!(
+                "max by (namespace, job, instance, replica) ({})",
+                scope.select("postcache_db_replica_lag_seconds", "")
+            ),
+            comparison: Comparison::Above,
+            threshold: t.max_replica_lag_seconds,
+            guard: None,
             for_duration: "2m",
             severity: "warning",
             summary: "A PostCache read replica lags".into(),
             description: format!(
-                "Replica {{{{ $labels.replica }}}} is {{{{ $value | humanizeDuration }}}} behind the primary (threshold {}s); reads that need fresher data go elsewhere.",
+                "Replica {{{{ $labels.replica }}}} of {WHO} is {{{{ $value | humanizeDuration }}}} behind the primary (threshold {}s); reads that need fresher data go elsewhere.",
                 t.max_replica_lag_seconds
             ),
         },
         AlertRule {
             name: "PostCacheDegraded",
-            expr: "max by (job, instance, component) (postcache_degraded) == 1".into(),
+            query: format!(
+                "max by (namespace, job, instance, component) ({})",
+                degraded("")
+            ),
+            comparison: Comparison::Above,
+            threshold: 0.0,
+            guard: None,
             for_duration: "2m",
             severity: "warning",
             summary: "PostCache runs in a degraded mode".into(),
-            description: "{{ $labels.instance }} has run without {{ $labels.component }} for 2m (DESIGN.md §7 degraded mode).".into(),
+            description: format!(
+                "{{{{ $labels.instance }}}} of {WHO} has run without {{{{ $labels.component }}}} for 2m (DESIGN.md §7 degraded mode)."
+            ),
         },
     ]
 }
@@ -155,7 +293,7 @@ fn render_groups(rules: &[AlertRule], indent: usize) -> String {
     for rule in rules {
         let p = format!("{pad}      ");
         let _ = writeln!(out, "{p}- alert: {}", rule.name);
-        let _ = writeln!(out, "{p}  expr: {}", q(&rule.expr));
+        let _ = writeln!(out, "{p}  expr: {}", q(&rule.expr()));
         let _ = writeln!(out, "{p}  for: {}", rule.for_duration);
         let _ = writeln!(out, "{p}  labels:\n{p}    severity: {}", rule.severity);
         let _ = writeln!(out, "{p}  annotations:");
@@ -169,51 +307,35 @@ fn render_groups(rules: &[AlertRule], indent: usize) -> String {
 const GENERATED: &str =
     "# Generated from crates/api/src/alerts.rs; do not edit (a test fails on drift).\n";
 
-/// A plain Prometheus rules file.
-pub fn rules_file(t: &AlertThresholds) -> String {
-    format!("{GENERATED}{}", render_groups(&alert_rules(t), 0))
+/// A plain Prometheus rules file watching `scope`.
+pub fn rules_file(t: &AlertThresholds, scope: &Scope) -> String {
+    format!("{GENERATED}{}", render_groups(&alert_rules(t, scope), 0))
 }
 
-/// A `monitoring.coreos.com/v1` PrometheusRule manifest named `name`.
-pub fn prometheus_rule(t: &AlertThresholds, name: &str) -> String {
+/// A `monitoring.coreos.com/v1` PrometheusRule manifest named `name`, watching `scope`.
+pub fn prometheus_rule(t: &AlertThresholds, name: &str, scope: &Scope) -> String {
     format!(
         "{GENERATED}apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: {name}\n  labels:\n    \
          app.kubernetes.io/name: postcache\n    app.kubernetes.io/component: monitoring\nspec:\n{}",
-        render_groups(&alert_rules(t), 2)
+        render_groups(&alert_rules(t, scope), 2)
     )
 }
 
-/// Grafana alert-rule provisioning (`/etc/grafana/provisioning/alerting/`) for the two alerts users
-/// page on: hit rate and latency. `datasource_uid` is the Prometheus data source's uid.
-pub fn grafana_alerting(t: &AlertThresholds, datasource_uid: &str) -> String {
+/// Grafana alert-rule provisioning (`/etc/grafana/provisioning/alerting/`): every alert of
+/// [`alert_rules`], its guarded query compared with its threshold. `datasource_uid` is the
+/// Prometheus data source's uid.
+pub fn grafana_alerting(t: &AlertThresholds, datasource_uid: &str, scope: &Scope) -> String {
     let q = |s: &str| format!("{s:?}");
-    let rules = alert_rules(t);
     let mut out = format!(
         "{GENERATED}apiVersion: 1\ngroups:\n  - orgId: 1\n    name: postcache\n    folder: PostCache\n    interval: 1m\n    rules:\n"
     );
-    let picks = [
-        (
-            "PostCacheLowHitRate",
-            hit_ratio_expr("5m"),
-            "lt",
-            t.min_hit_ratio,
-        ),
-        (
-            "PostCacheHighLatency",
-            p99_latency_expr("5m"),
-            "gt",
-            t.max_p99_latency_seconds,
-        ),
-    ];
-    for (name, expr, comparison, threshold) in picks {
-        let Some(rule) = rules.iter().find(|r| r.name == name) else {
-            continue;
-        };
+    for rule in alert_rules(t, scope) {
         let p = "      ";
         let _ = writeln!(
             out,
-            "{p}- uid: {}\n{p}  title: {name}\n{p}  condition: C",
-            name.to_lowercase()
+            "{p}- uid: {}\n{p}  title: {}\n{p}  condition: C",
+            rule.name.to_lowercase(),
+            rule.name
         );
         let _ = writeln!(out, "{p}  data:");
         let _ = writeln!(
@@ -224,12 +346,14 @@ pub fn grafana_alerting(t: &AlertThresholds, datasource_uid: &str) -> String {
         let _ = writeln!(
             out,
             "{p}      model: {{refId: A, instant: true, expr: {}}}",
-            q(&expr)
+            q(&rule.guarded_query())
         );
         let _ = writeln!(out, "{p}    - refId: C\n{p}      datasourceUid: __expr__");
         let _ = writeln!(
             out,
-            "{p}      model: {{refId: C, type: threshold, expression: A, conditions: [{{evaluator: {{type: {comparison}, params: [{threshold}]}}}}]}}"
+            "{p}      model: {{refId: C, type: threshold, expression: A, conditions: [{{evaluator: {{type: {}, params: [{}]}}}}]}}",
+            rule.comparison.grafana(),
+            rule.threshold
         );
         let _ = writeln!(
             out,
@@ -253,7 +377,7 @@ mod tests {
 
     #[test]
     fn every_contract_alert_is_there_with_a_runbook() {
-        let names: Vec<_> = alert_rules(&AlertThresholds::default())
+        let names: Vec<_> = alert_rules(&AlertThresholds::default(), &Scope::all())
             .iter()
             .map(|r| r.name)
             .collect();
@@ -269,7 +393,7 @@ mod tests {
             ]
         );
         let readme = include_str!("../../../README.md").to_lowercase();
-        for rule in alert_rules(&AlertThresholds::default()) {
+        for rule in alert_rules(&AlertThresholds::default(), &Scope::all()) {
             let anchor = format!("### {}", rule.name.to_lowercase());
             assert!(
                 readme.contains(&anchor),
@@ -286,9 +410,28 @@ mod tests {
             max_db_pool_usage: 0.5,
             ..AlertThresholds::default()
         };
-        let rules = alert_rules(&t);
-        assert!(rules[0].expr.contains("< 0.9"));
-        assert!(rules[3].expr.contains("> 0.5"));
+        let rules = alert_rules(&t, &Scope::all());
+        assert!(rules[0].expr().contains("< 0.9"));
+        assert!(rules[3].expr().contains("> 0.5"));
+    }
+
+    #[test]
+    fn a_scoped_rule_selects_only_its_postcache_in_every_selector() {
+        let scope = Scope::of("shop", "feed-cache");
+        for rule in alert_rules(&AlertThresholds::default(), &scope) {
+            let expr = rule.expr();
+            let selectors = expr.matches("postcache_").count();
+            let scoped = expr
+                .matches("namespace=\"shop\",job=\"feed-cache\"}")
+                .count();
+            assert_eq!(selectors, scoped, "{}: {expr}", rule.name);
+            // Aggregations keep the PostCache apart: by it, or without only other labels.
+            assert!(
+                expr.contains("by (namespace, job") || expr.contains("without (state)"),
+                "{}: {expr}",
+                rule.name
+            );
+        }
     }
 
     /// The committed files are this module's output. Set `POSTCACHE_BLESS=1` to rewrite them.
@@ -297,9 +440,15 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring");
         let t = AlertThresholds::default();
         let files = [
-            ("postcache-rules.yml", rules_file(&t)),
-            ("prometheusrule.yaml", prometheus_rule(&t, "postcache")),
-            ("grafana/alerting.yaml", grafana_alerting(&t, "prometheus")),
+            ("postcache-rules.yml", rules_file(&t, &Scope::all())),
+            (
+                "prometheusrule.yaml",
+                prometheus_rule(&t, "postcache", &Scope::all()),
+            ),
+            (
+                "grafana/alerting.yaml",
+                grafana_alerting(&t, "prometheus", &Scope::all()),
+            ),
         ];
         for (file, text) in files {
             let path = dir.join(file);

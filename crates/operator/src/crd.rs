@@ -505,6 +505,11 @@ pub struct MonitoringSpec {
     /// Alert thresholds.
     #[serde(default)]
     pub alerts: AlertsSpec,
+    /// Labels added to the ServiceMonitor and the PrometheusRule, for a Prometheus that selects
+    /// them by label (the Prometheus Operator's `serviceMonitorSelector`, `ruleSelector`; e.g.
+    /// `release: kube-prometheus-stack`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for MonitoringSpec {
@@ -514,6 +519,7 @@ impl Default for MonitoringSpec {
             prometheus_rule: true,
             grafana_dashboard: true,
             alerts: AlertsSpec::default(),
+            labels: BTreeMap::new(),
         }
     }
 }

@@ -1,14 +1,17 @@
 //! Monitoring objects: a ServiceMonitor and a PrometheusRule (`monitoring.coreos.com/v1`, created
 //! only when API discovery lists them) and the Grafana dashboard as a ConfigMap for Grafana's
-//! sidecar. The rules are `postcache_api::alerts` rendered with the spec's thresholds, the same
-//! source as `deploy/monitoring/`. Pure.
+//! sidecar. The rules are `postcache_api::alerts` rendered with the spec's thresholds and scoped
+//! to this PostCache (its namespace, and the ServiceMonitor's job: the Service's name), the same
+//! source as `deploy/monitoring/`; the dashboard is the shared one (namespace and job variables)
+//! with a uid and title of its own, starting on this PostCache. Pure.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::core::GroupVersionKind;
-use postcache_api::alerts::{AlertThresholds, prometheus_rule};
+use postcache_api::alerts::{AlertThresholds, Scope, prometheus_rule};
 use serde_json::json;
 
 use crate::child::Child;
@@ -64,12 +67,27 @@ fn gvk(kind: &str) -> GroupVersionKind {
     GroupVersionKind::gvk(GROUP, VERSION, kind)
 }
 
+/// What this PostCache's metrics carry once a ServiceMonitor scrapes them.
+pub fn scope(pc: &PostCache) -> Scope {
+    Scope::of(&pc.namespace().unwrap_or_default(), &service::name(pc))
+}
+
+/// [`meta`] plus `spec.monitoring.labels`, for the objects a Prometheus selects by label.
+fn selectable_meta(pc: &PostCache, name: String) -> kube::api::ObjectMeta {
+    let mut metadata = meta(pc, name, Component::Monitoring);
+    let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (key, value) in &pc.spec.monitoring.labels {
+        labels.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    metadata
+}
+
 fn service_monitor(pc: &PostCache) -> Child {
     let mut object = DynamicObject::new(
         &service::name(pc),
         &kube::api::ApiResource::from_gvk(&gvk("ServiceMonitor")),
     );
-    object.metadata = meta(pc, service::name(pc), Component::Monitoring);
+    object.metadata = selectable_meta(pc, service::name(pc));
     object.data = json!({"spec": {
         "selector": {"matchLabels": selector_labels(pc, Component::Service)},
         "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
@@ -79,16 +97,39 @@ fn service_monitor(pc: &PostCache) -> Child {
 
 fn rule(pc: &PostCache) -> Child {
     let name = child_name(pc, "alerts");
-    let rendered = prometheus_rule(&thresholds(&pc.spec.monitoring.alerts), &name);
+    let rendered = prometheus_rule(&thresholds(&pc.spec.monitoring.alerts), &name, &scope(pc));
     // The generator's output is a fixed, tested shape; a parse failure would leave no rules.
     let value: serde_json::Value = serde_norway::from_str(&rendered).unwrap_or_default();
     let mut object = DynamicObject::new(
         &name,
         &kube::api::ApiResource::from_gvk(&gvk("PrometheusRule")),
     );
-    object.metadata = meta(pc, name, Component::Monitoring);
+    object.metadata = selectable_meta(pc, name);
     object.data = json!({"spec": value.get("spec").cloned().unwrap_or_default()});
     Child::dynamic(&gvk("PrometheusRule"), "prometheusrules", object)
+}
+
+/// The shared dashboard as this PostCache's own: a uid from its Kubernetes uid (Grafana keeps one
+/// dashboard per uid, so copies with the same uid would replace each other), its name in the
+/// title, and the namespace and job variables starting on it.
+pub fn dashboard_json(pc: &PostCache) -> String {
+    let mut dashboard: serde_json::Value = serde_json::from_str(DASHBOARD_JSON).unwrap_or_default();
+    let namespace = pc.namespace().unwrap_or_default();
+    let id = pc
+        .uid()
+        .unwrap_or_else(|| format!("{namespace}-{}", pc.name_any()));
+    // Grafana's uids are at most 40 characters; a Kubernetes uid is 36.
+    dashboard["uid"] = json!(format!("pc-{}", id.chars().take(37).collect::<String>()));
+    dashboard["title"] = json!(format!("PostCache {namespace}/{}", pc.name_any()));
+    let start = [("namespace", namespace), ("job", service::name(pc))];
+    if let Some(variables) = dashboard["templating"]["list"].as_array_mut() {
+        for variable in variables {
+            if let Some((_, value)) = start.iter().find(|(n, _)| variable["name"] == *n) {
+                variable["current"] = json!({"selected": true, "text": [value], "value": [value]});
+            }
+        }
+    }
+    serde_json::to_string_pretty(&dashboard).unwrap_or_else(|_| DASHBOARD_JSON.to_owned())
 }
 
 fn dashboard(pc: &PostCache) -> ConfigMap {
@@ -100,8 +141,78 @@ fn dashboard(pc: &PostCache) -> ConfigMap {
         metadata,
         data: Some(BTreeMap::from([(
             DASHBOARD_KEY.to_owned(),
-            DASHBOARD_JSON.to_owned(),
+            dashboard_json(pc),
         )])),
         ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PostCacheSpec;
+
+    fn postcache(namespace: &str, name: &str, uid: &str) -> PostCache {
+        let mut pc = PostCache::new(name, PostCacheSpec::default());
+        pc.metadata.namespace = Some(namespace.into());
+        pc.metadata.uid = Some(uid.into());
+        pc
+    }
+
+    #[test]
+    fn two_postcaches_get_two_dashboards_each_starting_on_its_own() {
+        let a = postcache("shop", "feed", "0b5c7a51-0000-4000-8000-000000000001");
+        let b = postcache("blog", "feed", "0b5c7a51-0000-4000-8000-000000000002");
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&dashboard_json(&a)).unwrap(),
+            serde_json::from_str(&dashboard_json(&b)).unwrap(),
+        );
+        assert_ne!(a["uid"], b["uid"]);
+        assert!(a["uid"].as_str().unwrap().len() <= 40);
+        assert_eq!(a["title"], "PostCache shop/feed");
+        let current = |d: &serde_json::Value, name: &str| {
+            d["templating"]["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .map(|v| v["current"]["value"][0].clone())
+                .unwrap()
+        };
+        assert_eq!(current(&a, "namespace"), "shop");
+        assert_eq!(current(&b, "namespace"), "blog");
+        assert_eq!(current(&a, "job"), "feed-cache");
+    }
+
+    #[test]
+    fn rules_watch_only_their_postcache_and_carry_the_selector_labels() {
+        let mut pc = postcache("shop", "feed", "u");
+        pc.spec
+            .monitoring
+            .labels
+            .insert("release".into(), "kube-prometheus-stack".into());
+        let apis = MonitoringApis {
+            service_monitor: true,
+            prometheus_rule: true,
+        };
+        let children = children(&pc, apis);
+        for kind in ["ServiceMonitor", "PrometheusRule"] {
+            let child = children.iter().find(|c| c.resource.kind == kind).unwrap();
+            let labels = child.object.labels();
+            assert_eq!(
+                labels.get("release").map(String::as_str),
+                Some("kube-prometheus-stack"),
+                "{kind}"
+            );
+        }
+        let rule = children
+            .iter()
+            .find(|c| c.resource.kind == "PrometheusRule")
+            .unwrap();
+        let spec = serde_json::to_string(&rule.object).unwrap();
+        assert!(
+            spec.contains(r#"namespace=\"shop\",job=\"feed-cache\""#),
+            "{spec}"
+        );
     }
 }

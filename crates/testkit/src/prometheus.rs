@@ -19,6 +19,8 @@ pub struct ScrapeTarget {
     pub addr: SocketAddr,
     /// The metrics path, usually `/metrics`.
     pub path: String,
+    /// Labels every series of the target gets (e.g. the `namespace` a ServiceMonitor adds).
+    pub labels: Vec<(String, String)>,
 }
 
 /// A Prometheus server on loopback. Not shared: each test brings its own targets and rules.
@@ -29,7 +31,8 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `targets` and evaluating `rule_files` every second.
+    /// Starts Prometheus scraping `targets` (those with one job name under one scrape config) and
+    /// evaluating `rule_files` every second.
     ///
     /// # Panics
     /// When a rule file cannot be copied or the server is not ready in time (its log tail says why:
@@ -51,13 +54,28 @@ impl Prometheus {
             }
         }
         config.push_str("scrape_configs:\n");
-        for target in targets {
+        // One scrape config per job name (Prometheus wants them unique); each target is a static
+        // config of its own, with its own labels.
+        let mut jobs: Vec<&str> = targets.iter().map(|t| t.job.as_str()).collect();
+        jobs.dedup();
+        for job in jobs {
+            let mut members = targets.iter().filter(|t| t.job == job).peekable();
+            let path = members.peek().map_or("/metrics", |t| t.path.as_str());
             config.push_str(&format!(
-                "  - job_name: {:?}\n    metrics_path: {:?}\n    static_configs:\n      - targets: [{:?}]\n",
-                target.job,
-                target.path,
-                target.addr.to_string()
+                "  - job_name: {job:?}\n    metrics_path: {path:?}\n    static_configs:\n"
             ));
+            for target in members {
+                config.push_str(&format!(
+                    "      - targets: [{:?}]\n",
+                    target.addr.to_string()
+                ));
+                if !target.labels.is_empty() {
+                    config.push_str("        labels:\n");
+                    for (name, value) in &target.labels {
+                        config.push_str(&format!("          {name}: {value:?}\n"));
+                    }
+                }
+            }
         }
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).expect("write prometheus.yml");
@@ -97,6 +115,41 @@ impl Prometheus {
     /// The server process (fault handles).
     pub fn process(&self) -> &Process {
         &self.process
+    }
+
+    /// The active alerts (pending or firing) of each loaded rule file: (file, alert name, the
+    /// alert's labels), from `/api/v1/rules`. Files are this server's copies, `rules-<i>.yml` for
+    /// the i-th file given to [`Prometheus::start`].
+    ///
+    /// # Errors
+    /// Transport errors and a reply that is not a success.
+    pub async fn active_alerts(
+        &self,
+    ) -> Result<Vec<(String, String, serde_json::Map<String, serde_json::Value>)>, String> {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/rules?type=alert", self.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("rules: {body}"));
+        }
+        let mut out = Vec::new();
+        for group in body["data"]["groups"].as_array().into_iter().flatten() {
+            let file = group["file"].as_str().unwrap_or_default();
+            let file = file.rsplit('/').next().unwrap_or(file).to_owned();
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                for alert in rule["alerts"].as_array().into_iter().flatten() {
+                    let labels = alert["labels"].as_object().cloned().unwrap_or_default();
+                    let name = rule["name"].as_str().unwrap_or_default().to_owned();
+                    out.push((file.clone(), name, labels));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Runs an instant PromQL query; the first sample's value, `Ok(None)` when the result is

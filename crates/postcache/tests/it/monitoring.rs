@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use postcache_api::alerts::{AlertThresholds, alert_rules, hit_ratio_expr};
+use postcache_api::alerts::{AlertThresholds, Scope, alert_rules, hit_ratio_expr};
 use postcache_testkit::{Postgres, Prometheus, Redis, ScrapeTarget, free_port, tool};
 
 use crate::{serve, wait_exit, wait_healthy};
@@ -109,6 +109,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
         job: "postcache".into(),
         addr,
         path: "/metrics".into(),
+        labels: vec![],
     };
     let rules = repo().join("deploy/monitoring/postcache-rules.yml");
     let prometheus = Prometheus::start(&[job], &[rules.as_path()]);
@@ -182,8 +183,8 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     assert!(ok, "promtool check metrics:\n{out}");
 
     let thresholds = AlertThresholds::default();
-    let ratio = hit_ratio_expr("5m");
-    let low_hit_alert = alert_rules(&thresholds)
+    let ratio = hit_ratio_expr("5m", &Scope::all());
+    let low_hit_alert = alert_rules(&thresholds, &Scope::all())
         .into_iter()
         .find(|r| r.name == "PostCacheLowHitRate")
         .unwrap();
@@ -196,7 +197,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     .await;
     assert!(
         prometheus
-            .query(&low_hit_alert.expr)
+            .query(&low_hit_alert.expr())
             .await
             .unwrap()
             .is_some(),
@@ -218,7 +219,7 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     })
     .await;
     assert_eq!(
-        prometheus.query(&low_hit_alert.expr).await.unwrap(),
+        prometheus.query(&low_hit_alert.expr()).await.unwrap(),
         None,
         "the alert's condition is gone"
     );
@@ -239,6 +240,8 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
                     .as_str()
                     .unwrap()
                     .replace("$__rate_interval", "1m")
+                    .replace("$namespace", ".*")
+                    .replace("$job", ".*")
             })
         })
         .collect();
@@ -262,4 +265,121 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
     drain.abort();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_exit(&mut child).success());
+}
+
+/// The operator's PrometheusRule of one PostCache, as the rules file the Prometheus Operator
+/// makes of it.
+fn operator_rules(dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    let mut pc = postcache_operator::PostCache::new(name, Default::default());
+    pc.metadata.namespace = Some(namespace.into());
+    let apis = postcache_operator::monitoring::MonitoringApis {
+        service_monitor: true,
+        prometheus_rule: true,
+    };
+    let rule = postcache_operator::monitoring::children(&pc, apis)
+        .into_iter()
+        .find(|c| c.resource.kind == "PrometheusRule")
+        .unwrap();
+    let object = serde_json::to_value(&rule.object).unwrap();
+    let file = dir.join(format!("{namespace}-{name}.yml"));
+    std::fs::write(&file, serde_json::to_string(&object["spec"]).unwrap()).unwrap();
+    file
+}
+
+/// Two PostCaches named alike in two namespaces, one Prometheus, each with the operator's rules:
+/// the one whose reads miss has its low-hit-rate alert pending once, from its own rules; the
+/// other's rules stay silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postcaches_in_one_prometheus_each_alert_fires_once_for_the_right_one() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let http = reqwest::Client::new();
+    let mut pods = Vec::new();
+    let mut targets = Vec::new();
+    for (dir, namespace) in dirs.iter().zip(["shop", "blog"]) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = addr.to_string();
+        let mut child = serve(dir.path(), &[("POSTCACHE_LISTEN", listen.as_str())]);
+        let base = format!("http://{addr}");
+        wait_healthy(&base, &mut child);
+        pods.push((child, base));
+        targets.push(ScrapeTarget {
+            // A ServiceMonitor's job is the Service's name: alike in both namespaces.
+            job: "feed-cache".into(),
+            addr,
+            path: "/metrics".into(),
+            labels: vec![("namespace".into(), namespace.into())],
+        });
+    }
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = [
+        operator_rules(rules_dir.path(), "shop", "feed"),
+        operator_rules(rules_dir.path(), "blog", "feed"),
+    ];
+    let rule_refs: Vec<&Path> = rules.iter().map(PathBuf::as_path).collect();
+    let prometheus = Prometheus::start(&targets, &rule_refs);
+    until("the first scrapes", async || {
+        Ok(prometheus
+            .query("count(up{job=\"feed-cache\"} == 1)")
+            .await?
+            == Some(2.0))
+    })
+    .await;
+
+    // Shop's reads all miss L1; blog's all hit.
+    for (i, (_, base)) in pods.iter().enumerate() {
+        let reply = http
+            .post(format!("{base}/v1/posts"))
+            .json(&serde_json::json!({"author_id": "ann", "title": "t", "body": "b"}))
+            .send()
+            .await
+            .unwrap();
+        let id = reply.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..50 {
+            if i == 0 {
+                http.post(format!("{base}/v1/cache/invalidate"))
+                    .json(&serde_json::json!({"ids": [id]}))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            let read = http
+                .get(format!("{base}/v1/posts/{id}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), 200);
+        }
+    }
+    until("shop's alert to be pending", async || {
+        let alerts = prometheus.active_alerts().await?;
+        Ok(alerts
+            .iter()
+            .any(|(_, name, _)| name == "PostCacheLowHitRate"))
+    })
+    .await;
+    // A few more evaluations: nothing else turns up.
+    let settled = prometheus.query("vector(time())").await.unwrap().unwrap();
+    until("three more rule evaluations", async || {
+        Ok(prometheus.query("vector(time())").await?.unwrap_or(0.0) > settled + 3.0)
+    })
+    .await;
+    let alerts = prometheus.active_alerts().await.unwrap();
+    let described: Vec<String> = alerts
+        .iter()
+        .map(|(file, name, labels)| format!("{file}: {name} {labels:?}"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{described:#?}");
+    let (file, name, labels) = &alerts[0];
+    assert_eq!(name, "PostCacheLowHitRate");
+    assert_eq!(file, "rules-0.yml", "from shop's rules: {described:#?}");
+    assert_eq!(labels["namespace"], "shop");
+    assert_eq!(labels["job"], "feed-cache");
+
+    for (mut child, _) in pods {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        assert!(wait_exit(&mut child).success());
+    }
 }

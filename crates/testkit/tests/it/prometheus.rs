@@ -43,6 +43,7 @@ async fn prometheus_scrapes_a_target_and_evaluates_rules() {
         job: "smoke".into(),
         addr: target,
         path: "/metrics".into(),
+        labels: vec![],
     };
     let prometheus = Prometheus::start(&[job], &[rules.path()]);
 
