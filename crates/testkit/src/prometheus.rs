@@ -126,17 +126,7 @@ impl Prometheus {
     pub async fn active_alerts(
         &self,
     ) -> Result<Vec<(String, String, serde_json::Map<String, serde_json::Value>)>, String> {
-        let body: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/rules?type=alert", self.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if body["status"] != "success" {
-            return Err(format!("rules: {body}"));
-        }
+        let body = self.api("rules", &[("type", "alert")]).await?;
         let mut out = Vec::new();
         for group in body["data"]["groups"].as_array().into_iter().flatten() {
             let file = group["file"].as_str().unwrap_or_default();
@@ -152,15 +142,11 @@ impl Prometheus {
         Ok(out)
     }
 
-    /// Runs an instant PromQL query; the first sample's value, `Ok(None)` when the result is
-    /// empty.
-    ///
-    /// # Errors
-    /// Transport errors, and queries Prometheus rejects (the message says why).
-    pub async fn query(&self, expr: &str) -> Result<Option<f64>, String> {
+    /// `GET /api/v1/<path>?<params>`: the reply, when its status is `success`.
+    async fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<serde_json::Value, String> {
         let body: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.url()))
-            .query(&[("query", expr)])
+            .get(format!("{}/api/v1/{path}", self.url()))
+            .query(params)
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -168,8 +154,18 @@ impl Prometheus {
             .await
             .map_err(|e| e.to_string())?;
         if body["status"] != "success" {
-            return Err(format!("query `{expr}` failed: {body}"));
+            return Err(format!("{path} {params:?} failed: {body}"));
         }
+        Ok(body)
+    }
+
+    /// Runs an instant PromQL query; the first sample's value, `Ok(None)` when the result is
+    /// empty.
+    ///
+    /// # Errors
+    /// Transport errors, and queries Prometheus rejects (the message says why).
+    pub async fn query(&self, expr: &str) -> Result<Option<f64>, String> {
+        let body = self.api("query", &[("query", expr)]).await?;
         let first = &body["data"]["result"][0]["value"][1];
         Ok(first.as_str().map(|v| v.parse::<f64>().unwrap_or(f64::NAN)))
     }
