@@ -32,6 +32,35 @@ enum Command {
     /// Check a running deployment's freshness guarantees (G1–G5) from outside: drive a workload,
     /// report violations, lost writes and convergence; exit status 1 on any violation.
     Check(postcache_check::CheckArgs),
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: a health check for images without a
+    /// shell or curl (`helm test`, a container engine's HEALTHCHECK).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// What to GET, e.g. `http://127.0.0.1:8080/readyz`.
+    url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+/// [`Command::Probe`]: `Ok(())` on a 2xx answer within the timeout.
+async fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
+    let reply = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(args.timeout_ms))
+        .build()?
+        .get(&args.url)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        reply.status().is_success(),
+        "{} answered {}",
+        args.url,
+        reply.status()
+    );
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job
@@ -69,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", postcache_bench::render(&report));
             }
         }
+        Command::Probe(args) => probe(&args).await?,
         Command::Check(args) => {
             let report = postcache_check::run(&args).await?;
             if args.json {

@@ -4,6 +4,7 @@
 //! enforces Pod Security `restricted`, with Redis and PostgreSQL images built from Debian's
 //! packages (no entrypoint scripts) and the PostCache image. Then, as a user would check it:
 //!
+//! 0. `helm test` of the release passes (its Pod probes the operator through its Service);
 //! 1. the PostCache is Ready with every container running (the bootstrap Job succeeded);
 //! 2. the Redis Cluster covers 16384 slots in Pods, both PostgreSQL replicas stream;
 //! 3. a post written on one service Pod is read with its token on the other, arrives over SSE
@@ -613,6 +614,22 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
     let installed = Instant::now();
     let operator_ns = install_operator(&plane, [&service_image, &redis_image, &postgres_image]);
     eprintln!("helm install: operator ready in {:?}", installed.elapsed());
+    // `helm test`: the chart's test Pod asks the operator's metrics Service for readiness, from
+    // a Pod on the node (cluster DNS, the Service's ClusterIP, restricted Pod Security).
+    let tested = helm(
+        &[
+            "test",
+            RELEASE,
+            "--namespace",
+            &operator_ns,
+            "--timeout",
+            "120s",
+            "--logs",
+        ],
+        Some(plane.kubeconfig()),
+    );
+    assert!(tested.is_ok(), "helm test: {tested:?}");
+    eprintln!("helm test passed");
     let manifest = example();
     let pc: PostCache = serde_json::from_value(manifest.clone()).unwrap();
     let file = dir.path().join("postcache.json");

@@ -208,7 +208,7 @@ async fn a_graceful_stop_ends_open_realtime_streams_instead_of_waiting_for_them(
 /// `postcache openapi` prints exactly the document a running service serves, and `/metrics`
 /// says which version runs (`postcache_build_info`).
 #[tokio::test]
-async fn openapi_prints_the_served_document_and_metrics_name_the_version() {
+async fn openapi_prints_the_served_document_metrics_name_the_version_and_probe_checks_health() {
     let printed = Command::new(env!("CARGO_BIN_EXE_postcache"))
         .arg("openapi")
         .output()
@@ -227,4 +227,17 @@ async fn openapi_prints_the_served_document_and_metrics_name_the_version() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(pods.metric(0, &version).await, Some(1.0));
+
+    // `probe`, the image's health check: 0 on a 2xx answer, 1 and the status otherwise.
+    let probe = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_postcache"))
+            .args(["probe", &format!("{}{path}", pods.base(0))])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    assert!(probe("/readyz").status.success());
+    let missing = probe("/no-such-page");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
 }
