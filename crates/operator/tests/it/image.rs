@@ -25,6 +25,10 @@ pub const REFERENCE: &str = concat!("ghcr.io/postcache/postcache:", env!("CARGO_
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 const USER: &str = "65532:65532";
+/// The image's defaults, as the Dockerfile sets them: every interface (so tokens are required),
+/// the SQLite file under the data volume.
+const IMAGE_LISTEN: &str = "0.0.0.0:8080";
+const IMAGE_DATABASE: &str = "sqlite:/data/postcache.db";
 
 /// Builds the static `postcache` binary for [`TARGET`] in release mode; returns its path.
 pub(crate) fn build_static_binary() -> PathBuf {
@@ -110,27 +114,30 @@ fn registry(dir: &Path) -> (Process, u16) {
 /// building its layer in `dir`.
 pub(crate) fn push(binary: &Path, dir: &Path, reference: &str) {
     let rootfs = dir.join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::create_dir_all(rootfs.join("data")).unwrap();
     std::fs::copy(binary, rootfs.join("postcache")).unwrap();
     let layer = dir.join("layer.tar");
-    // Reproducible: root-owned (readable and executable by 65532), fixed mtime.
+    // Reproducible (fixed mtime): the binary root-owned (readable and executable by 65532), the
+    // data directory the user's.
     let tar = Path::new("tar");
-    run(
-        tar,
-        &[
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "--mode=0755",
-            "-cf",
-            layer.to_str().unwrap(),
-            "-C",
-            rootfs.to_str().unwrap(),
-            "postcache",
-        ],
-    );
+    for (mode, owner, entry) in [("-cf", "0", "postcache"), ("-rf", "65532", "data")] {
+        run(
+            tar,
+            &[
+                &format!("--owner={owner}"),
+                &format!("--group={owner}"),
+                "--numeric-owner",
+                "--mtime=@0",
+                "--mode=0755",
+                "--no-recursion",
+                mode,
+                layer.to_str().unwrap(),
+                "-C",
+                rootfs.to_str().unwrap(),
+                entry,
+            ],
+        );
+    }
 
     let crane = tool("crane");
     run(
@@ -152,7 +159,13 @@ pub(crate) fn push(binary: &Path, dir: &Path, reference: &str) {
             "--insecure",
             reference,
             "--entrypoint=/postcache",
+            "--cmd=serve",
             &format!("--user={USER}"),
+            "--exposed-ports=8080/tcp",
+            "--env",
+            &format!("POSTCACHE_LISTEN={IMAGE_LISTEN}"),
+            "--env",
+            &format!("POSTCACHE_DATABASE_URL={IMAGE_DATABASE}"),
             "--set-platform=linux/amd64",
             "-l",
             &format!(
@@ -278,13 +291,33 @@ fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
         config["config"]["Entrypoint"],
         serde_json::json!(["/postcache"])
     );
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["serve"]));
+    let env: Vec<&str> = config["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for wanted in [
+        format!("POSTCACHE_LISTEN={IMAGE_LISTEN}"),
+        format!("POSTCACHE_DATABASE_URL={IMAGE_DATABASE}"),
+    ] {
+        assert!(env.contains(&wanted.as_str()), "{env:?}");
+    }
+    assert!(config["config"]["ExposedPorts"]["8080/tcp"].is_object());
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
 
-    // The layer holds the binary alone, and it runs with nothing else around it.
+    // The layer holds the binary and the data directory, and the binary runs with nothing
+    // else around it.
     let layer = blob(&layout, layers[0]["digest"].as_str().unwrap());
     let listing = run(Path::new("tar"), &["-tvzf", layer.to_str().unwrap()]);
-    assert_eq!(listing.lines().count(), 1, "{listing}");
-    assert!(listing.starts_with("-rwxr-xr-x 0/0"), "{listing}");
+    let entries: Vec<&str> = listing.lines().collect();
+    assert_eq!(entries.len(), 2, "{listing}");
+    assert!(entries[0].starts_with("-rwxr-xr-x 0/0"), "{listing}");
+    assert!(
+        entries[1].starts_with("drwxr-xr-x 65532/65532"),
+        "{listing}"
+    );
     let rootfs = dir.path().join("extracted");
     std::fs::create_dir(&rootfs).unwrap();
     run(
@@ -302,6 +335,76 @@ fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
         format!("postcache {}", env!("CARGO_PKG_VERSION"))
     );
 
+    // Run as a container engine runs it (the layer as root directory, the image's user,
+    // environment and command): without tokens it refuses to listen on every interface; with
+    // them it serves, and keeps its data in the data directory.
+    // Found on this process's PATH: the command's own environment is the image's alone.
+    let chroot = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("chroot"))
+        .find(|path| path.is_file())
+        .expect("chroot (coreutils) on PATH");
+    let container = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(&chroot);
+        command
+            .arg(format!("--userspec={USER}"))
+            .arg(&rootfs)
+            .arg("/postcache")
+            .arg("serve")
+            .env_clear();
+        command.envs(env.iter().filter_map(|e| e.split_once('=')));
+        command.envs(extra.iter().copied());
+        command
+    };
+    let refused = container(&[]).output().unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("POSTCACHE_API_TOKENS"), "{why}");
+    // Every interface, as the image says, on a port of this test's.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let mut served = container(&[
+        ("POSTCACHE_API_TOKENS", "image-test-token"),
+        ("POSTCACHE_LISTEN", &listen),
+    ])
+    .spawn()
+    .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    postcache_testkit::wait_until("the container to be ready", Duration::from_secs(30), || {
+        match http_get(addr, "/readyz")? {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status}: {body}")),
+        }
+    });
+    let created = run(
+        Path::new("curl"),
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "authorization: Bearer image-test-token",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"author_id":"ann","title":"t","body":"b"}"#,
+            &format!("http://{addr}/v1/posts"),
+        ],
+    );
+    assert_eq!(created.trim(), "201");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(served.id() as i32),
+        Signal::SIGTERM,
+    );
+    assert!(served.wait().unwrap().success());
+    let database = std::fs::metadata(rootfs.join("data/postcache.db")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&database),
+        65532,
+        "the database file in the data directory, the image user's"
+    );
+
     // The chart installs exactly this image by default.
     let rendered = crate::chart::helm(
         &[
@@ -314,10 +417,11 @@ fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
         None,
     )
     .unwrap();
-    let images: Vec<&str> = rendered
+    let mut images: Vec<&str> = rendered
         .lines()
         .filter_map(|l| l.trim().strip_prefix("image: "))
         .collect();
+    images.dedup(); // the operator's Deployment and the `helm test` Pod
     assert_eq!(images, [REFERENCE], "the chart's images: {images:?}");
     let chart = std::fs::read_to_string(repo().join("charts/postcache/Chart.yaml")).unwrap();
     assert!(
