@@ -214,6 +214,17 @@ async fn openapi_prints_the_served_document_metrics_name_the_version_and_probe_c
         .output()
         .unwrap();
     assert!(printed.status.success());
+    // The committed copy (for readers and client generators) is this output;
+    // `POSTCACHE_BLESS=1` rewrites it.
+    let committed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("POSTCACHE_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&committed, &printed.stdout).unwrap();
+    }
+    assert!(
+        std::fs::read(&committed).unwrap_or_default() == printed.stdout,
+        "docs/openapi.json is stale: `cargo run -p postcache -- openapi > docs/openapi.json`"
+    );
     let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
     let pods = crate::tiers::Pods::start(1, &[]);
     let served = pods.json(0, "/openapi.json").await;
