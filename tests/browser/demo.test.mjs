@@ -3,63 +3,11 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { ARTIFACTS, launch, openDemo, publishByApi, publishFrom, shows, unique } from "./helpers.mjs";
 
-const BASE = process.env.BASE_URL;
-const ARTIFACTS = process.env.ARTIFACTS || "artifacts";
 let browser;
-
-before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-});
+before(async () => (browser = await launch()));
 after(async () => browser && (await browser.close()));
-
-let counter = 0;
-const unique = (what) => `${what} ${process.pid}-${Date.now()}-${++counter}`;
-
-async function openDemo(context) {
-  const page = await context.newPage();
-  await page.goto(`${BASE}/`);
-  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("live"));
-  await page.waitForFunction(() => window.postcache.isLive, null, { timeout: 20000 });
-  // Record every event this tab's client delivers, to check that none comes twice.
-  await page.evaluate(() => {
-    window.__events = [];
-    window.__arrivals = {};
-    window.postcache.subscribe((e) => {
-      window.__events.push(e.id);
-      if (e.post) window.__arrivals[e.post.title] = Date.now();
-    });
-  });
-  return page;
-}
-
-async function publishFrom(page, title) {
-  await page.fill('input[name="title"]', title);
-  await page.fill('textarea[name="body"]', "written in the browser test");
-  await page.click('button[type="submit"]');
-}
-
-async function publishByApi(title) {
-  const response = await fetch(`${BASE}/v1/posts`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ author_id: "api", title, body: "written behind the page's back" }),
-  });
-  assert.equal(response.status, 201);
-  return response.json();
-}
-
-// Polls every 25 ms (locator waits back off to 500 ms; animation frames pause in background pages).
-const shows = (page, title, timeout = 10000) =>
-  page.waitForFunction((t) => [...document.querySelectorAll("h3")].some((h) => h.textContent === t), title, {
-    polling: 25,
-    timeout,
-  });
 
 test("a published post is still there after a reload", async () => {
   const context = await browser.newContext();

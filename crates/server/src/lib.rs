@@ -190,6 +190,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::openapi))
         .routes(routes!(demo::index))
         .routes(routes!(demo::client))
+        .routes(routes!(demo::client_types))
         .split_for_parts();
     let mut openapi = openapi;
     utoipa::Modify::modify(&openapi::Shared, &mut openapi);
