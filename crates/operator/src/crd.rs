@@ -385,6 +385,46 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 43)))]
     pub trusted_proxies: Vec<String>,
+    /// The per-client rate limit (default: 500 requests per second, bursts of 1000). Behind an
+    /// Ingress, set `trustedProxies` too, or every client shares the proxy's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Origins whose pages may call the API from a browser (CORS): `https://host[:port]`, or
+    /// `*` for any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 253), regex(pattern = r"^(\*|https?://[^/?#@\s]+)$"))
+    )]
+    pub cors_origins: Vec<String>,
+    /// Where the pods send their traces (OTLP over gRPC), e.g.
+    /// `http://otel-collector.monitoring:4317`. No traces are exported without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
+    pub otlp_endpoint: Option<String>,
+    /// How long one request may take before the pod answers 503 (milliseconds; default 10000,
+    /// 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 600_000))]
+    pub request_timeout_ms: Option<u32>,
+    /// How long a pod answers reads without a token from memory after its last proof of
+    /// freshness (milliseconds; default 1000): the Δ of the bounded-staleness guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 60_000))]
+    pub staleness_bound_ms: Option<u32>,
+}
+
+/// A per-client rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests per second per client address (0: no limit).
+    #[schemars(range(max = 1_000_000))]
+    pub per_second: u32,
+    /// Requests a client may make at once beyond the rate (default: twice the rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub burst: Option<u32>,
 }
 
 impl Default for ServiceSpec {
@@ -399,6 +439,11 @@ impl Default for ServiceSpec {
             resources: None,
             pods: PodOptions::default(),
             trusted_proxies: Vec::new(),
+            rate_limit: None,
+            cors_origins: Vec::new(),
+            otlp_endpoint: None,
+            request_timeout_ms: None,
+            staleness_bound_ms: None,
         }
     }
 }

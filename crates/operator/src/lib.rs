@@ -1,7 +1,8 @@
 //! The PostCache operator: the `PostCache` custom resource and its reconciliation.
 //!
 //! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
-//!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output).
+//!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output;
+//!   [`reference`] renders it as `docs/crd.md`).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
 //!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding
 //!   [`scripts`]), assembled by [`desired`], from shared pod pieces ([`pod`]: the restricted
@@ -30,6 +31,7 @@ pub mod pod;
 pub mod postgres;
 pub mod quantity;
 pub mod redis;
+pub mod reference;
 pub mod scripts;
 pub mod scripts_config;
 pub mod service;
@@ -40,8 +42,8 @@ pub use config::{LogFormat, OperatorArgs};
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
     MaxMemoryPolicy, MonitoringSpec, Phase, PodOptions, PostCache, PostCacheSpec, PostCacheStatus,
-    PostgresMode, PostgresSpec, PostgresStatus, RealtimeSpec, RedisMode, RedisSpec, RedisStatus,
-    SecretKeyRef, ServiceSpec, ServiceStatus, ShardChange, ShardStep, StorageSpec,
+    PostgresMode, PostgresSpec, PostgresStatus, RateLimitSpec, RealtimeSpec, RedisMode, RedisSpec,
+    RedisStatus, SecretKeyRef, ServiceSpec, ServiceStatus, ShardChange, ShardStep, StorageSpec,
 };
 pub use error::Error;
 pub use operator::run;

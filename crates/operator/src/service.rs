@@ -179,11 +179,37 @@ pub fn service_env(pc: &PostCache) -> Vec<EnvVar> {
         "POSTCACHE_REALTIME_MAX_CONNECTIONS",
         realtime.max_connections_per_pod.to_string(),
     ));
-    if !spec.service.trusted_proxies.is_empty() {
+    let service = &spec.service;
+    if !service.trusted_proxies.is_empty() {
         out.push(env(
             "POSTCACHE_TRUSTED_PROXIES",
-            spec.service.trusted_proxies.join(","),
+            service.trusted_proxies.join(","),
         ));
+    }
+    if let Some(limit) = &service.rate_limit {
+        let burst = limit
+            .burst
+            .unwrap_or_else(|| limit.per_second.saturating_mul(2).max(1));
+        out.push(env(
+            "POSTCACHE_RATE_LIMIT_PER_SECOND",
+            limit.per_second.to_string(),
+        ));
+        out.push(env("POSTCACHE_RATE_LIMIT_BURST", burst.to_string()));
+    }
+    if !service.cors_origins.is_empty() {
+        out.push(env(
+            "POSTCACHE_CORS_ORIGINS",
+            service.cors_origins.join(","),
+        ));
+    }
+    if let Some(endpoint) = &service.otlp_endpoint {
+        out.push(env("POSTCACHE_OTLP_ENDPOINT", endpoint.clone()));
+    }
+    if let Some(ms) = service.request_timeout_ms {
+        out.push(env("POSTCACHE_REQUEST_TIMEOUT_MS", ms.to_string()));
+    }
+    if let Some(ms) = service.staleness_bound_ms {
+        out.push(env("POSTCACHE_STALENESS_BOUND_MS", ms.to_string()));
     }
     // On SIGTERM: readiness fails and the pod keeps serving while its endpoint leaves every
     // Service and Ingress, then in-flight requests get the grace (within the pod's termination

@@ -41,26 +41,33 @@ enum Command {
 struct ProbeArgs {
     /// What to GET, e.g. `http://127.0.0.1:8080/readyz`.
     url: String,
-    /// Give up after this many milliseconds.
+    /// Give up on one attempt after this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Keep trying, once a second, for up to this many milliseconds (a Service's endpoints may
+    /// take a moment to reach every node).
+    #[arg(long, default_value_t = 0)]
+    retry_for_ms: u64,
 }
 
-/// [`Command::Probe`]: `Ok(())` on a 2xx answer within the timeout.
+/// [`Command::Probe`]: `Ok(())` on a 2xx answer within the deadline.
 async fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
-    let reply = reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_millis(args.timeout_ms))
-        .build()?
-        .get(&args.url)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        reply.status().is_success(),
-        "{} answered {}",
-        args.url,
-        reply.status()
-    );
-    Ok(())
+        .build()?;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(args.retry_for_ms);
+    loop {
+        let failure = match client.get(&args.url).send().await {
+            Ok(reply) if reply.status().is_success() => return Ok(()),
+            Ok(reply) => anyhow::anyhow!("{} answered {}", args.url, reply.status()),
+            Err(e) => anyhow::Error::new(e),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(failure);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job

@@ -624,11 +624,22 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
             &operator_ns,
             "--timeout",
             "120s",
-            "--logs",
         ],
         Some(plane.kubeconfig()),
     );
-    assert!(tested.is_ok(), "helm test: {tested:?}");
+    // A test Pod that succeeded is deleted (the hook's policy); one that failed stays, with logs.
+    assert!(
+        tested.is_ok(),
+        "helm test: {tested:?}\n{}",
+        plane
+            .kubectl(&[
+                "logs",
+                "-n",
+                &operator_ns,
+                &format!("{RELEASE}-postcache-operator-test")
+            ])
+            .unwrap_or_else(|e| e)
+    );
     eprintln!("helm test passed");
     let manifest = example();
     let pc: PostCache = serde_json::from_value(manifest.clone()).unwrap();

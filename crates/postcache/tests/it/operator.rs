@@ -409,3 +409,64 @@ fn a_leader_whose_lease_is_taken_stops_reconciling_until_it_wins_it_back() {
     assert_eq!(holder(&plane, &ns).unwrap(), "op-l");
     assert_eq!(op.metric("postcache_operator_leader "), Some(1.0));
 }
+
+/// Every `POSTCACHE_*` variable the operator gives the service pods is an option of
+/// `postcache serve`, and every literal value it writes parses as that option: renaming a flag
+/// (or changing what it takes) cannot leave the pods silently ignoring a setting.
+#[test]
+fn every_variable_the_operator_writes_is_an_option_of_serve_and_parses() {
+    use clap::{ArgAction, Args, Command};
+    use postcache_operator::{
+        PostCache, PostCacheSpec, RateLimitSpec, RedisMode, service::service_env,
+    };
+
+    let serve = postcache_server::ServeArgs::augment_args(Command::new("serve"));
+    let options: std::collections::BTreeMap<String, &clap::Arg> = serve
+        .get_arguments()
+        .filter_map(|a| Some((a.get_env()?.to_string_lossy().into_owned(), a)))
+        .collect();
+    // Every option that becomes a variable, set; in each Redis mode.
+    let mut specs = Vec::new();
+    for mode in [RedisMode::Cluster, RedisMode::Standalone] {
+        let mut spec = PostCacheSpec::default();
+        spec.redis.mode = mode;
+        let service = &mut spec.service;
+        service.trusted_proxies = vec!["10.0.0.0/8".into()];
+        service.rate_limit = Some(RateLimitSpec {
+            per_second: 50,
+            burst: None,
+        });
+        service.cors_origins = vec!["https://app.example.com".into()];
+        service.otlp_endpoint = Some("http://otel-collector.monitoring:4317".into());
+        service.request_timeout_ms = Some(5000);
+        service.staleness_bound_ms = Some(2000);
+        specs.push(spec);
+    }
+    for spec in specs {
+        let mut pc = PostCache::new("feed", spec);
+        pc.metadata.namespace = Some("shop".into());
+        let mut argv = vec!["serve".to_owned()];
+        for var in service_env(&pc) {
+            if !var.name.starts_with("POSTCACHE_") {
+                continue; // POSTGRES_USER and the like: parts of a URL, expanded by Kubernetes
+            }
+            let arg = options.get(&var.name).unwrap_or_else(|| {
+                panic!(
+                    "the operator writes {}, which `postcache serve` does not read",
+                    var.name
+                )
+            });
+            let Some(value) = var.value else {
+                continue; // from a Secret
+            };
+            let long = arg.get_long().unwrap();
+            match arg.get_action() {
+                ArgAction::SetTrue if value == "true" => argv.push(format!("--{long}")),
+                ArgAction::SetTrue => assert_eq!(value, "false", "{}", var.name),
+                _ => argv.push(format!("--{long}={value}")),
+            }
+        }
+        let parsed = serve.clone().try_get_matches_from(&argv);
+        assert!(parsed.is_ok(), "{argv:?}: {}", parsed.unwrap_err());
+    }
+}
