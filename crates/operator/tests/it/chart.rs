@@ -290,6 +290,24 @@ fn helm_template_matches_the_snapshots() {
     ] {
         assert!(default.contains(&format!("- name: {env}\n")), "no {env}");
     }
+    // Each variable the chart sets is an option of `postcache operator` (or the shared log
+    // format): a renamed flag cannot leave the chart setting something nobody reads.
+    use clap::Args as _;
+    let operator = postcache_operator::OperatorArgs::augment_args(clap::Command::new("operator"));
+    let known: Vec<String> = operator
+        .get_arguments()
+        .filter_map(|a| Some(a.get_env()?.to_string_lossy().into_owned()))
+        .collect();
+    let watching = template(&["operator.watchNamespace=shop"]).unwrap();
+    for line in default.lines().chain(watching.lines()) {
+        if let Some(name) = line.trim().strip_prefix("- name: POSTCACHE_") {
+            let name = format!("POSTCACHE_{name}");
+            assert!(
+                known.contains(&name),
+                "the chart sets {name}, which `postcache operator` does not read"
+            );
+        }
+    }
     assert!(default.contains(&format!("image: {}\n", crate::image::REFERENCE)));
 }
 
