@@ -88,6 +88,12 @@ impl Freshness {
         }
     }
 
+    /// Whether L1 is trusted only while this process holds the lone-process lock
+    /// ([`Freshness::exclusive`]).
+    pub fn needs_lone_lock(&self) -> bool {
+        self.alone.is_some()
+    }
+
     /// Whether this pod can prove its caches fresh within the bound (a recent heartbeat, no gap
     /// since). A read without a token may then be answered from L1, and any read from L2.
     pub fn trusts_l1(&self) -> bool {

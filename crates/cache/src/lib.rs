@@ -8,8 +8,11 @@
 //! ```
 //! [`Posts`] composes the tiers; [`Store`] is L3 behind one trait; [`L1`] holds serialized posts,
 //! feed pages keyed by tag generations, and the per-post version floor that keeps a slow fill from
-//! installing an older version; [`ViewBuffer`] is the write-back of view counts. No HTTP here.
+//! installing an older version; [`ViewBuffer`] is the write-back of view counts; [`Background`]
+//! owns the loops that keep them (relay, follower, maintenance, replica watcher) and stops them
+//! when dropped. No HTTP here.
 
+mod background;
 mod eventlog;
 mod freshness;
 mod l1;
@@ -26,6 +29,7 @@ mod tags;
 mod token;
 mod views;
 
+pub use background::{Background, BackgroundConfig, DB_POOL_CONNECTIONS, DB_POOL_MAX};
 pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
 pub use freshness::{Freshness, L1_DISTRUSTED};
 pub use l1::{CachedPost, L1, L1Config};

@@ -35,7 +35,7 @@ use crate::tags::TagKey;
 const EVENTLOG: &str = "eventlog";
 
 /// Outbox rows the relay publishes per round.
-const RELAY_BATCH: i64 = 500;
+pub(crate) const RELAY_BATCH: i64 = 500;
 
 /// Published outbox rows beyond this many newest are pruned.
 const OUTBOX_RETENTION: i64 = 10_000;

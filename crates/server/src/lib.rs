@@ -5,11 +5,10 @@
 //!                                  (trusted proxies)      (not for streams)
 //!                                  └─ metrics of every answer (route, method, status, latency)
 //! ```
-//! [`app`] builds the router (tests drive it in-process); [`serve`] runs it on a socket with the
-//! background flush and a graceful shutdown.
+//! [`app`] builds the router (tests drive it in-process); [`serve`] runs it on a socket around the
+//! tiers and their background work (`postcache_cache::Background`), with a graceful shutdown.
 
 mod auth;
-mod background;
 mod client;
 mod config;
 mod cors;

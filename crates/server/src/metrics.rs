@@ -11,15 +11,12 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use postcache_cache::{DB_POOL_CONNECTIONS, DB_POOL_MAX};
 
 /// HTTP requests by `route` (the matched template), `method` and `status`.
 pub(crate) const HTTP_REQUESTS: &str = "postcache_http_requests_total";
 /// HTTP latency by `route` and `method`.
 pub(crate) const HTTP_DURATION: &str = "postcache_http_request_duration_seconds";
-/// Pool connections by `role` and `state` (`idle`, `used`).
-pub(crate) const DB_POOL_CONNECTIONS: &str = "postcache_db_pool_connections";
-/// Pool size limit by `role`.
-pub(crate) const DB_POOL_MAX: &str = "postcache_db_pool_max";
 /// Open realtime connections by `transport` (`ws`, `sse`).
 pub(crate) const REALTIME_CONNECTIONS: &str = "postcache_realtime_connections";
 /// Events written to realtime subscribers.
@@ -229,11 +226,4 @@ fn method_label(method: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// Publishes the pool gauges for `role` (`primary`, `replica`).
-pub(crate) fn record_pool(role: &'static str, (used, idle, max): (u32, u32, u32)) {
-    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "used").set(f64::from(used));
-    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "idle").set(f64::from(idle));
-    metrics::gauge!(DB_POOL_MAX, "role" => role).set(f64::from(max));
 }

@@ -16,14 +16,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use postcache_cache::{
-    EventLog, L1, L1Config, L2, L2Config, PoolConfig, Posts, RedisCallError, RedisConfig,
-    RedisConn, RedisLog, Shared, SharedViews, Store, StoreError,
+    Background, BackgroundConfig, EventLog, L1, L1Config, L2, L2Config, PoolConfig, Posts,
+    RedisCallError, RedisConfig, RedisConn, RedisLog, Shared, SharedViews, Store, StoreError,
 };
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
-use crate::background;
 use crate::client::TrustedProxies;
 use crate::config::ServeArgs;
 use crate::error::ApiError;
@@ -151,9 +149,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         posts = posts.guarded_by_lone_lock();
     }
     let posts = Arc::new(posts);
-    if lone_lock {
-        background::check_alone(&posts).await;
-    }
+    let heartbeat =
+        Duration::from_millis(args.staleness_bound_ms / 4).max(Duration::from_millis(10));
+    // The tiers' loops (relay, follower, maintenance, lone-process check, replica watcher),
+    // owned by this guard: they stop when it is stopped or dropped.
+    let mut background = Background::start(
+        &posts,
+        BackgroundConfig {
+            heartbeat,
+            maintenance: Duration::from_millis(args.views_flush_ms),
+        },
+    )
+    .await;
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
@@ -182,66 +189,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let app = crate::app(Arc::clone(&posts), auth, http, realtime);
 
-    let heartbeat =
-        Duration::from_millis(args.staleness_bound_ms / 4).max(Duration::from_millis(10));
-    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
-    tasks.push(match shared.clone() {
-        Some(shared) => (
-            "relay",
-            tokio::spawn(background::relay_to_shared_log(
-                Arc::clone(&posts),
-                shared,
-                heartbeat,
-                stop_rx.clone(),
-            )),
-        ),
-        None => (
-            "relay",
-            tokio::spawn(background::relay_outbox(
-                Arc::clone(&posts),
-                stop_rx.clone(),
-            )),
-        ),
-    });
-    if let Some(shared) = shared {
-        let (posts, stop) = (Arc::clone(&posts), stop_rx.clone());
-        tasks.push((
-            "follower",
-            tokio::spawn(async move {
-                posts
-                    .follow(&shared.log, crate::realtime::stopped(stop))
-                    .await
-            }),
-        ));
-    }
-    if lone_lock {
-        tasks.push((
-            "lone-process check",
-            tokio::spawn(background::stay_alone(
-                Arc::clone(&posts),
-                heartbeat,
-                stop_rx.clone(),
-            )),
-        ));
-    }
-    tasks.push((
-        "maintenance",
-        tokio::spawn(background::maintain(
-            Arc::clone(&posts),
-            limit,
-            Duration::from_millis(args.views_flush_ms),
-            stop_rx.clone(),
-        )),
+    // HTTP's own upkeep: the rate limiter's table and the metrics recorder.
+    let upkeep = tokio::spawn(http_upkeep(
+        limit,
+        Duration::from_millis(args.views_flush_ms),
+        stop_rx.clone(),
     ));
-    if posts.store().replica_pool_usage().is_some() {
-        tasks.push((
-            "replica watcher",
-            tokio::spawn(background::watch_replicas(
-                Arc::clone(&posts),
-                stop_rx.clone(),
-            )),
-        ));
-    }
 
     let _ = started_tx.send(());
     let _ = starting.await;
@@ -258,7 +211,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         });
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let mut stopping = stop_rx.clone();
-    let died = supervise(&mut tasks, stop_rx.clone());
+    let died = background.died();
     let outcome = tokio::select! {
         result = server => result.map_err(ServeError::Serve),
         () = async { let _ = stopping.wait_for(|stop| *stop).await; tokio::time::sleep(grace).await } => {
@@ -271,39 +224,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let _ = stop_tx.send(true);
-    for (_, task) in tasks {
-        // One that ended was awaited by `supervise` already.
-        if !task.is_finished() {
-            let _ = task.await;
-        }
-    }
+    background.stop().await;
+    let _ = upkeep.await;
     final_flush(&posts).await;
     outcome
 }
 
-/// Resolves with the name of the first task that ends before the stop signal (they end only
-/// when stopped, or on a panic); never, while all run.
-async fn supervise(
-    tasks: &mut [(&'static str, JoinHandle<()>)],
-    stop: watch::Receiver<bool>,
-) -> &'static str {
-    let watched = tasks
-        .iter_mut()
-        .map(|(name, task)| {
-            let (name, stop) = (*name, stop.clone());
-            Box::pin(async move {
-                let _ = task.await;
-                if *stop.borrow() {
-                    std::future::pending::<()>().await;
-                }
-                name
-            })
-        })
-        .collect::<Vec<_>>();
-    if watched.is_empty() {
-        return std::future::pending().await;
+/// Every `interval`: trim the rate limiter's table and run the metrics recorder's upkeep.
+async fn http_upkeep(
+    limit: Option<RateLimit>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Some(limit) = &limit {
+            limit.shrink();
+        }
+        metrics::upkeep();
     }
-    futures_util::future::select_all(watched).await.0
 }
 
 /// What the socket answers while the database does not yet: alive, not ready.
@@ -503,46 +445,5 @@ async fn final_flush(posts: &Posts) {
     };
     if let Err(e) = published {
         tracing::warn!(error = %e, "publishing the last events failed; the outbox keeps them for the next relay");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn until_stopped(mut stop: watch::Receiver<bool>) {
-        let _ = stop.wait_for(|stop| *stop).await;
-    }
-
-    #[tokio::test]
-    async fn a_task_that_dies_is_named_and_tasks_ending_at_stop_are_not() {
-        let (stop_tx, stop) = watch::channel(false);
-        let mut tasks = vec![
-            ("relay", tokio::spawn(until_stopped(stop.clone()))),
-            (
-                "follower",
-                tokio::spawn(async {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    panic!("a bug in the follower");
-                }),
-            ),
-        ];
-        let died =
-            tokio::time::timeout(Duration::from_secs(5), supervise(&mut tasks, stop.clone()))
-                .await
-                .expect("a dead task went unnoticed");
-        assert_eq!(died, "follower");
-
-        let mut tasks = vec![
-            ("relay", tokio::spawn(until_stopped(stop.clone()))),
-            ("maintenance", tokio::spawn(until_stopped(stop.clone()))),
-        ];
-        let _ = stop_tx.send(true);
-        let quiet =
-            tokio::time::timeout(Duration::from_millis(300), supervise(&mut tasks, stop)).await;
-        assert!(
-            quiet.is_err(),
-            "tasks that ended because of the stop were reported as dead"
-        );
     }
 }

@@ -277,6 +277,7 @@ async fn health_metrics_and_openapi(backend: Backend, transport: Transport) {
         "GET /v1/ws",
         "GET /",
         "GET /client.js",
+        "GET /client.d.ts",
     ];
     expected.sort();
     assert_eq!(listed, expected);
