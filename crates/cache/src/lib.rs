@@ -16,13 +16,10 @@ mod background;
 mod eventlog;
 mod freshness;
 mod l1;
-mod l2;
 mod model;
 mod posts;
-mod redisconn;
-mod redislog;
+mod redis;
 mod relay;
-mod sharedviews;
 mod stats;
 mod store;
 mod tags;
@@ -33,15 +30,15 @@ pub use background::{Background, BackgroundConfig, DB_POOL_CONNECTIONS, DB_POOL_
 pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
 pub use freshness::{Freshness, L1_DISTRUSTED};
 pub use l1::{CachedPost, L1, L1Config};
-pub use l2::{Filled, L2, L2Config, Lease};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
 pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Shared, Tier, Written};
-pub use redisconn::{RedisCallError, RedisConfig, RedisConn};
-pub use redislog::{Entry, Logged, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};
+pub use redis::conn::{RedisCallError, RedisConfig, RedisConn};
+pub use redis::l2::{Filled, L2, L2Config, Lease};
+pub use redis::log::{Entry, Logged, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};
+pub use redis::views::{SharedViews, ViewBatch};
 pub use relay::EVENTLOG_GAPS;
-pub use sharedviews::{SharedViews, ViewBatch};
 pub use stats::{
     CACHE_REQUESTS, DB_QUERY_DURATION, DEGRADED, INVALIDATION_LAG, TierCounts, TierStats,
     set_degraded,

@@ -26,7 +26,7 @@ use crate::eventlog::{Change, Position};
 use crate::l1::CachedPost;
 use crate::model::PostId;
 use crate::posts::{Fill, PRIMARY, Posts, PostsError, RelayError, Shared};
-use crate::redislog::{Entry, Logged, RedisLog};
+use crate::redis::log::{Entry, Logged, RedisLog};
 use crate::stats::{INVALIDATION_LAG, set_degraded, timed};
 use crate::store::OutboxEvent;
 use crate::tags::TagKey;

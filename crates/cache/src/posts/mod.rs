@@ -24,10 +24,10 @@ use moka::future::Cache;
 use crate::eventlog::{EventLog, Position};
 use crate::freshness::Freshness;
 use crate::l1::{CachedPost, L1};
-use crate::l2::L2;
 use crate::model::{Cursor, PostId};
-use crate::redislog::RedisLog;
-use crate::sharedviews::SharedViews;
+use crate::redis::l2::L2;
+use crate::redis::log::RedisLog;
+use crate::redis::views::SharedViews;
 use crate::stats::TierStats;
 use crate::store::{Store, StoreError};
 use crate::token::ConsistencyToken;
@@ -110,7 +110,7 @@ pub enum RelayError {
     Store(#[source] StoreError),
     /// Appending to the shared stream failed.
     #[error("the shared event log could not be appended to")]
-    Redis(#[source] crate::redisconn::RedisCallError),
+    Redis(#[source] crate::redis::conn::RedisCallError),
 }
 
 /// Why a call on [`Posts`] failed: the store's error, shared by every caller of a coalesced load.

@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::{FeedPage, Fill, FlightKey, LEASE_POLL, Posts, PostsError, Read, Tier};
 use crate::eventlog::Position;
 use crate::l1::CachedPost;
-use crate::l2::{Filled, L2};
 use crate::model::{Cursor, FeedQuery, PostId};
+use crate::redis::l2::{Filled, L2};
 use crate::store::{ReadAt, StoreError};
 use crate::token::ConsistencyToken;
 

@@ -27,7 +27,7 @@ use redis::AsyncCommands;
 
 use crate::l1::CachedPost;
 use crate::model::{FeedQuery, PostId};
-use crate::redisconn::{RedisCallError, RedisConn, failed};
+use crate::redis::conn::{RedisCallError, RedisConn, failed};
 use crate::tags::TagKey;
 
 /// How long each kind of entry lives in Redis.

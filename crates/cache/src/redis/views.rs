@@ -15,9 +15,9 @@ use std::collections::HashMap;
 
 use redis::AsyncCommands;
 
-use crate::l2::rand_token;
 use crate::model::PostId;
-use crate::redisconn::{RedisCallError, RedisConn, failed};
+use crate::redis::conn::{RedisCallError, RedisConn, failed};
+use crate::redis::l2::rand_token;
 
 const VIEWS_KEY: &str = "{postcache}:views";
 const FLUSHING_KEY: &str = "{postcache}:views-flushing";

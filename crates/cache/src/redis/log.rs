@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use crate::eventlog::{Change, Position};
 use crate::model::PostId;
-use crate::redisconn::{RedisCallError, RedisConfig, RedisConn, failed};
+use crate::redis::conn::{RedisCallError, RedisConfig, RedisConn, failed};
 use crate::store::OutboxEvent;
 
 /// The stream every pod reads.
