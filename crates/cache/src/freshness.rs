@@ -18,7 +18,10 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the std clock outside a paused test runtime): trust expiry is tested on it.
+use tokio::time::Instant;
 
 use crate::eventlog::Position;
 use crate::token::ConsistencyToken;
@@ -293,5 +296,31 @@ mod tests {
         f.rebase(at(2));
         assert_eq!(f.applied(), at(2), "a gap moves the applied position back");
         assert!(!f.covers(&token) && !f.trusts_l1(), "and forgets the proof");
+    }
+
+    /// Trust expires exactly one bound after the heartbeat's round, on tokio's clock: paused
+    /// here, so the test steps time instead of sleeping through it.
+    #[tokio::test(start_paused = true)]
+    async fn trust_lasts_one_bound_after_the_heartbeat_and_no_longer() {
+        let bound = Duration::from_millis(750);
+        let f = Freshness::shared(bound);
+        f.prove(7, 5, unix_ms());
+        tokio::time::advance(bound - Duration::from_millis(5)).await;
+        assert!(f.trusts_l1(), "within the bound");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(!f.trusts_l1(), "past the bound with no new heartbeat");
+        // A heartbeat that took 300 ms to arrive buys only what is left of its bound.
+        f.prove(8, 6, unix_ms() - 300);
+        assert!(f.trusts_l1());
+        tokio::time::advance(bound - Duration::from_millis(300) + Duration::from_millis(5)).await;
+        assert!(
+            !f.trusts_l1(),
+            "a late heartbeat expires by its round, not its arrival"
+        );
+        // Proof never moves backwards: an older heartbeat after a newer one changes nothing.
+        f.prove(9, 7, unix_ms());
+        f.prove(8, 6, unix_ms() - 600);
+        tokio::time::advance(bound - Duration::from_millis(5)).await;
+        assert!(f.trusts_l1());
     }
 }
