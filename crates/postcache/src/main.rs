@@ -88,9 +88,13 @@ async fn main() -> anyhow::Result<()> {
                 postcache_operator::LogFormat::Json => postcache_server::LogFormat::Json,
             };
             let _telemetry = postcache_server::init_logging(format, None, None)?;
-            postcache_operator::run(args, postcache_operator::SCRIPTS, shutdown_signal())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            postcache_operator::run(
+                args,
+                postcache_operator::SCRIPTS,
+                postcache_server::shutdown_signal(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         }
         Command::Crd => print!("{}", postcache_operator::crd_yaml()),
         Command::Openapi => println!(
@@ -121,18 +125,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap's own consistency checks of every command and option (conflicting names, bad
+    /// defaults, env twins): a mistake fails here, not at a user's first run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

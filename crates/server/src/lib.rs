@@ -50,7 +50,7 @@ pub use error::ApiError;
 pub use limit::RateLimit;
 pub use logging::{Telemetry, TelemetryError, init_logging};
 pub use realtime::Realtime;
-pub use serve::{ServeError, serve};
+pub use serve::{ServeError, serve, shutdown_signal};
 pub use tokens::TokenKeys;
 
 use routes::{admin, demo, health, posts};

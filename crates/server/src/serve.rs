@@ -98,7 +98,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let _ = metrics::handle();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
-    tokio::spawn(shutdown_signal(
+    tokio::spawn(drain_on_signal(
         drain_tx,
         stop_tx.clone(),
         Duration::from_secs(args.drain_delay_seconds),
@@ -395,8 +395,8 @@ fn database_kind(url: &str) -> &'static str {
 
 /// On SIGTERM or Ctrl-C: readiness fails at once (`drain`), and after `delay` the listener and
 /// every background task are told to stop. A second signal skips the rest of the delay.
-async fn shutdown_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, delay: Duration) {
-    signal().await;
+async fn drain_on_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, delay: Duration) {
+    shutdown_signal().await;
     let _ = drain.send(true);
     if !delay.is_zero() {
         tracing::info!(
@@ -405,7 +405,7 @@ async fn shutdown_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, 
         );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = signal() => {}
+            () = shutdown_signal() => {}
         }
     }
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
@@ -413,7 +413,8 @@ async fn shutdown_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, 
 }
 
 /// Resolves on the next SIGTERM or Ctrl-C.
-async fn signal() {
+/// Resolves on SIGTERM or Ctrl-C (`postcache serve` and `postcache operator` alike).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
