@@ -1,10 +1,9 @@
 //! PostCache's wire types, shared by the service, the operator and the tests.
 //!
 //! Everything here is a shape that CONTRACT.md fixes: the post, the realtime event and the error
-//! body, and the alert rules ([`alerts`]). The crate does no IO and depends only on `serde` (and
-//! `utoipa` for schemas), so every other crate can use it.
+//! body. The crate does no IO and depends only on `serde` (and `utoipa` for schemas), so every
+//! other crate can use it.
 
-pub mod alerts;
 mod error;
 mod event;
 mod post;

@@ -4,7 +4,8 @@
 //!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output;
 //!   [`reference`] renders it as `docs/crd.md`).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
-//!   [`network`], [`monitoring`], the scripts ConfigMap ([`scripts_config`], holding
+//!   [`network`], [`monitoring`] (with the alert rules of [`alerts`], also rendered into
+//!   `deploy/monitoring/`), the scripts ConfigMap ([`scripts_config`], holding
 //!   [`scripts`]), assembled by [`desired`], from shared pod pieces ([`pod`]: the restricted
 //!   security contexts, default resources) and quantities read as bytes ([`quantity`]); the Redis
 //!   shard change as a recorded step machine ([`shards`]); the status ([`status`]).
@@ -13,6 +14,7 @@
 //!   Lease ([`leader`]), metrics ([`metrics`]), and [`run`] behind `postcache operator`
 //!   ([`OperatorArgs`], [`operator`]).
 
+pub mod alerts;
 pub mod apply;
 pub mod child;
 pub mod config;

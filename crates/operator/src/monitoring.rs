@@ -1,17 +1,17 @@
 //! Monitoring objects: a ServiceMonitor and a PrometheusRule (`monitoring.coreos.com/v1`, created
 //! only when API discovery lists them) and the Grafana dashboard as a ConfigMap for Grafana's
-//! sidecar. The rules are `postcache_api::alerts` rendered with the spec's thresholds and scoped
+//! sidecar. The rules are [`crate::alerts`] rendered with the spec's thresholds and scoped
 //! to this PostCache (its namespace, and the ServiceMonitor's job: the Service's name), the same
 //! source as `deploy/monitoring/`; the dashboard is the shared one (namespace and job variables)
 //! with a uid and title of its own, starting on this PostCache. Pure.
 
 use std::collections::BTreeMap;
 
+use crate::alerts::{AlertThresholds, Scope, rule_groups};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::core::GroupVersionKind;
-use postcache_api::alerts::{AlertThresholds, Scope, prometheus_rule};
 use serde_json::json;
 
 use crate::child::Child;
@@ -97,15 +97,14 @@ fn service_monitor(pc: &PostCache) -> Child {
 
 fn rule(pc: &PostCache) -> Child {
     let name = child_name(pc, "alerts");
-    let rendered = prometheus_rule(&thresholds(&pc.spec.monitoring.alerts), &name, &scope(pc));
-    // The generator's output is a fixed, tested shape; a parse failure would leave no rules.
-    let value: serde_json::Value = serde_norway::from_str(&rendered).unwrap_or_default();
+    let groups = rule_groups(&thresholds(&pc.spec.monitoring.alerts), &scope(pc));
     let mut object = DynamicObject::new(
         &name,
         &kube::api::ApiResource::from_gvk(&gvk("PrometheusRule")),
     );
     object.metadata = selectable_meta(pc, name);
-    object.data = json!({"spec": value.get("spec").cloned().unwrap_or_default()});
+    // Plain data (strings, numbers): it always serializes.
+    object.data = json!({"spec": serde_json::to_value(groups).unwrap_or_default()});
     Child::dynamic(&gvk("PrometheusRule"), "prometheusrules", object)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use postcache_api::alerts::{AlertThresholds, Scope, alert_rules, hit_ratio_expr};
+use postcache_operator::alerts::{AlertThresholds, Scope, alert_rules, hit_ratio_expr};
 use postcache_testkit::{Postgres, Prometheus, Redis, ScrapeTarget, free_port, tool};
 
 use crate::{serve, wait_exit, wait_healthy};
@@ -245,15 +245,23 @@ async fn prometheus_watches_the_hit_ratio_cross_the_alert_threshold() {
             })
         })
         .collect();
-    let alerting =
-        std::fs::read_to_string(repo().join("deploy/monitoring/grafana/alerting.yaml")).unwrap();
-    for line in alerting
-        .lines()
-        .filter_map(|l| l.split_once("expr: ").map(|(_, rest)| rest))
-    {
-        let quoted = line.trim_end().trim_end_matches('}');
-        exprs.push(serde_json::from_str::<String>(quoted).unwrap());
+    let alerting: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo().join("deploy/monitoring/grafana/alerting.yaml")).unwrap(),
+    )
+    .unwrap();
+    for rule in alerting["groups"][0]["rules"].as_array().unwrap() {
+        exprs.push(
+            rule["data"][0]["model"]["expr"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
+    assert_eq!(
+        alerting["groups"][0]["rules"].as_array().unwrap().len(),
+        6,
+        "all six alerts in Grafana"
+    );
     assert!(exprs.len() >= 15, "{} expressions", exprs.len());
     for expr in &exprs {
         until(&format!("data for `{expr}`"), async || {

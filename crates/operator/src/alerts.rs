@@ -3,10 +3,13 @@
 //! PrometheusRule the operator applies for each PostCache (its `spec.monitoring.alerts`
 //! thresholds, scoped to its namespace and job).
 //!
-//! Rendering is plain text on purpose: the output is a small, fixed shape of YAML whose strings are
-//! written as double-quoted scalars (JSON string escaping is valid YAML).
+//! Rendering goes through serde (the rule groups as types, YAML by `serde_norway`), so every
+//! string is quoted as YAML needs, whatever the thresholds or labels hold.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::json;
 
 /// Where each alert's runbook lives (a section of the README, one anchor per alert).
 pub const RUNBOOK_BASE: &str = "https://github.com/postcache/postcache/blob/main/README.md";
@@ -285,90 +288,145 @@ pub fn alert_rules(t: &AlertThresholds, scope: &Scope) -> Vec<AlertRule> {
     ]
 }
 
-/// The rule groups (`groups:` …), indented by `indent` spaces, as both file kinds embed them.
-fn render_groups(rules: &[AlertRule], indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    let q = |s: &str| format!("{s:?}");
-    let mut out = format!("{pad}groups:\n{pad}  - name: postcache\n{pad}    rules:\n");
-    for rule in rules {
-        let p = format!("{pad}      ");
-        let _ = writeln!(out, "{p}- alert: {}", rule.name);
-        let _ = writeln!(out, "{p}  expr: {}", q(&rule.expr()));
-        let _ = writeln!(out, "{p}  for: {}", rule.for_duration);
-        let _ = writeln!(out, "{p}  labels:\n{p}    severity: {}", rule.severity);
-        let _ = writeln!(out, "{p}  annotations:");
-        let _ = writeln!(out, "{p}    summary: {}", q(&rule.summary));
-        let _ = writeln!(out, "{p}    description: {}", q(&rule.description));
-        let _ = writeln!(out, "{p}    runbook_url: {}", q(&rule.runbook_url()));
+/// A rules file (and a PrometheusRule's `spec`): `groups`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleGroups {
+    /// One group, `postcache`.
+    pub groups: Vec<RuleGroup>,
+}
+
+/// One group of rules.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleGroup {
+    /// The group's name.
+    pub name: &'static str,
+    /// Its rules.
+    pub rules: Vec<PrometheusAlert>,
+}
+
+/// One alerting rule as Prometheus reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrometheusAlert {
+    /// The alert's name.
+    pub alert: &'static str,
+    /// Its expression.
+    pub expr: String,
+    /// How long it must hold.
+    #[serde(rename = "for")]
+    pub for_duration: &'static str,
+    /// `severity`.
+    pub labels: BTreeMap<&'static str, &'static str>,
+    /// `summary`, `description`, `runbook_url`.
+    pub annotations: BTreeMap<&'static str, String>,
+}
+
+/// The rule groups of [`alert_rules`].
+pub fn rule_groups(t: &AlertThresholds, scope: &Scope) -> RuleGroups {
+    let rules = alert_rules(t, scope)
+        .into_iter()
+        .map(|rule| PrometheusAlert {
+            alert: rule.name,
+            expr: rule.expr(),
+            for_duration: rule.for_duration,
+            labels: BTreeMap::from([("severity", rule.severity)]),
+            annotations: BTreeMap::from([
+                ("summary", rule.summary.clone()),
+                ("description", rule.description.clone()),
+                ("runbook_url", rule.runbook_url()),
+            ]),
+        })
+        .collect();
+    RuleGroups {
+        groups: vec![RuleGroup {
+            name: "postcache",
+            rules,
+        }],
     }
-    out
 }
 
 const GENERATED: &str =
-    "# Generated from crates/api/src/alerts.rs; do not edit (a test fails on drift).\n";
+    "# Generated from crates/operator/src/alerts.rs; do not edit (a test fails on drift).\n";
+
+/// `value` as YAML after the generated-file header.
+fn yaml(value: &impl Serialize) -> String {
+    // Serializing plain data (strings, numbers, maps) cannot fail.
+    format!(
+        "{GENERATED}{}",
+        serde_norway::to_string(value).unwrap_or_default()
+    )
+}
 
 /// A plain Prometheus rules file watching `scope`.
 pub fn rules_file(t: &AlertThresholds, scope: &Scope) -> String {
-    format!("{GENERATED}{}", render_groups(&alert_rules(t, scope), 0))
+    yaml(&rule_groups(t, scope))
 }
 
 /// A `monitoring.coreos.com/v1` PrometheusRule manifest named `name`, watching `scope`.
 pub fn prometheus_rule(t: &AlertThresholds, name: &str, scope: &Scope) -> String {
-    format!(
-        "{GENERATED}apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: {name}\n  labels:\n    \
-         app.kubernetes.io/name: postcache\n    app.kubernetes.io/component: monitoring\nspec:\n{}",
-        render_groups(&alert_rules(t, scope), 2)
-    )
+    yaml(&json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/name": "postcache",
+                "app.kubernetes.io/component": "monitoring",
+            },
+        },
+        "spec": rule_groups(t, scope),
+    }))
 }
 
 /// Grafana alert-rule provisioning (`/etc/grafana/provisioning/alerting/`): every alert of
 /// [`alert_rules`], its guarded query compared with its threshold. `datasource_uid` is the
 /// Prometheus data source's uid.
 pub fn grafana_alerting(t: &AlertThresholds, datasource_uid: &str, scope: &Scope) -> String {
-    let q = |s: &str| format!("{s:?}");
-    let mut out = format!(
-        "{GENERATED}apiVersion: 1\ngroups:\n  - orgId: 1\n    name: postcache\n    folder: PostCache\n    interval: 1m\n    rules:\n"
-    );
-    for rule in alert_rules(t, scope) {
-        let p = "      ";
-        let _ = writeln!(
-            out,
-            "{p}- uid: {}\n{p}  title: {}\n{p}  condition: C",
-            rule.name.to_lowercase(),
-            rule.name
-        );
-        let _ = writeln!(out, "{p}  data:");
-        let _ = writeln!(
-            out,
-            "{p}    - refId: A\n{p}      relativeTimeRange: {{from: 600, to: 0}}\n{p}      datasourceUid: {}",
-            q(datasource_uid)
-        );
-        let _ = writeln!(
-            out,
-            "{p}      model: {{refId: A, instant: true, expr: {}}}",
-            q(&rule.guarded_query())
-        );
-        let _ = writeln!(out, "{p}    - refId: C\n{p}      datasourceUid: __expr__");
-        let _ = writeln!(
-            out,
-            "{p}      model: {{refId: C, type: threshold, expression: A, conditions: [{{evaluator: {{type: {}, params: [{}]}}}}]}}",
-            rule.comparison.grafana(),
-            rule.threshold
-        );
-        let _ = writeln!(
-            out,
-            "{p}  noDataState: OK\n{p}  execErrState: Error\n{p}  for: {}",
-            rule.for_duration
-        );
-        let _ = writeln!(out, "{p}  labels: {{severity: {}}}", rule.severity);
-        let _ = writeln!(
-            out,
-            "{p}  annotations: {{summary: {}, runbook_url: {}}}",
-            q(&rule.summary),
-            q(&rule.runbook_url())
-        );
-    }
-    out
+    let rules: Vec<serde_json::Value> = alert_rules(t, scope)
+        .into_iter()
+        .map(|rule| {
+            json!({
+                "uid": rule.name.to_lowercase(),
+                "title": rule.name,
+                "condition": "C",
+                "data": [
+                    {
+                        "refId": "A",
+                        "relativeTimeRange": {"from": 600, "to": 0},
+                        "datasourceUid": datasource_uid,
+                        "model": {"refId": "A", "instant": true, "expr": rule.guarded_query()},
+                    },
+                    {
+                        "refId": "C",
+                        "datasourceUid": "__expr__",
+                        "model": {
+                            "refId": "C",
+                            "type": "threshold",
+                            "expression": "A",
+                            "conditions": [{"evaluator": {
+                                "type": rule.comparison.grafana(),
+                                "params": [rule.threshold],
+                            }}],
+                        },
+                    },
+                ],
+                "noDataState": "OK",
+                "execErrState": "Error",
+                "for": rule.for_duration,
+                "labels": {"severity": rule.severity},
+                "annotations": {"summary": rule.summary, "runbook_url": rule.runbook_url()},
+            })
+        })
+        .collect();
+    yaml(&json!({
+        "apiVersion": 1,
+        "groups": [{
+            "orgId": 1,
+            "name": "postcache",
+            "folder": "PostCache",
+            "interval": "1m",
+            "rules": rules,
+        }],
+    }))
 }
 
 #[cfg(test)]
@@ -458,7 +516,7 @@ mod tests {
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 committed == text,
-                "{} is stale: run POSTCACHE_BLESS=1 cargo test -p postcache-api",
+                "{} is stale: run POSTCACHE_BLESS=1 cargo test -p postcache-operator --lib alerts",
                 path.display()
             );
         }
