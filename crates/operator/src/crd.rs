@@ -767,3 +767,10 @@ fn default_pool_usage() -> f64 {
 fn default_alert_lag() -> f64 {
     30.0
 }
+
+/// The CustomResourceDefinition as YAML, exactly what `postcache crd` prints.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt as _;
+    // Serializing a CRD built from static types cannot fail.
+    serde_norway::to_string(&PostCache::crd()).unwrap_or_default()
+}

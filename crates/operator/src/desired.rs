@@ -6,7 +6,7 @@ use crate::monitoring::MonitoringApis;
 use crate::postgres::Passwords;
 use crate::shards::ShardJob;
 use crate::{PostCache, PostgresMode, RedisMode, monitoring, network, postgres, redis};
-use crate::{scripts_config, service};
+use crate::{scripts, service};
 
 /// The operator's default images (flags), used where the spec names none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub fn desired(pc: &PostCache, inputs: &Inputs<'_>) -> Vec<Child> {
     let runs_redis = pc.spec.redis.mode != RedisMode::External;
     let runs_postgres = pc.spec.postgres.mode != PostgresMode::External;
     if runs_redis || runs_postgres {
-        out.push(scripts_config::child(pc, inputs.scripts));
+        out.push(scripts::config_map(pc, inputs.scripts));
     }
     out.extend(redis::children(
         pc,

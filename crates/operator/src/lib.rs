@@ -5,8 +5,8 @@
 //!   [`reference`] renders it as `docs/crd.md`).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
 //!   [`network`], [`monitoring`] (with the alert rules of [`alerts`], also rendered into
-//!   `deploy/monitoring/`), the scripts ConfigMap ([`scripts_config`], holding
-//!   [`scripts`]), assembled by [`desired`], from shared pod pieces ([`pod`]: the restricted
+//!   `deploy/monitoring/`), the data-plane [`scripts`] and their ConfigMap, assembled by
+//!   [`desired`], from shared pod pieces ([`pod`]: the restricted
 //!   security contexts, default resources) and quantities read as bytes ([`quantity`]); the Redis
 //!   shard change as a recorded step machine ([`shards`]); the status ([`status`]).
 //! - IO at the edges: server-side apply that writes only what changed ([`apply`]), the controller
@@ -35,7 +35,6 @@ pub mod quantity;
 pub mod redis;
 pub mod reference;
 pub mod scripts;
-pub mod scripts_config;
 pub mod service;
 pub mod shards;
 pub mod status;
@@ -46,23 +45,8 @@ pub use crd::{
     MaxMemoryPolicy, MonitoringSpec, Phase, PodOptions, PostCache, PostCacheSpec, PostCacheStatus,
     PostgresMode, PostgresSpec, PostgresStatus, RateLimitSpec, RealtimeSpec, RedisMode, RedisSpec,
     RedisStatus, SecretKeyRef, ServiceSpec, ServiceStatus, ShardChange, ShardStep, StorageSpec,
+    crd_yaml,
 };
 pub use error::Error;
 pub use operator::run;
-
-/// The data-plane scripts as the scripts ConfigMap holds them: `(file name, contents)`.
-pub const SCRIPTS: controller::Scripts = &[
-    (redis::CLUSTER_SCRIPT, scripts::REDIS_CLUSTER),
-    (
-        postgres::PRIMARY_INIT_SCRIPT,
-        scripts::POSTGRES_PRIMARY_INIT,
-    ),
-    (postgres::SEED_SCRIPT, scripts::POSTGRES_REPLICA_SEED),
-];
-
-/// The CustomResourceDefinition as YAML, exactly what `postcache crd` prints.
-pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    // Serializing a CRD built from static types cannot fail.
-    serde_norway::to_string(&PostCache::crd()).unwrap_or_default()
-}
+pub use scripts::SCRIPTS;

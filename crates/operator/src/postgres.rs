@@ -309,7 +309,7 @@ fn scripted_pod(pc: &PostCache, image: &str, init: Container, script: &str) -> P
         init_containers: Some(vec![init]),
         containers: vec![server_container(pc, image)],
         volumes: Some(vec![
-            scripts_volume(&crate::scripts_config::name(pc)),
+            scripts_volume(&crate::scripts::config_map_name(pc)),
             scratch_volume("tmp"),
             scratch_volume("run"),
         ]),

@@ -390,7 +390,7 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
                     security_context: Some(restricted_pod_security_context(UID)),
                     containers: vec![container],
                     volumes: Some(vec![
-                        scripts_volume(&crate::scripts_config::name(pc)),
+                        scripts_volume(&crate::scripts::config_map_name(pc)),
                         scratch_volume("tmp"),
                     ]),
                     ..PodSpec::default()

@@ -10,7 +10,17 @@
 //! Each is bash (present in the Debian-based official images and in the images the tests build
 //! from Debian's packages), idempotent and resumable, and configured only through its
 //! environment; passwords never appear on a command line. They call programs by name on `PATH`
-//! and never an image's entrypoint script.
+//! and never an image's entrypoint script. They reach the pods in the `<name>-scripts` ConfigMap
+//! ([`config_map`]). Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::PostCache;
+use crate::child::Child;
+use crate::labels::{Component, child_name, meta};
+use crate::{controller, postgres, redis};
 
 /// Forms and reshapes a Redis Cluster: `bootstrap`, `add-shards`, `drain-shards`.
 ///
@@ -36,3 +46,28 @@ pub const POSTGRES_PRIMARY_INIT: &str = include_str!("../scripts/postgres-primar
 /// subdirectory of the volume: a mount root may hold `lost+found`, which the script refuses to
 /// overwrite), optional `SEED_TIMEOUT_SECONDS` (300).
 pub const POSTGRES_REPLICA_SEED: &str = include_str!("../scripts/postgres-replica-seed.sh");
+
+/// Every script as the ConfigMap holds it: `(file name, contents)`.
+pub const SCRIPTS: controller::Scripts = &[
+    (redis::CLUSTER_SCRIPT, REDIS_CLUSTER),
+    (postgres::PRIMARY_INIT_SCRIPT, POSTGRES_PRIMARY_INIT),
+    (postgres::SEED_SCRIPT, POSTGRES_REPLICA_SEED),
+];
+
+/// `<name>-scripts`.
+pub fn config_map_name(pc: &PostCache) -> String {
+    child_name(pc, "scripts")
+}
+
+/// The ConfigMap holding `scripts` as `(file name, contents)`.
+pub fn config_map(pc: &PostCache, scripts: &[(&str, &str)]) -> Child {
+    let data = scripts
+        .iter()
+        .map(|(file, text)| ((*file).to_owned(), (*text).to_owned()))
+        .collect::<BTreeMap<_, _>>();
+    Child::new(&ConfigMap {
+        metadata: meta(pc, config_map_name(pc), Component::Scripts),
+        data: Some(data),
+        ..ConfigMap::default()
+    })
+}
