@@ -33,7 +33,9 @@ pub use l1::{CachedPost, L1, L1Config};
 pub use model::{
     Cursor, FeedQuery, NewPost, PostId, PostPatch, StoredPost, format_timestamp, parse_post_id,
 };
-pub use posts::{FeedPage, Posts, PostsError, Read, RelayError, Shared, Tier, Written};
+pub use posts::{
+    FailureKind, FeedPage, Posts, PostsError, Read, RelayError, Shared, Tier, Written,
+};
 pub use redis::conn::{RedisCallError, RedisConfig, RedisConn};
 pub use redis::l2::{Filled, L2, L2Config, Lease};
 pub use redis::log::{Entry, Logged, RELAY_LEASE_KEY, RedisLog, STREAM_KEY};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use postcache_api::{ErrorBody, ErrorDetail};
-use postcache_cache::{PostsError, StoreError};
+use postcache_cache::{FailureKind, PostsError};
 
 /// An error response: status, stable code, message, the field at fault, and `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,19 +157,17 @@ impl ApiError {
 
 impl From<PostsError> for ApiError {
     fn from(e: PostsError) -> ApiError {
-        match e.store() {
-            StoreError::NotFound(id) => ApiError::not_found(format!("post {id} does not exist")),
-            StoreError::VersionMismatch {
-                actual, expected, ..
-            } => ApiError::precondition_failed(format!(
-                "the post is at version {actual}, not {expected}"
-            )),
-            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+        match e.kind() {
+            FailureKind::NotFound(id) => ApiError::not_found(format!("post {id} does not exist")),
+            FailureKind::VersionMismatch { expected, actual } => ApiError::precondition_failed(
+                format!("the post is at version {actual}, not {expected}"),
+            ),
+            FailureKind::Unavailable => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable")
             }
-            other => {
-                tracing::error!(error = %other, source = ?std::error::Error::source(other), "store failure");
+            FailureKind::Internal => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(e.store()), "store failure");
                 ApiError::internal()
             }
         }

@@ -123,6 +123,41 @@ impl PostsError {
     pub fn store(&self) -> &StoreError {
         &self.0
     }
+
+    /// What the failure means to the caller, whichever tier failed: the kinds a protocol (HTTP
+    /// here) maps to its answers, without knowing the store's variants.
+    pub fn kind(&self) -> FailureKind {
+        match self.store() {
+            StoreError::NotFound(id) => FailureKind::NotFound(*id),
+            StoreError::VersionMismatch {
+                expected, actual, ..
+            } => FailureKind::VersionMismatch {
+                expected: *expected,
+                actual: *actual,
+            },
+            e if e.is_unavailable() => FailureKind::Unavailable,
+            _ => FailureKind::Internal,
+        }
+    }
+}
+
+/// What a failed call on [`Posts`] means to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No such post, or it was deleted.
+    NotFound(PostId),
+    /// The post is at `actual`, not the `expected` version the caller named (`If-Match`).
+    VersionMismatch {
+        /// The version the caller expected.
+        expected: i64,
+        /// The version the post has.
+        actual: i64,
+    },
+    /// A tier cannot answer now (down, black-holed, out of connections): retrying later may
+    /// succeed, and nothing was written.
+    Unavailable,
+    /// Anything else (a failed statement, a broken schema): a bug or a broken database.
+    Internal,
 }
 
 impl From<StoreError> for PostsError {

@@ -366,6 +366,8 @@ fn the_image_is_a_static_binary_on_an_empty_base_named_as_the_chart_says() {
         ("POSTCACHE_API_TOKENS", "image-test-token"),
         ("POSTCACHE_LISTEN", &listen),
     ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
