@@ -127,7 +127,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let Some(store) = connect_store(&args, stop_rx.clone()).await? else {
         return Ok(()); // stopped while waiting for the database
     };
-    let tokens = token_keys(configured_keys, store.as_ref()).await?;
+    let Some(tokens) = token_keys(configured_keys, store.as_ref(), stop_rx.clone()).await? else {
+        return Ok(()); // stopped while waiting for the database
+    };
 
     let l1 = L1::new(L1Config {
         max_entries: args.l1_max_entries,
@@ -304,18 +306,40 @@ async fn connect_store(
 }
 
 /// The configured keys (the first signs), then the database's own key, which signs when none is
-/// configured: processes sharing a database always share a key.
-async fn token_keys(configured: Vec<String>, store: &dyn Store) -> Result<TokenKeys, ServeError> {
+/// configured: processes sharing a database always share a key. A database that is reachable
+/// but momentarily cannot answer (a busy or restarting server) is asked again with back-off, as
+/// at connection: a pod must not exit on a transient error while starting. `None` when stopped
+/// meanwhile.
+async fn token_keys(
+    configured: Vec<String>,
+    store: &dyn Store,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<TokenKeys>, ServeError> {
     let mut keys = configured;
-    match store.token_key().await {
-        Ok(key) => keys.push(key),
-        // Configured keys still sign; without any, nothing could.
-        Err(e) if !keys.is_empty() => {
-            tracing::warn!(error = %e, "cannot read the database's token key; using only the configured ones")
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match store.token_key().await {
+            Ok(key) => {
+                keys.push(key);
+                break;
+            }
+            // Configured keys still sign; without any, nothing could.
+            Err(e) if !keys.is_empty() => {
+                tracing::warn!(error = %e, "cannot read the database's token key; using only the configured ones");
+                break;
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the database's token key yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|stop| *stop) => return Ok(None),
+                }
+                backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+            }
+            Err(e) => return Err(ServeError::Store(e)),
         }
-        Err(e) => return Err(ServeError::Store(e)),
     }
-    TokenKeys::new(&keys).map_err(ServeError::Config)
+    TokenKeys::new(&keys).map(Some).map_err(ServeError::Config)
 }
 
 /// L2, the shared event log and the view counters on the configured Redis (`None` without one).

@@ -32,7 +32,7 @@ mod tools;
 pub use control_plane::{ControlPlane, NODE_NAME};
 pub use net::{Switch, free_port, http_get, unique_name};
 pub use node::Node;
-pub use postgres::Postgres;
+pub use postgres::{Postgres, psql_at};
 pub use process::{Process, ProcessSpec, Readiness};
 pub use prometheus::{Prometheus, ScrapeTarget};
 pub use redis::{Redis, RedisCluster};

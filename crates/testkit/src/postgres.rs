@@ -287,18 +287,37 @@ fn server_spec(
 }
 
 fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
-    run(Command::new(tool("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            USER,
-            "-d",
-            db,
-        ])
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]))
+    psql_at("127.0.0.1", port, USER, None, db, sql)
+}
+
+/// Runs `sql` with psql against `host:port` as `user` (with `password`, else trust or peer) on
+/// database `db`: unaligned, tuples only, stopping at the first error; connecting gives up after
+/// 5 s. Returns the output, trimmed.
+///
+/// # Errors
+/// psql's error output, or why it could not run.
+pub fn psql_at(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let mut command = Command::new(tool("psql"));
+    command
+        .args(["-h", host, "-p", &port.to_string(), "-U", user, "-d", db])
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "5");
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let out = command.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn run_as_postgres(command: &mut Command) -> Result<String, String> {

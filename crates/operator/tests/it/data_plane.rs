@@ -323,26 +323,7 @@ fn redis_cluster_script_bootstraps_grows_and_drains_keeping_every_key() {
 /// psql over TCP as the superuser the init script made, with its password (so the
 /// `pg_hba.conf` entries it wrote are what let it in).
 fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(tool("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            db,
-        ])
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    postcache_testkit::psql_at("127.0.0.1", port, SUPERUSER, Some(PASSWORD), db, sql)
 }
 
 /// The superuser and database the primary init script creates (the operator's are `postcache`).

@@ -339,18 +339,8 @@ fn cluster_ok(plane: &ControlPlane, ns: &str, password: &str, nodes: usize) -> R
 }
 
 fn psql(ip: &str, password: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(tool("psql"))
-        .args(["-h", ip, "-U", postgres::USER, "-d", postgres::DATABASE])
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let (user, db) = (postgres::USER, postgres::DATABASE);
+    postcache_testkit::psql_at(ip, postgres::PORT as u16, user, Some(password), db, sql)
 }
 
 fn streaming_replicas(plane: &ControlPlane, ns: &str, password: &str) -> Result<String, String> {

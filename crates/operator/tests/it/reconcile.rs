@@ -124,6 +124,16 @@ pub(crate) async fn create(
     api.create(&PostParams::default(), &pc).await.unwrap()
 }
 
+/// What each reconcile test starts from: the control plane with the CRD, a fresh namespace, a
+/// client, and an operator process watching that namespace.
+async fn operator_in_a_fresh_namespace() -> (Arc<ControlPlane>, String, kube::Client, Operator) {
+    let plane = plane_with_crd();
+    let ns = plane.create_namespace();
+    let client = plane.client().await;
+    let operator = Operator::start(client.clone(), &ns);
+    (plane, ns, client, operator)
+}
+
 pub(crate) async fn kubectl(plane: &Arc<ControlPlane>, args: &[&str]) -> Result<String, String> {
     let plane = plane.clone();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -184,10 +194,7 @@ const EXPECTED: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postcache_gets_owned_children_becomes_ready_is_stable_is_garbage_collected_and_its_credentials_outlive_it()
  {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let operator = Operator::start(client.clone(), &ns);
+    let (plane, ns, client, operator) = operator_in_a_fresh_namespace().await;
     let pc = create(
         &client,
         &ns,
@@ -403,10 +410,7 @@ async fn events(client: &kube::Client, ns: &str) -> Vec<k8s_openapi::api::events
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_changes_reach_the_children_and_the_shard_change_goes_through_its_steps() {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let _operator = Operator::start(client.clone(), &ns);
+    let (plane, ns, client, _operator) = operator_in_a_fresh_namespace().await;
     create(
         &client,
         &ns,
@@ -504,10 +508,7 @@ async fn spec_changes_reach_the_children_and_the_shard_change_goes_through_its_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_tiers_get_no_children_and_the_service_reads_their_secrets() {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let _operator = Operator::start(client.clone(), &ns);
+    let (plane, ns, client, _operator) = operator_in_a_fresh_namespace().await;
     create(
         &client,
         &ns,
@@ -561,10 +562,7 @@ async fn external_tiers_get_no_children_and_the_service_reads_their_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_the_apiserver_refuses_make_the_phase_failed_with_a_categorised_event() {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let _operator = Operator::start(client.clone(), &ns);
+    let (_plane, ns, client, _operator) = operator_in_a_fresh_namespace().await;
     // Valid for a PostCache, too long for its Services' names (63 characters at most).
     let name = "a".repeat(52);
     create(
@@ -594,10 +592,7 @@ async fn children_the_apiserver_refuses_make_the_phase_failed_with_a_categorised
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_storage_size_is_reported_not_forced_and_other_changes_still_apply() {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let _operator = Operator::start(client.clone(), &ns);
+    let (plane, ns, client, _operator) = operator_in_a_fresh_namespace().await;
     create(
         &client,
         &ns,
@@ -648,10 +643,7 @@ async fn a_new_storage_size_is_reported_not_forced_and_other_changes_still_apply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_resumes_a_shard_change_at_its_recorded_step() {
-    let plane = plane_with_crd();
-    let ns = plane.create_namespace();
-    let client = plane.client().await;
-    let operator = Operator::start(client.clone(), &ns);
+    let (plane, ns, client, operator) = operator_in_a_fresh_namespace().await;
     create(
         &client,
         &ns,

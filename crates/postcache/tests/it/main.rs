@@ -75,6 +75,13 @@ pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Served {
 
 /// Waits until the server at `base` is ready (`/readyz`: the database answers).
 pub fn wait_healthy(base: &str, child: &mut Child) {
+    if let Err(e) = try_wait_healthy(base, child) {
+        panic!("postcache serve did not come up: {e}");
+    }
+}
+
+/// [`wait_healthy`], returning why it did not come up (the process is killed then).
+pub fn try_wait_healthy(base: &str, child: &mut Child) -> Result<(), String> {
     let url = format!("{base}/readyz");
     let result = poll(Duration::from_secs(30), || {
         if let Ok(Some(status)) = child.try_wait() {
@@ -91,10 +98,10 @@ pub fn wait_healthy(base: &str, child: &mut Child) {
         }
     });
     match result {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) | Err(e) => {
             let _ = child.kill();
-            panic!("postcache serve did not come up: {e}");
+            Err(e)
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use postcache_check::{Plan, check_until, render};
 use postcache_testkit::{Postgres, Redis, RedisCluster, Switch, free_port};
 
-use crate::{Served, serve, wait_healthy};
+use crate::{Served, serve};
 
 /// Δ of G3 for the pods and the checker.
 const BOUND_MS: u64 = 1000;
@@ -150,7 +150,16 @@ impl Pod {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let mut child = serve(self.dir.path(), &env);
-        wait_healthy(&self.base, &mut child);
+        if let Err(e) = crate::try_wait_healthy(&self.base, &mut child) {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "pod {} did not come up: {e}\n--- its log ---\n{}",
+                self.base,
+                tail.join("\n")
+            );
+        }
         self.child = Some(child);
     }
 
