@@ -36,9 +36,43 @@ struct Life {
     creator: usize,
 }
 
+/// The created posts, all of them and by author: a feed page is judged against the posts its
+/// feed can list, not against every post (an author's page against that author's posts).
+struct Lives<'h> {
+    all: BTreeMap<&'h str, Life>,
+    by_author: BTreeMap<&'h str, Vec<&'h str>>,
+}
+
+impl<'h> Lives<'h> {
+    fn new(history: &'h History, cx: Context<'h>) -> Lives<'h> {
+        let all = lives(history);
+        let mut by_author: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (&post, life) in &all {
+            if let Some(author) = cx.authors.get(life.creator) {
+                by_author.entry(author.as_str()).or_default().push(post);
+            }
+        }
+        Lives { all, by_author }
+    }
+
+    /// The posts `feed` may list, with their lives.
+    fn of<'a>(&'a self, feed: &Feed) -> Box<dyn Iterator<Item = (&'h str, &'a Life)> + 'a> {
+        match feed {
+            Feed::Tag => Box::new(self.all.iter().map(|(&post, life)| (post, life))),
+            Feed::Author(author) => Box::new(
+                self.by_author
+                    .get(author.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&post| Some((post, self.all.get(post)?))),
+            ),
+        }
+    }
+}
+
 /// Every G1, G2 and G3 violation among the reads of `history`.
 pub fn check_reads(history: &History, cx: Context<'_>) -> Vec<Violation> {
-    let lives = lives(history);
+    let lives = Lives::new(history, cx);
     let mut out = Vec::new();
     let mut highest: BTreeMap<(usize, &str), i64> = BTreeMap::new();
     for op in &history.ops {
@@ -137,7 +171,7 @@ fn allows(expected: Expected, outcome: &Outcome, deletable: bool) -> bool {
 #[allow(clippy::too_many_arguments)] // one feed read's whole context; splitting it hides nothing
 fn check_page(
     history: &History,
-    lives: &BTreeMap<&str, Life>,
+    lives: &Lives<'_>,
     cx: Context<'_>,
     op: &Op,
     feed: &Feed,
@@ -146,12 +180,8 @@ fn check_page(
     out: &mut Vec<Violation>,
 ) {
     let listed: BTreeMap<&str, i64> = items.iter().map(|(p, v)| (p.as_str(), *v)).collect();
-    let in_feed = |life: &Life| match feed {
-        Feed::Tag => true,
-        Feed::Author(author) => cx.authors.get(life.creator) == Some(author),
-    };
-    for (&post, life) in lives {
-        if life.created > op.invoked || !in_feed(life) {
+    for (post, life) in lives.of(feed) {
+        if life.created > op.invoked {
             continue;
         }
         let deletable = life.first_delete.is_some_and(|d| d < op.completed);
