@@ -43,7 +43,8 @@ pub fn crd_markdown() -> String {
         walk(&schema["properties"][root], root, &mut out);
         out.push('\n');
     }
-    let rules: Vec<String> = validations(schema);
+    let mut rules = Vec::new();
+    collect_rules(schema, "", &mut rules);
     if !rules.is_empty() {
         out.push_str(
             "## Validation\n\nThe apiserver refuses an object that breaks one of these rules:\n\n",
@@ -141,13 +142,7 @@ fn describe(field: &Value) -> String {
     text
 }
 
-/// Every CEL rule of the schema, as `field: message`.
-fn validations(schema: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    collect_rules(schema, "", &mut out);
-    out
-}
-
+/// Every CEL rule under `node` (at `path`), as `field: message`.
 fn collect_rules(node: &Value, path: &str, out: &mut Vec<String>) {
     for rule in node["x-kubernetes-validations"]
         .as_array()

@@ -213,6 +213,26 @@ impl Postgres {
         psql(self.port, db, sql)
     }
 
+    /// Waits (up to 10 s) until replica `i` has replayed everything the primary has written so
+    /// far.
+    ///
+    /// # Panics
+    /// When it does not catch up in time, or psql fails.
+    pub fn wait_for_replica(&self, i: usize, db: &str) {
+        let lsn = self
+            .psql_primary(db, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            .expect("the primary's WAL position");
+        let sql = format!(
+            "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= {}",
+            lsn.trim()
+        );
+        crate::poll(Duration::from_secs(10), || {
+            let out = self.psql_replica(i, db, &sql)?;
+            (out.trim() == "t").then_some(()).ok_or(out)
+        })
+        .unwrap_or_else(|e| panic!("replica {i} did not catch up: {e}"));
+    }
+
     /// Runs `sql` with psql on replica `i` (see [`Postgres::psql_primary`]).
     ///
     /// # Errors

@@ -86,18 +86,7 @@ async fn replica_faults_move_reads_and_a_dead_primary_fails_writes_fast() {
         .unwrap()
         .trim()
         .to_owned();
-    let lsn = pg
-        .psql_primary(&db, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-        .unwrap()
-        .trim()
-        .parse::<u64>()
-        .unwrap();
-    let catch_up = format!("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= {lsn}");
-    postcache_testkit::poll(Duration::from_secs(10), || {
-        let caught_up = pg.psql_replica(0, &db, &catch_up)?;
-        (caught_up.trim() == "t").then_some(()).ok_or(caught_up)
-    })
-    .unwrap();
+    pg.wait_for_replica(0, &db);
     pg.primary().kill();
     let reply = pods
         .http
@@ -353,21 +342,9 @@ async fn a_replica_replaced_behind_its_url_serves_no_stale_read() {
             ("POSTCACHE_STALENESS_BOUND_MS", "1000"),
         ],
     );
-    let caught_up = |replica: usize, lsn: u64| {
-        let sql = format!("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= {lsn}");
-        postcache_testkit::poll(Duration::from_secs(10), || {
-            let out = pg.psql_replica(replica, &db, &sql)?;
-            (out.trim() == "t").then_some(()).ok_or(out)
-        })
-        .unwrap();
-    };
     let mut stale = Vec::new();
-    let primary_lsn = || -> u64 {
-        let out = pg.psql_primary(&db, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn");
-        out.unwrap().trim().parse().unwrap()
-    };
     // Replica 1 stops after the schema and before any post: a read it answers lists none.
-    caught_up(1, primary_lsn());
+    pg.wait_for_replica(1, &db);
     pg.psql_replica(1, &db, "SELECT pg_wal_replay_pause()")
         .unwrap();
     let mut ids = Vec::new();
@@ -378,16 +355,18 @@ async fn a_replica_replaced_behind_its_url_serves_no_stale_read() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Each page size is asked once, so that each read misses L1 and L2 and comes from L3.
     let feed = |limit: usize| format!("{}/v1/posts?author_id=kim&limit={limit}", pods.base(0));
+    let posts = ids.len();
     let check_page = |round: usize, page: serde_json::Value| {
         let listed = page["items"].as_array().map_or(0, Vec::len);
-        (listed != 5).then(|| format!("round {round}: a feed page listed {listed} of 5 posts"))
+        (listed != posts)
+            .then(|| format!("round {round}: a feed page listed {listed} of {posts} posts"))
     };
     for round in 0..10 {
         // A write, then a page the replica that keeps up answers once it has replayed the
         // write: the pod has seen that replica's position cover everything the next reads need.
         let id = &ids[round % ids.len()];
         let (written, token) = pods.update(0, id, &format!("round {round}")).await;
-        caught_up(0, primary_lsn());
+        pg.wait_for_replica(0, &db);
         let reply = pods.http.get(feed(90 + round)).send().await.unwrap();
         stale.extend(check_page(round, reply.json().await.unwrap()));
         // Then the replica behind the URL is replaced by one far behind.

@@ -151,13 +151,10 @@ impl Pod {
             .collect();
         let mut child = serve(self.dir.path(), &env);
         if let Err(e) = crate::try_wait_healthy(&self.base, &mut child) {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "pod {} did not come up: {e}\n--- its log ---\n{}",
                 self.base,
-                tail.join("\n")
+                self.log_tail(30)
             );
         }
         self.child = Some(child);
@@ -169,8 +166,11 @@ impl Pod {
         }
     }
 
-    fn log(&self) -> String {
-        crate::stderr_of(self.dir.path())
+    /// The last `lines` lines of the pod's log (every run of it).
+    fn log_tail(&self, lines: usize) -> String {
+        let log = crate::stderr_of(self.dir.path());
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -419,12 +419,10 @@ async fn run(cluster: bool) {
     );
     if !report.passed() {
         for (i, pod) in deployment.pods.iter().enumerate() {
-            let log = pod.lock().unwrap().log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- pod {i} log tail ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
+            eprintln!(
+                "--- pod {i} log tail ---\n{}",
+                pod.lock().unwrap().log_tail(40)
+            );
         }
     }
     assert!(
