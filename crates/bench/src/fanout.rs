@@ -83,8 +83,16 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
     });
     let rss_idle = args.pid.and_then(rss_bytes);
 
-    let subscribers = connect_all(args, mode, &target, &inbox).await?;
+    // In two halves: the second half's growth is what one more connection costs, without the
+    // handshakes' working set (bounded by --connect-concurrency, not by the connections).
+    let half = args.subscribers / 2;
+    let mut subscribers = connect_all(args, mode, &target, &inbox, 0..half).await?;
+    let at_half = (inbox.connected.load(Ordering::Relaxed), args.pid.and_then(rss_bytes));
+    subscribers.extend(connect_all(args, mode, &target, &inbox, half..args.subscribers).await?);
     let connected = inbox.connected.load(Ordering::Relaxed);
+    if connected == 0 {
+        return Err(BenchError::Connect("no subscriber connected".into()));
+    }
     let rss_connected = args.pid.and_then(rss_bytes);
     if !args.quiet {
         eprintln!("{connected} subscribers connected; publishing");
@@ -115,6 +123,12 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
             (Some(idle), Some(busy)) => busy.saturating_sub(idle) as f64 / connected as f64,
             _ => 0.0,
         },
+        rss_marginal_per_connection_bytes: match (at_half, rss_connected) {
+            ((half, Some(before)), Some(after)) if connected > half => {
+                after.saturating_sub(before) as f64 / (connected - half) as f64
+            }
+            _ => 0.0,
+        },
         usage,
     });
     Ok(FanoutReport {
@@ -136,17 +150,20 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
     })
 }
 
-/// Opens every subscriber (a bounded number of handshakes at once) and waits until each has
-/// connected or failed; `Err` when none connected.
+/// Opens the subscribers numbered `which` (a bounded number of handshakes at once) and waits
+/// until each has connected or failed; `Err` when some were asked for and none connected.
 async fn connect_all(
     args: &BenchArgs,
     mode: Mode,
     target: &Target,
     inbox: &Arc<Inbox>,
+    which: std::ops::Range<usize>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, BenchError> {
+    let asked = which.len();
+    let before = inbox.connected.load(Ordering::Relaxed);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let subscribers: Vec<_> = (0..args.subscribers)
+    let subscribers: Vec<_> = which
         .map(|i| {
             let (target, inbox, ready, handshakes) = (
                 target.clone(),
@@ -162,14 +179,14 @@ async fn connect_all(
         .collect();
     drop(ready_tx);
     let mut last_error = String::new();
-    for _ in 0..args.subscribers {
+    for _ in 0..asked {
         match ready_rx.recv().await {
             Some(Ok(())) => {}
             Some(Err(e)) => last_error = e,
             None => break,
         }
     }
-    if inbox.connected.load(Ordering::Relaxed) == 0 {
+    if asked > 0 && inbox.connected.load(Ordering::Relaxed) == before {
         return Err(BenchError::Connect(last_error));
     }
     Ok(subscribers)

@@ -159,6 +159,9 @@ pub struct FanoutServer {
     pub rss_idle_bytes: u64,
     /// (RSS with every subscriber connected − idle RSS) / connected.
     pub rss_per_connection_bytes: f64,
+    /// What one more connection costs: RSS growth while the second half of the subscribers
+    /// connected / their number (the first half's handshakes have warmed the allocator).
+    pub rss_marginal_per_connection_bytes: f64,
 }
 
 /// The report as a short table.
@@ -272,13 +275,14 @@ fn render_fanout(r: &FanoutReport) -> String {
     if let Some(s) = &r.server {
         let _ = writeln!(
             out,
-            "server pid {}: {:.2} CPU s ({:.2} cores) · {:.0} deliveries per CPU second · RSS {:.1} MiB, {:.1} KiB per connection",
+            "server pid {}: {:.2} CPU s ({:.2} cores) · {:.0} deliveries per CPU second · RSS {:.1} MiB, {:.1} KiB per connection ({:.1} KiB each of the second half)",
             s.usage.pid,
             s.usage.cpu_seconds,
             s.usage.cores,
             s.deliveries_per_cpu_second,
             s.usage.rss_bytes as f64 / 1048576.0,
-            s.rss_per_connection_bytes / 1024.0
+            s.rss_per_connection_bytes / 1024.0,
+            s.rss_marginal_per_connection_bytes / 1024.0
         );
     }
     out

@@ -165,10 +165,9 @@ fn bench_loads_a_running_service_and_reports_per_operation() {
             server["deliveries_per_cpu_second"].as_f64().unwrap() > 0.0,
             "{mode}: {report}"
         );
-        assert!(
-            server["rss_per_connection_bytes"].as_f64().is_some(),
-            "{mode}: {report}"
-        );
+        for rss in ["rss_per_connection_bytes", "rss_marginal_per_connection_bytes"] {
+            assert!(server[rss].as_f64().is_some(), "{mode}: {report}");
+        }
     }
     kill(Pid::from_raw(other.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_exit(&mut other).success());

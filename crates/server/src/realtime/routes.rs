@@ -10,7 +10,7 @@ use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use metrics::{Counter, Histogram};
 use postcache_api::{ErrorBody, Event};
 use postcache_cache::Position;
@@ -24,6 +24,13 @@ use crate::metrics::{REALTIME_DELIVERY, REALTIME_EVENTS_SENT};
 
 /// Largest message a client may send on the WebSocket (it only ever sends pongs and closes).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+
+/// Most events one WebSocket write carries.
+const WS_BATCH: usize = 16;
+
+/// Frames are collected up to this many bytes before they are written (or up to a flush,
+/// after each batch); a connection keeps a buffer this size once a batch has filled it.
+const WS_WRITE_BUFFER: usize = 8 * 1024;
 
 /// Server-Sent Events of `topics` (default `posts`); resume with `Last-Event-ID` (or `since`).
 #[utoipa::path(get, path = "/v1/events", tag = "realtime",
@@ -104,93 +111,139 @@ pub(crate) async fn ws(
     let topics = parse_topics(params.get("topics").map(String::as_str))
         .map_err(|m| ApiError::bad_request("topics", m))?;
     let since = params.get("since").map(|s| Position::parse(s));
-    let connection = realtime.admit("ws", client_ip(client))?;
-    let subscription = Subscription::open(&realtime.log, topics, since);
-    let (heartbeat, stop, deadline) = (
-        realtime.heartbeat,
-        realtime.stop.clone(),
-        realtime.deadline(),
-    );
-    // Small buffers: an idle connection must stay cheap.
+    // One allocation for the connection's state: axum keeps the upgrade callback beside the
+    // future it makes, so whatever the callback captures inline is held twice.
+    let session = Box::new(WsSession {
+        conn: realtime.admit("ws", client_ip(client))?,
+        sub: Subscription::open(&realtime.log, topics, since),
+        heartbeat: realtime.heartbeat,
+        stop: realtime.stop.clone(),
+        deadline: realtime.deadline(),
+    });
+    // Small buffers: an idle connection must stay cheap. Clients send only pongs and closes;
+    // writes collect up to a batch of events before the flush that sends them.
     let upgrade = upgrade
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .read_buffer_size(256)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .max_message_size(MAX_CLIENT_MESSAGE);
-    Ok(upgrade.on_upgrade(move |socket| {
-        stream_ws(socket, subscription, connection, heartbeat, stop, deadline)
-    }))
+    Ok(upgrade.on_upgrade(move |socket| stream_ws(socket, session)))
 }
 
 fn client_ip(client: Option<Extension<ClientIp>>) -> std::net::IpAddr {
     client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0)
 }
 
-async fn stream_ws(
-    socket: WebSocket,
-    mut sub: Subscription,
-    mut conn: Connection,
+/// What a WebSocket connection holds besides its socket.
+struct WsSession {
+    sub: Subscription,
+    conn: Connection,
     heartbeat: std::time::Duration,
     stop: tokio::sync::watch::Receiver<bool>,
     deadline: Option<tokio::time::Instant>,
-) {
-    let (mut tx, mut rx) = socket.split();
-    let mut ping = tokio::time::interval(heartbeat);
-    ping.tick().await;
-    let mut awaiting_pong = false;
-    // Made once per connection, not once per event: no timer or channel clone per delivery.
-    let stopped = stopped(stop);
-    let aged = aged(deadline);
-    tokio::pin!(stopped, aged);
-    loop {
-        // Biased, events first: a delivery wakes this task and is sent without first trying
-        // a read of the socket (which fills a read buffer only to find nothing there).
-        tokio::select! {
-            biased;
-            out = sub.next() => {
-                let Some(out) = out else { break };
-                sent(&out);
-                if tx.send(Message::Text(out.json().into())).await.is_err() {
-                    break;
+}
+
+/// Streams events to `socket` until one side ends it. Not an `async fn`: an async fn stores its
+/// arguments twice in its future (as arguments and as locals); an `async move` block uses
+/// what it captures in place, and every idle connection holds this future.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice per connection"
+)]
+fn stream_ws(mut socket: WebSocket, session: Box<WsSession>) -> impl Future<Output = ()> {
+    async move {
+        let WsSession {
+            mut sub,
+            mut conn,
+            heartbeat,
+            stop,
+            deadline,
+        } = *session;
+        let mut ping = tokio::time::interval(heartbeat);
+        ping.tick().await;
+        let mut awaiting_pong = false;
+        // Made once per connection, not once per event: no timer or channel clone per delivery.
+        let stopped = stopped(stop);
+        let aged = aged(deadline);
+        tokio::pin!(stopped, aged);
+        // One task reads and writes the socket (no split: no lock around it, and no allocation).
+        loop {
+            // Biased, events first: a delivery wakes this task and is sent without first trying
+            // a read of the socket (which fills a read buffer only to find nothing there).
+            let close = tokio::select! {
+                biased;
+                out = sub.next() => match out {
+                    Some(out) => match deliver(&mut socket, &mut sub, out).await {
+                        Ok(None) => continue,
+                        Ok(Some(reason)) => {
+                            conn.ends_because(reason);
+                            None
+                        }
+                        Err(_) => break,
+                    },
+                    None => break,
+                },
+                () = &mut stopped => {
+                    conn.ends_because("shutdown");
+                    None
                 }
-                if let Outgoing::Resync { close: true, .. } = out {
-                    conn.ends_because("lagged");
-                    let _ = tx.send(Message::Close(None)).await;
-                    break;
+                () = &mut aged => {
+                    conn.ends_because("age");
+                    Some(axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "maximum connection age; resume with since".into(),
+                    })
                 }
-            }
-            () = &mut stopped => {
-                conn.ends_because("shutdown");
-                let _ = tx.send(Message::Close(None)).await;
-                break;
-            }
-            () = &mut aged => {
-                conn.ends_because("age");
-                let close = axum::extract::ws::CloseFrame {
-                    code: axum::extract::ws::close_code::AWAY,
-                    reason: "maximum connection age; resume with since".into(),
-                };
-                let _ = tx.send(Message::Close(Some(close))).await;
-                break;
-            }
-            _ = ping.tick() => {
-                if awaiting_pong {
+                _ = ping.tick() => {
+                    if !awaiting_pong {
+                        awaiting_pong = true;
+                        if socket.send(Message::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     conn.ends_because("idle");
-                    let _ = tx.send(Message::Close(None)).await;
-                    break;
+                    None
                 }
-                awaiting_pong = true;
-                if tx.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Pong(_))) => {
+                        awaiting_pong = false;
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
                 }
-            }
-            message = rx.next() => match message {
-                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => {}
-            }
+            };
+            let _ = socket.send(Message::Close(close)).await;
+            break;
         }
     }
+}
+
+/// Writes `first` and whatever else the subscription already holds (up to [`WS_BATCH`]) with
+/// one flush: at 10 events a second each write carries one event, but when events come faster
+/// than the socket drains, one system call carries several. `Ok(Some(reason))`: the stream
+/// ends here (lagged).
+async fn deliver(
+    socket: &mut WebSocket,
+    sub: &mut Subscription,
+    first: Outgoing,
+) -> Result<Option<&'static str>, axum::Error> {
+    let mut out = first;
+    for _ in 0..WS_BATCH {
+        sent(&out);
+        socket.feed(Message::Text(out.json().into())).await?;
+        if let Outgoing::Resync { close: true, .. } = out {
+            socket.flush().await?;
+            return Ok(Some("lagged"));
+        }
+        match sub.try_next() {
+            Some(next) => out = next,
+            None => break,
+        }
+    }
+    socket.flush().await?;
+    Ok(None)
 }
 
 /// Counts a sent event and, for a logged one, its commit → sent delay. The metric handles are

@@ -8,7 +8,7 @@ use postcache_api::{Event, EventType, Topic};
 use postcache_cache::{Backlog, EventLog, LoggedEvent, Position, format_timestamp};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::Receiver;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// What to send next.
 #[derive(Debug, Clone)]
@@ -37,6 +37,16 @@ impl Outgoing {
             Outgoing::Resync { json, .. } => json,
         }
     }
+}
+
+/// One step of [`Subscription::next`].
+enum Step {
+    Send(Outgoing),
+    End,
+    /// An event of another topic was passed over; look again.
+    Skip,
+    /// Nothing queued here: receive from the channel.
+    Wait,
 }
 
 pub(crate) struct Subscription {
@@ -92,32 +102,73 @@ impl Subscription {
 
     /// The next thing to send, or `None` when the subscription is over.
     pub(crate) async fn next(&mut self) -> Option<Outgoing> {
+        loop {
+            let step = match self.ready() {
+                Step::Wait => {
+                    let received = self.live.as_mut()?.recv().await;
+                    self.take(received)
+                }
+                step => step,
+            };
+            match step {
+                Step::Send(out) => return Some(out),
+                Step::End => return None,
+                Step::Skip | Step::Wait => {}
+            }
+        }
+    }
+
+    /// What is already queued, without waiting: lets a transport write several events with one
+    /// system call when they come faster than its socket drains.
+    pub(crate) fn try_next(&mut self) -> Option<Outgoing> {
+        loop {
+            let step = match self.ready() {
+                Step::Wait => match self.live.as_mut()?.try_recv() {
+                    Ok(event) => self.take(Ok(event)),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Lagged(n)) => self.take(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Closed) => return None,
+                },
+                step => step,
+            };
+            match step {
+                Step::Send(out) => return Some(out),
+                Step::End => return None,
+                Step::Skip | Step::Wait => {}
+            }
+        }
+    }
+
+    /// The step that needs no channel: the end, a pending resync, or the backlog's next event.
+    fn ready(&mut self) -> Step {
         if self.closed {
-            return None;
+            return Step::End;
         }
         if let Some(head) = self.resync.take() {
-            return Some(resync(head, false));
+            return Step::Send(resync(head, false));
         }
-        loop {
-            let event = match self.backlog.pop_front() {
-                Some(event) => event,
-                None => match self.live.as_mut()?.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => {
-                        self.closed = true;
-                        return Some(resync(self.log.head(), true));
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
-            };
-            if event.event.kind == EventType::Resync {
-                // The log lost events (see `EventLog::restart_at`): this stream cannot go on whole.
+        match self.backlog.pop_front() {
+            Some(event) => self.take(Ok(event)),
+            None => Step::Wait,
+        }
+    }
+
+    /// What an event of the log, or the channel's failure, means for this subscriber: a lag or
+    /// a resync marker (the log lost events, see `EventLog::restart_at`) ends the stream after
+    /// a resync; an event of another topic is skipped.
+    fn take(&mut self, received: Result<Arc<LoggedEvent>, RecvError>) -> Step {
+        match received {
+            Ok(event) if event.event.kind == EventType::Resync => {
                 self.closed = true;
-                return Some(resync(event.position, true));
+                Step::Send(resync(event.position, true))
             }
-            if self.wants(&event) {
-                return Some(Outgoing::Event(event));
+            Ok(event) if self.wants(&event) => Step::Send(Outgoing::Event(event)),
+            Ok(_) => Step::Skip,
+            Err(RecvError::Lagged(_)) => {
+                self.closed = true;
+                Step::Send(resync(self.log.head(), true))
             }
+            Err(RecvError::Closed) => Step::End,
         }
     }
 
