@@ -10,15 +10,6 @@ use crate::desired::Images;
 /// Where a pod finds its namespace.
 const IN_CLUSTER_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Options of `postcache operator`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
@@ -92,10 +83,6 @@ pub struct OperatorArgs {
         default_value = "postgres:16"
     )]
     pub default_postgres_image: String,
-
-    /// Log line format.
-    #[arg(long, env = "POSTCACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 impl OperatorArgs {
@@ -170,15 +157,12 @@ mod tests {
             "--leader-election=false",
             "--watch-namespace",
             "",
-            "--log-format",
-            "json",
             "--lease-namespace",
             "ops",
         ])
         .unwrap();
         assert!(!cli.args.leader_election);
         assert_eq!(cli.args.watch_namespace(), None);
-        assert_eq!(cli.args.log_format, LogFormat::Json);
         assert_eq!(cli.args.lease_namespace(), "ops");
     }
 }

@@ -39,7 +39,7 @@ pub mod service;
 pub mod shards;
 pub mod status;
 
-pub use config::{LogFormat, OperatorArgs};
+pub use config::OperatorArgs;
 pub use crd::{
     AlertsSpec, AutoscalingSpec, CacheSpec, Endpoints, ExternalPostgres, ExternalRedis,
     MaxMemoryPolicy, MonitoringSpec, Phase, PodOptions, PostCache, PostCacheSpec, PostCacheStatus,

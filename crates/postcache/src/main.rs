@@ -13,6 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "postcache", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    global: postcache_server::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,21 +75,19 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)] // printing the CRD is the `crd` command's job
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let log_format = cli.global.log_format;
+    match cli.command {
         Command::Serve(args) => {
             let _telemetry = postcache_server::init_logging(
-                args.log_format,
-                args.otlp_endpoint.as_deref(),
-                args.otlp_ca_file.as_deref(),
+                log_format,
+                args.telemetry.otlp_endpoint.as_deref(),
+                args.telemetry.otlp_ca_file.as_deref(),
             )?;
             postcache_server::serve(*args).await?;
         }
         Command::Operator(args) => {
-            let format = match args.log_format {
-                postcache_operator::LogFormat::Text => postcache_server::LogFormat::Text,
-                postcache_operator::LogFormat::Json => postcache_server::LogFormat::Json,
-            };
-            let _telemetry = postcache_server::init_logging(format, None, None)?;
+            let _telemetry = postcache_server::init_logging(log_format, None, None)?;
             postcache_operator::run(
                 args,
                 postcache_operator::SCRIPTS,

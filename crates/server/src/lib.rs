@@ -45,7 +45,10 @@ use utoipa_axum::routes;
 
 pub use auth::Auth;
 pub use client::TrustedProxies;
-pub use config::{LogFormat, ServeArgs};
+pub use config::{
+    CacheArgs, DatabaseArgs, DatabaseUrl, GlobalArgs, HttpArgs, LogFormat, RealtimeArgs, RedisArgs,
+    RedisUrl, Secret, ServeArgs, TelemetryArgs,
+};
 pub use error::ApiError;
 pub use limit::RateLimit;
 pub use logging::{Telemetry, TelemetryError, init_logging};

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::client::TrustedProxies;
-use crate::config::ServeArgs;
+use crate::config::{Secret, ServeArgs, nonzero};
 use crate::error::ApiError;
 use crate::io::{DeadlineListener, Peer};
 use crate::limit::RateLimit;
@@ -86,11 +86,14 @@ pub enum ServeError {
 /// logged, not returned.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     args.validate().map_err(ServeError::Config)?;
-    let auth = Auth::new(secrets(&args.api_tokens, args.api_tokens_file.as_deref())?);
-    if !args.listen.ip().is_loopback() && !auth.is_enabled() && !args.insecure_no_auth {
-        return Err(ServeError::InsecureListen(args.listen));
+    let auth = Auth::new(secrets(
+        &args.http.api_tokens,
+        args.http.api_tokens_file.as_deref(),
+    )?);
+    if !args.http.listen.ip().is_loopback() && !auth.is_enabled() && !args.http.insecure_no_auth {
+        return Err(ServeError::InsecureListen(args.http.listen));
     }
-    let configured_keys = secrets(&args.token_keys, args.token_keys_file.as_deref())?;
+    let configured_keys = secrets(&args.http.token_keys, args.http.token_keys_file.as_deref())?;
     if !configured_keys.is_empty() {
         TokenKeys::new(&configured_keys).map_err(ServeError::Config)?;
     }
@@ -101,13 +104,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tokio::spawn(drain_on_signal(
         drain_tx,
         stop_tx.clone(),
-        Duration::from_secs(args.drain_delay_seconds),
+        args.http.drain_delay,
     ));
 
-    let socket = std::net::TcpListener::bind(args.listen).map_err(|source| ServeError::Bind {
-        addr: args.listen,
-        source,
-    })?;
+    let socket =
+        std::net::TcpListener::bind(args.http.listen).map_err(|source| ServeError::Bind {
+            addr: args.http.listen,
+            source,
+        })?;
     socket.set_nonblocking(true).map_err(ServeError::Serve)?;
     let local = socket.local_addr().map_err(ServeError::Serve)?;
     // Until the database answers, the same socket says "alive, not ready".
@@ -123,7 +127,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 .await;
         })
     };
-    tracing::info!(addr = %local, database = database_kind(&args.database_url), "postcache starting on http://{local}/");
+    tracing::info!(addr = %local, database = args.database.url.kind(), "postcache starting on http://{local}/");
     let Some(store) = connect_store(&args, stop_rx.clone()).await? else {
         return Ok(()); // stopped while waiting for the database
     };
@@ -132,17 +136,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
 
     let l1 = L1::new(L1Config {
-        max_entries: args.l1_max_entries,
-        max_bytes: args.l1_max_bytes,
-        ttl: Duration::from_secs(args.l1_ttl_seconds),
+        max_entries: args.cache.max_entries,
+        max_bytes: args.cache.max_bytes,
+        ttl: args.cache.ttl,
     });
     let log = Arc::new(
-        EventLog::new(args.eventlog_retention, args.realtime_queue)
-            .with_max_bytes(args.eventlog_max_bytes),
+        EventLog::new(args.realtime.retention, args.realtime.queue)
+            .with_max_bytes(args.realtime.log_max_bytes),
     );
     let mut posts = Posts::new(store, l1, log);
     let shared = shared_tiers(&args)?;
-    let lone_lock = shared.is_none() && database_kind(&args.database_url) == "postgres";
+    let lone_lock = shared.is_none() && args.database.url.kind() == "postgres";
     if let Some(shared) = shared.clone() {
         posts = posts.with_shared(shared, staleness_trust(&args));
     } else if lone_lock {
@@ -151,15 +155,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         posts = posts.guarded_by_lone_lock();
     }
     let posts = Arc::new(posts);
-    let heartbeat =
-        Duration::from_millis(args.staleness_bound_ms / 4).max(Duration::from_millis(10));
+    let heartbeat = (args.redis.staleness_bound / 4).max(Duration::from_millis(10));
     // The tiers' loops (relay, follower, maintenance, lone-process check, replica watcher),
     // owned by this guard: they stop when it is stopped or dropped.
     let mut background = Background::start(
         &posts,
         BackgroundConfig {
             heartbeat,
-            maintenance: Duration::from_millis(args.views_flush_ms),
+            maintenance: args.cache.views_flush,
         },
     )
     .await;
@@ -168,50 +171,42 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map(|(rate, burst)| RateLimit::new(rate, burst));
     let mut realtime = crate::Realtime::new(
         Arc::clone(posts.log()),
-        if args.realtime_enabled {
-            args.realtime_max_connections
+        if args.realtime.enabled {
+            args.realtime.max_connections
         } else {
             0
         },
         HEARTBEAT,
     )
-    .with_client_limit(args.realtime_max_per_client)
+    .with_client_limit(args.realtime.max_per_client)
     .with_shutdown(stop_rx.clone());
-    if args.realtime_max_age_seconds > 0 {
-        realtime = realtime.with_max_age(Duration::from_secs(args.realtime_max_age_seconds));
+    if let Some(max_age) = nonzero(args.realtime.max_age) {
+        realtime = realtime.with_max_age(max_age);
     }
     let http = crate::Http {
         limit: limit.clone(),
-        proxies: TrustedProxies::new(args.trusted_proxies.clone()),
-        request_timeout: (args.request_timeout_ms > 0)
-            .then(|| Duration::from_millis(args.request_timeout_ms)),
+        proxies: TrustedProxies::new(args.http.trusted_proxies.clone()),
+        request_timeout: nonzero(args.http.request_timeout),
         tokens,
         draining: drain_rx,
-        cors_origins: args.cors_origins.clone(),
+        cors_origins: args.http.cors_origins.clone(),
     };
     let app = crate::app(Arc::clone(&posts), auth, http, realtime);
 
     // HTTP's own upkeep: the rate limiter's table and the metrics recorder.
-    let upkeep = tokio::spawn(http_upkeep(
-        limit,
-        Duration::from_millis(args.views_flush_ms),
-        stop_rx.clone(),
-    ));
+    let upkeep = tokio::spawn(http_upkeep(limit, args.cache.views_flush, stop_rx.clone()));
 
     let _ = started_tx.send(());
     let _ = starting.await;
     let listener = tokio::net::TcpListener::from_std(socket).map_err(ServeError::Serve)?;
-    let listener = DeadlineListener::new(
-        listener,
-        Duration::from_millis(args.realtime_send_timeout_ms),
-    );
+    let listener = DeadlineListener::new(listener, args.realtime.send_timeout);
     tracing::info!(addr = %local, "postcache serving on http://{local}/");
     let mut stopping = stop_rx.clone();
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         });
-    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let grace = args.http.shutdown_grace;
     let mut stopping = stop_rx.clone();
     let died = background.died();
     let outcome = tokio::select! {
@@ -269,28 +264,31 @@ async fn connect_store(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<Arc<dyn Store>>, ServeError> {
     let pool = PoolConfig {
-        max_connections: args.db_max_connections,
-        acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms),
-        statement_timeout: (args.db_statement_timeout_ms > 0)
-            .then(|| Duration::from_millis(args.db_statement_timeout_ms)),
+        max_connections: args.database.max_connections,
+        acquire_timeout: args.database.acquire_timeout,
+        statement_timeout: nonzero(args.database.statement_timeout),
     };
-    let give_up = (args.db_connect_timeout_seconds > 0).then(|| {
-        tokio::time::Instant::now() + Duration::from_secs(args.db_connect_timeout_seconds)
-    });
+    let give_up = nonzero(args.database.connect_timeout).map(|t| tokio::time::Instant::now() + t);
+    let replicas: Vec<String> = args
+        .database
+        .replica_urls
+        .iter()
+        .map(|u| u.as_str().to_owned())
+        .collect();
     let mut backoff = Duration::from_millis(250);
     loop {
         let attempt = postcache_cache::connect_with_replicas(
-            &args.database_url,
-            &args.replica_urls,
+            args.database.url.as_str(),
+            &replicas,
             &pool,
-            Duration::from_secs(args.max_replica_lag_seconds),
+            args.database.max_replica_lag,
         )
         .await;
         let error = match attempt {
             Ok(store) => return Ok(Some(store)),
             Err(e) => e,
         };
-        let retry = database_kind(&args.database_url) == "postgres"
+        let retry = args.database.url.kind() == "postgres"
             && !matches!(error, StoreError::UnsupportedUrl)
             && give_up.is_none_or(|at| tokio::time::Instant::now() + backoff < at);
         if !retry {
@@ -345,11 +343,12 @@ async fn token_keys(
 /// L2, the shared event log and the view counters on the configured Redis (`None` without one).
 /// Nothing is contacted here: a pod starts while Redis is down and serves from L3 until it answers.
 fn shared_tiers(args: &ServeArgs) -> Result<Option<Shared>, ServeError> {
-    if args.redis_url.is_empty() {
+    let redis = &args.redis;
+    if redis.urls.is_empty() {
         return Ok(None);
     }
-    let ca_pem = args
-        .redis_ca_file
+    let ca_pem = redis
+        .ca_file
         .as_ref()
         .map(|path| {
             std::fs::read(path).map_err(|source| ServeError::File {
@@ -359,22 +358,22 @@ fn shared_tiers(args: &ServeArgs) -> Result<Option<Shared>, ServeError> {
         })
         .transpose()?;
     let config = RedisConfig {
-        nodes: args.redis_url.clone(),
-        cluster: args.redis_cluster,
-        timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+        nodes: redis.urls.iter().map(|u| u.as_str().to_owned()).collect(),
+        cluster: redis.cluster,
+        timeout: redis.timeout,
         ca_pem,
     };
     let conn = RedisConn::open(&config).map_err(ServeError::Redis)?;
     let log =
-        RedisLog::new(conn.clone(), &config, args.eventlog_retention).map_err(ServeError::Redis)?;
+        RedisLog::new(conn.clone(), &config, args.realtime.retention).map_err(ServeError::Redis)?;
     let l2 = L2::new(
         conn.clone(),
         L2Config {
-            post_ttl: Duration::from_secs(args.l2_ttl_seconds),
-            feed_ttl: Duration::from_secs(args.l2_feed_ttl_seconds),
-            lease: Duration::from_millis(args.fill_lease_ms),
+            post_ttl: redis.post_ttl,
+            feed_ttl: redis.feed_ttl,
+            lease: redis.fill_lease,
             // A fill from a replica within the lag limit can never be older than a floor this old.
-            floor_ttl: Duration::from_secs(args.max_replica_lag_seconds * 2 + 60),
+            floor_ttl: args.database.max_replica_lag * 2 + Duration::from_secs(60),
         },
     );
     Ok(Some(Shared {
@@ -387,13 +386,13 @@ fn shared_tiers(args: &ServeArgs) -> Result<Option<Shared>, ServeError> {
 /// How long after a heartbeat L1 stays trusted: the bound Δ minus one heartbeat interval, so a
 /// change acknowledged just after a heartbeat is still covered.
 fn staleness_trust(args: &ServeArgs) -> Duration {
-    let bound = Duration::from_millis(args.staleness_bound_ms);
+    let bound = args.redis.staleness_bound;
     bound - bound / 4
 }
 
 /// Secrets given inline and in a file (one per line or comma-separated), blanks dropped.
-fn secrets(inline: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>, ServeError> {
-    let mut secrets: Vec<String> = inline.to_vec();
+fn secrets(inline: &[Secret], file: Option<&std::path::Path>) -> Result<Vec<String>, ServeError> {
+    let mut secrets: Vec<String> = inline.iter().map(|s| s.0.clone()).collect();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ServeError::File {
             path: path.display().to_string(),
@@ -406,15 +405,6 @@ fn secrets(inline: &[String], file: Option<&std::path::Path>) -> Result<Vec<Stri
         !s.is_empty()
     });
     Ok(secrets)
-}
-
-/// Only the scheme: the URL may carry a password.
-fn database_kind(url: &str) -> &'static str {
-    if url.starts_with("sqlite:") {
-        "sqlite"
-    } else {
-        "postgres"
-    }
 }
 
 /// On SIGTERM or Ctrl-C: readiness fails at once (`drain`), and after `delay` the listener and
@@ -436,7 +426,6 @@ async fn drain_on_signal(drain: watch::Sender<bool>, stop: watch::Sender<bool>, 
     let _ = stop.send(true);
 }
 
-/// Resolves on the next SIGTERM or Ctrl-C.
 /// Resolves on SIGTERM or Ctrl-C (`postcache serve` and `postcache operator` alike).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

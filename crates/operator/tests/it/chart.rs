@@ -294,6 +294,7 @@ fn helm_template_matches_the_snapshots() {
     // format): a renamed flag cannot leave the chart setting something nobody reads.
     use clap::Args as _;
     let operator = postcache_operator::OperatorArgs::augment_args(clap::Command::new("operator"));
+    let operator = postcache_server::GlobalArgs::augment_args(operator);
     let known: Vec<String> = operator
         .get_arguments()
         .filter_map(|a| Some(a.get_env()?.to_string_lossy().into_owned()))

@@ -421,6 +421,7 @@ fn every_variable_the_operator_writes_is_an_option_of_serve_and_parses() {
     };
 
     let serve = postcache_server::ServeArgs::augment_args(Command::new("serve"));
+    let serve = postcache_server::GlobalArgs::augment_args(serve);
     let options: std::collections::BTreeMap<String, &clap::Arg> = serve
         .get_arguments()
         .filter_map(|a| Some((a.get_env()?.to_string_lossy().into_owned(), a)))
