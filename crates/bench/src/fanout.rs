@@ -87,7 +87,10 @@ pub(crate) async fn run(args: &BenchArgs, mode: Mode) -> Result<FanoutReport, Be
     // handshakes' working set (bounded by --connect-concurrency, not by the connections).
     let half = args.subscribers / 2;
     let mut subscribers = connect_all(args, mode, &target, &inbox, 0..half).await?;
-    let at_half = (inbox.connected.load(Ordering::Relaxed), args.pid.and_then(rss_bytes));
+    let at_half = (
+        inbox.connected.load(Ordering::Relaxed),
+        args.pid.and_then(rss_bytes),
+    );
     subscribers.extend(connect_all(args, mode, &target, &inbox, half..args.subscribers).await?);
     let connected = inbox.connected.load(Ordering::Relaxed);
     if connected == 0 {

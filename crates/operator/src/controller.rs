@@ -35,9 +35,6 @@ use crate::postgres::Passwords;
 use crate::status;
 use crate::{PostCache, PostCacheStatus, metrics, observe, redis};
 
-/// The data-plane scripts as `(file name, contents)`.
-pub type Scripts = &'static [(&'static str, &'static str)];
-
 /// Everything a reconcile needs besides the object.
 pub struct Context {
     /// The API client.
@@ -45,7 +42,7 @@ pub struct Context {
     /// Default images.
     pub images: Images,
     /// The scripts ConfigMap's contents.
-    pub scripts: Scripts,
+    pub scripts: crate::scripts::Scripts,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     reconciles: AtomicU64,
@@ -53,7 +50,12 @@ pub struct Context {
 
 impl Context {
     /// A context publishing Events as `identity`.
-    pub fn new(client: Client, images: Images, scripts: Scripts, identity: &str) -> Arc<Context> {
+    pub fn new(
+        client: Client,
+        images: Images,
+        scripts: crate::scripts::Scripts,
+        identity: &str,
+    ) -> Arc<Context> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: Some(identity.to_owned()),

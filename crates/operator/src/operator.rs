@@ -5,7 +5,8 @@
 use kube::Client;
 
 use crate::OperatorArgs;
-use crate::controller::{Context, Scripts, run_controller};
+use crate::controller::{Context, run_controller};
+use crate::scripts::Scripts;
 use crate::{leader, metrics};
 
 /// `postcache operator`: serves metrics, waits for the Lease (when leader election is on), runs

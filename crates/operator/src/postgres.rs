@@ -33,6 +33,7 @@ use crate::pod::{
     restricted_pod_security_context, restricted_security_context, scratch_volume, scripts_mount,
     scripts_volume, secret_env, service_port, volume_claim,
 };
+use crate::scripts::{PRIMARY_INIT_SCRIPT, SEED_SCRIPT};
 use crate::{PostCache, PostgresMode};
 
 /// PostgreSQL's port.
@@ -49,10 +50,6 @@ pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
 /// Pod label telling the primary from the replicas (the `-rw` / `-ro` Services select on it).
 pub const ROLE_LABEL: &str = "postcache.io/role";
-/// The seeding script in the scripts ConfigMap.
-pub const SEED_SCRIPT: &str = "postgres-replica-seed.sh";
-/// The primary's init script (its init container: initdb, the database, the replication role).
-pub const PRIMARY_INIT_SCRIPT: &str = "postgres-primary-init.sh";
 /// The data directory (a subdirectory of the volume, as the image wants).
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 /// User and group of the pods: `postgres` of the official image. Set explicitly, since images

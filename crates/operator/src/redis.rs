@@ -24,6 +24,7 @@ use crate::pod::{
     resources as pod_resources, restricted_pod_security_context, restricted_security_context,
     scratch_volume, scripts_mount, scripts_volume, secret_env, service_port, volume_claim,
 };
+use crate::scripts::CLUSTER_SCRIPT;
 use crate::shards::{ShardAction, ShardJob};
 use crate::{PostCache, RedisMode, RedisSpec, quantity};
 
@@ -33,8 +34,6 @@ pub const PORT: i32 = 6379;
 pub const BUS_PORT: i32 = 16379;
 /// The key of the password in the auth Secret.
 pub const PASSWORD_KEY: &str = "password";
-/// The data-plane script (`crates/operator/scripts/redis-cluster.sh`) in the scripts ConfigMap.
-pub const CLUSTER_SCRIPT: &str = "redis-cluster.sh";
 /// User and group of the nodes and Jobs: `redis` of the official image. Set explicitly, since
 /// images differ (Debian's package uses another uid); the data volume belongs to this group.
 pub const UID: i64 = 999;

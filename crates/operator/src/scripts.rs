@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use crate::PostCache;
 use crate::child::Child;
 use crate::labels::{Component, child_name, meta};
-use crate::{controller, postgres, redis};
 
 /// Forms and reshapes a Redis Cluster: `bootstrap`, `add-shards`, `drain-shards`.
 ///
@@ -48,11 +47,21 @@ pub const POSTGRES_PRIMARY_INIT: &str = include_str!("../scripts/postgres-primar
 pub const POSTGRES_REPLICA_SEED: &str = include_str!("../scripts/postgres-replica-seed.sh");
 
 /// Every script as the ConfigMap holds it: `(file name, contents)`.
-pub const SCRIPTS: controller::Scripts = &[
-    (redis::CLUSTER_SCRIPT, REDIS_CLUSTER),
-    (postgres::PRIMARY_INIT_SCRIPT, POSTGRES_PRIMARY_INIT),
-    (postgres::SEED_SCRIPT, POSTGRES_REPLICA_SEED),
+pub const SCRIPTS: Scripts = &[
+    (CLUSTER_SCRIPT, REDIS_CLUSTER),
+    (PRIMARY_INIT_SCRIPT, POSTGRES_PRIMARY_INIT),
+    (SEED_SCRIPT, POSTGRES_REPLICA_SEED),
 ];
+
+/// The data-plane scripts as `(file name, contents)`.
+pub type Scripts = &'static [(&'static str, &'static str)];
+
+/// [`REDIS_CLUSTER`]'s file name in the ConfigMap.
+pub const CLUSTER_SCRIPT: &str = "redis-cluster.sh";
+/// [`POSTGRES_PRIMARY_INIT`]'s file name: the primary's init container runs it.
+pub const PRIMARY_INIT_SCRIPT: &str = "postgres-primary-init.sh";
+/// [`POSTGRES_REPLICA_SEED`]'s file name: each replica's init container runs it.
+pub const SEED_SCRIPT: &str = "postgres-replica-seed.sh";
 
 /// `<name>-scripts`.
 pub fn config_map_name(pc: &PostCache) -> String {

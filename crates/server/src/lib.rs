@@ -135,19 +135,9 @@ impl FromRef<AppState> for TokenKeys {
     }
 }
 
-impl FromRef<AppState> for Draining {
+impl FromRef<AppState> for routes::health::Draining {
     fn from_ref(state: &AppState) -> Self {
-        Draining(state.0.draining.clone())
-    }
-}
-
-/// Whether the process is draining (see [`Http::draining`]).
-#[derive(Clone)]
-pub(crate) struct Draining(watch::Receiver<bool>);
-
-impl Draining {
-    pub(crate) fn is_draining(&self) -> bool {
-        *self.0.borrow()
+        routes::health::Draining(state.0.draining.clone())
     }
 }
 

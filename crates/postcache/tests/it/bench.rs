@@ -165,7 +165,10 @@ fn bench_loads_a_running_service_and_reports_per_operation() {
             server["deliveries_per_cpu_second"].as_f64().unwrap() > 0.0,
             "{mode}: {report}"
         );
-        for rss in ["rss_per_connection_bytes", "rss_marginal_per_connection_bytes"] {
+        for rss in [
+            "rss_per_connection_bytes",
+            "rss_marginal_per_connection_bytes",
+        ] {
             assert!(server[rss].as_f64().is_some(), "{mode}: {report}");
         }
     }

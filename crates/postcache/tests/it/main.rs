@@ -12,6 +12,7 @@ mod faults;
 mod footprint;
 mod fuzz;
 mod hardening;
+mod layers;
 mod monitoring;
 mod nemesis;
 mod operator;

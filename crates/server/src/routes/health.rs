@@ -12,8 +12,17 @@ use postcache_api::ErrorBody;
 use postcache_cache::Posts;
 use serde_json::{Value, json};
 
-use crate::Draining;
 use crate::error::ApiError;
+
+/// Whether the process is draining (see [`crate::Http::draining`]).
+#[derive(Clone)]
+pub(crate) struct Draining(pub(crate) tokio::sync::watch::Receiver<bool>);
+
+impl Draining {
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+}
 
 /// How long readiness waits for the primary (under the kubelet's default probe timeout, 1 s).
 const READY_TIMEOUT: Duration = Duration::from_millis(700);
