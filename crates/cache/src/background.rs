@@ -22,6 +22,7 @@ use crate::freshness::L1_DISTRUSTED;
 use crate::posts::{Posts, Shared};
 use crate::relay::RELAY_BATCH;
 use crate::stats::set_degraded;
+use crate::store::PoolUsage;
 use crate::views::WRITEBACK_PENDING;
 
 /// Metric name: connections of each database pool, by role and state.
@@ -291,8 +292,9 @@ async fn maintenance_round(posts: &Posts, interval: Duration) {
 }
 
 /// One pool's connections (used, idle) and limit, as gauges.
-fn record_pool(role: &'static str, (used, idle, max): (u32, u32, u32)) {
-    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "used").set(f64::from(used));
+fn record_pool(role: &'static str, usage: PoolUsage) {
+    let PoolUsage { in_use, idle, max } = usage;
+    metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "used").set(f64::from(in_use));
     metrics::gauge!(DB_POOL_CONNECTIONS, "role" => role, "state" => "idle").set(f64::from(idle));
     metrics::gauge!(DB_POOL_MAX, "role" => role).set(f64::from(max));
 }

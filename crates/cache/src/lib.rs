@@ -46,9 +46,9 @@ pub use stats::{
     set_degraded,
 };
 pub use store::{
-    Committed, Edit, OutboxEvent, PoolConfig, PostgresStore, REPLICA_LAG, ReadAt, ReplicaState,
-    Replicas, SqliteStore, Store, StoreError, connect, connect_with_replicas, eligible,
-    postgres_sql,
+    Committed, Edit, OutboxEvent, PoolConfig, PoolUsage, PostgresStore, REPLICA_LAG, ReadAt,
+    ReplicaState, Replicas, SqliteStore, Store, StoreError, connect, connect_with_replicas,
+    eligible, postgres_sql,
 };
 pub use tags::TagKey;
 pub use token::ConsistencyToken;

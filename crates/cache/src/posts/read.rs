@@ -160,11 +160,11 @@ impl Posts {
     /// One post from L3; a replica's answer older than a version this pod knows is replaced by
     /// the primary's.
     async fn load_l3(&self, id: PostId, at: ReadAt) -> Result<Arc<CachedPost>, StoreError> {
-        let mut stored = self.store.get_at(id, at).await?;
+        let mut stored = self.store.get(id, at).await?;
         if at != ReadAt::Primary
             && stored.as_ref().map_or(0, |p| p.version) < self.l1.floor(id).await
         {
-            stored = self.store.get_at(id, ReadAt::Primary).await?;
+            stored = self.store.get(id, ReadAt::Primary).await?;
         }
         if stored.is_some() {
             self.stats.l3.hit()
@@ -234,7 +234,7 @@ impl Posts {
             self.stats.l2.miss();
         }
         let at = self.l3_at(token, lsn.max(key.as_ref().map_or(0, |k| k.1)));
-        let ids = self.store.feed_at(query, at).await?;
+        let ids = self.store.feed(query, at).await?;
         if let (Some(l2), Some((key, _))) = (l2, &key)
             && l2.set_feed(key, &ids).await.is_ok()
         {
@@ -284,7 +284,7 @@ impl Posts {
         }
         if !missing.is_empty() {
             let at = self.l3_at(token, 0);
-            for stored in self.store.get_many_at(&missing, at).await? {
+            for stored in self.store.get_many(&missing, at).await? {
                 self.stats.l3.hit();
                 let entry = Arc::new(CachedPost::from_store(stored.id, Some(&stored)));
                 // Older than a version this pod knows? Then read that post on its own.

@@ -167,6 +167,38 @@ pub fn transient(sqlstate: &str) -> bool {
         )
 }
 
+/// A connection pool's connections at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Handed out to a statement or transaction.
+    pub in_use: u32,
+    /// Open and waiting in the pool.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
+impl PoolUsage {
+    /// What `pool` holds now.
+    pub(crate) fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolUsage {
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+        PoolUsage {
+            in_use: pool.size().saturating_sub(idle),
+            idle,
+            max: pool.options().get_max_connections(),
+        }
+    }
+
+    /// Two pools' connections together.
+    pub(crate) fn plus(self, other: PoolUsage) -> PoolUsage {
+        PoolUsage {
+            in_use: self.in_use + other.in_use,
+            idle: self.idle + other.idle,
+            max: self.max + other.max,
+        }
+    }
+}
+
 /// Where an L3 read may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAt {
@@ -230,14 +262,15 @@ pub trait Store: Send + Sync + 'static {
         edit: Edit,
     ) -> Result<Committed, StoreError>;
 
-    /// One post, deleted ones included (as tombstones); `None` if the id never existed.
-    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError>;
+    /// One post, deleted ones included (as tombstones), read where `at` allows (a read replica,
+    /// on PostgreSQL); `None` if the id never existed.
+    async fn get(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError>;
 
-    /// Many posts at once (order unspecified, absent ids skipped).
-    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError>;
+    /// Many posts at once, where `at` allows (order unspecified, absent ids skipped).
+    async fn get_many(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError>;
 
-    /// Ids of one feed page, newest first (keyset: ids below the cursor).
-    async fn feed(&self, query: &FeedQuery) -> Result<Vec<PostId>, StoreError>;
+    /// Ids of one feed page, newest first (keyset: ids below the cursor), where `at` allows.
+    async fn feed(&self, query: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError>;
 
     /// Adds buffered view counts in one transaction; returns each live post's new total.
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError>;
@@ -251,24 +284,6 @@ pub trait Store: Send + Sync + 'static {
         batch: &[(PostId, i64)],
     ) -> Result<Option<Vec<(PostId, i64)>>, StoreError>;
 
-    /// [`Store::get`] where `at` allows (a read replica, on PostgreSQL).
-    async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
-        let _ = at;
-        self.get(id).await
-    }
-
-    /// [`Store::get_many`] where `at` allows.
-    async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
-        let _ = at;
-        self.get_many(ids).await
-    }
-
-    /// [`Store::feed`] where `at` allows.
-    async fn feed_at(&self, query: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
-        let _ = at;
-        self.feed(query).await
-    }
-
     /// Polls the read replicas' replay positions (no-op without replicas).
     async fn refresh_replicas(&self) {}
 
@@ -278,7 +293,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Connections (in use, idle, max) of the replica pools, if there are replicas.
-    fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
+    fn replica_pool_usage(&self) -> Option<PoolUsage> {
         None
     }
 
@@ -314,7 +329,7 @@ pub trait Store: Send + Sync + 'static {
     async fn token_key(&self) -> Result<String, StoreError>;
 
     /// Connections (in use, idle, max) of the pool, for metrics.
-    fn pool_usage(&self) -> (u32, u32, u32);
+    fn pool_usage(&self) -> PoolUsage;
 }
 
 /// The shared signing key.

@@ -11,8 +11,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, Edit, OutboxEvent, PoolConfig, PostRow, ReadAt, Replicas, Store, StoreError,
-    event_payload, kind_name, tags_json,
+    Committed, Edit, OutboxEvent, PoolConfig, PoolUsage, PostRow, ReadAt, Replicas, Store,
+    StoreError, event_payload, kind_name, tags_json,
 };
 use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
 use crate::stats::timed;
@@ -402,24 +402,12 @@ impl Store for PostgresStore {
         self.change_post(id, kind, edit).await
     }
 
-    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
-        self.get_at(id, ReadAt::Primary).await
-    }
-
-    async fn get_at(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
+    async fn get(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
         self.read_at(at, |conn| Self::read_post(conn, id)).await
     }
 
-    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
-        self.get_many_at(ids, ReadAt::Primary).await
-    }
-
-    async fn get_many_at(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
+    async fn get_many(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
         self.read_at(at, |conn| Self::read_posts(conn, ids)).await
-    }
-
-    async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
-        self.feed_at(q, ReadAt::Primary).await
     }
 
     async fn refresh_replicas(&self) {
@@ -432,11 +420,11 @@ impl Store for PostgresStore {
         self.replicas.as_ref().map_or(0, |r| r.answering())
     }
 
-    fn replica_pool_usage(&self) -> Option<(u32, u32, u32)> {
+    fn replica_pool_usage(&self) -> Option<PoolUsage> {
         self.replicas.as_ref().map(|r| r.pool_usage())
     }
 
-    async fn feed_at(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
+    async fn feed(&self, q: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
         self.read_at(at, |conn| Self::read_feed(conn, q)).await
     }
 
@@ -570,13 +558,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn pool_usage(&self) -> (u32, u32, u32) {
-        let idle = self.pool.num_idle() as u32;
-        let size = self.pool.size();
-        (
-            size.saturating_sub(idle),
-            idle,
-            self.pool.options().get_max_connections(),
-        )
+    fn pool_usage(&self) -> PoolUsage {
+        PoolUsage::of(&self.pool)
     }
 }

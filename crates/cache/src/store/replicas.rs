@@ -17,7 +17,7 @@ use sqlx::{PgPool, Postgres};
 
 use crate::stats::set_degraded;
 use crate::store::postgres::{pool_options, session_options};
-use crate::store::{PoolConfig, StoreError};
+use crate::store::{PoolConfig, PoolUsage, StoreError};
 
 /// Metric name: how far each replica's replay is behind the primary.
 pub const REPLICA_LAG: &str = "postcache_db_replica_lag_seconds";
@@ -253,15 +253,15 @@ impl Replicas {
     }
 
     /// Connections (in use, idle, max) over all replica pools.
-    pub fn pool_usage(&self) -> (u32, u32, u32) {
-        self.members.iter().fold((0, 0, 0), |(u, i, m), member| {
-            let idle = member.pool.num_idle() as u32;
-            (
-                u + member.pool.size().saturating_sub(idle),
-                i + idle,
-                m + member.pool.options().get_max_connections(),
-            )
-        })
+    pub fn pool_usage(&self) -> PoolUsage {
+        let none = PoolUsage {
+            in_use: 0,
+            idle: 0,
+            max: 0,
+        };
+        self.members
+            .iter()
+            .fold(none, |sum, member| sum.plus(PoolUsage::of(&member.pool)))
     }
 }
 

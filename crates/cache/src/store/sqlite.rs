@@ -11,7 +11,8 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    Committed, Edit, OutboxEvent, PostRow, Store, StoreError, event_payload, kind_name, tags_json,
+    Committed, Edit, OutboxEvent, PoolUsage, PostRow, ReadAt, Store, StoreError, event_payload,
+    kind_name, tags_json,
 };
 use crate::model::{FeedQuery, NewPost, PostId, StoredPost};
 
@@ -220,7 +221,8 @@ impl Store for SqliteStore {
         self.change_post(id, kind, edit).await
     }
 
-    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+    /// One file, no replicas: every read is the primary's.
+    async fn get(&self, id: PostId, _at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(GET)
             .bind(id)
             .fetch_optional(&self.reader)
@@ -229,7 +231,7 @@ impl Store for SqliteStore {
         Ok(row.map(StoredPost::from))
     }
 
-    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
+    async fn get_many(&self, ids: &[PostId], _at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
         let rows: Vec<PostRow> = sqlx::query_as(
             "SELECT id, author_id, title, body, tags, version, views, deleted, created_at, updated_at \
@@ -242,7 +244,7 @@ impl Store for SqliteStore {
         Ok(rows.into_iter().map(StoredPost::from).collect())
     }
 
-    async fn feed(&self, q: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
+    async fn feed(&self, q: &FeedQuery, _at: ReadAt) -> Result<Vec<PostId>, StoreError> {
         let before = q.cursor.map_or(i64::MAX, |c| c.0);
         let limit = i64::from(q.limit);
         let query = match (&q.tag, &q.author_id) {
@@ -370,13 +372,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn pool_usage(&self) -> (u32, u32, u32) {
-        let idle = self.reader.num_idle() as u32;
-        let size = self.reader.size();
-        (
-            size.saturating_sub(idle),
-            idle,
-            self.reader.options().get_max_connections(),
-        )
+    fn pool_usage(&self) -> PoolUsage {
+        PoolUsage::of(&self.reader)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use postcache_api::EventType;
 use postcache_cache::{
-    Committed, Edit, FeedQuery, NewPost, OutboxEvent, PostId, Store, StoreError, StoredPost,
+    Committed, Edit, FeedQuery, NewPost, OutboxEvent, PostId, ReadAt, Store, StoreError, StoredPost,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -50,9 +50,9 @@ impl Store for Gated {
     ) -> Result<Committed, StoreError> {
         self.inner.change(id, kind, edit).await
     }
-    async fn get(&self, id: PostId) -> Result<Option<StoredPost>, StoreError> {
+    async fn get(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        let read = self.inner.get(id).await;
+        let read = self.inner.get(id, at).await;
         if self.hold_next.swap(false, Ordering::SeqCst) {
             let released = self.release.notified();
             self.held.notify_one();
@@ -60,11 +60,11 @@ impl Store for Gated {
         }
         read
     }
-    async fn get_many(&self, ids: &[PostId]) -> Result<Vec<StoredPost>, StoreError> {
-        self.inner.get_many(ids).await
+    async fn get_many(&self, ids: &[PostId], at: ReadAt) -> Result<Vec<StoredPost>, StoreError> {
+        self.inner.get_many(ids, at).await
     }
-    async fn feed(&self, query: &FeedQuery) -> Result<Vec<PostId>, StoreError> {
-        self.inner.feed(query).await
+    async fn feed(&self, query: &FeedQuery, at: ReadAt) -> Result<Vec<PostId>, StoreError> {
+        self.inner.feed(query, at).await
     }
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
         self.inner.add_views(batch).await
@@ -93,7 +93,7 @@ impl Store for Gated {
     async fn token_key(&self) -> Result<String, StoreError> {
         self.inner.token_key().await
     }
-    fn pool_usage(&self) -> (u32, u32, u32) {
+    fn pool_usage(&self) -> postcache_cache::PoolUsage {
         self.inner.pool_usage()
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use postcache_cache::{
-    CachedPost, EventLog, Filled, L1, L1Config, L2, L2Config, Posts, RedisConfig, RedisConn,
-    RedisLog, Shared, SharedViews, Store,
+    CachedPost, EventLog, Filled, L1, L1Config, L2, L2Config, Posts, ReadAt, RedisConfig,
+    RedisConn, RedisLog, Shared, SharedViews, Store,
 };
 use postcache_testkit::{Redis, RedisCluster};
 
@@ -156,7 +156,9 @@ async fn each_view_batch_is_applied_once_even_when_its_flusher_dies() {
         .unwrap()
         .post
         .id;
-    let views = |store: Arc<dyn Store>| async move { store.get(id).await.unwrap().unwrap().views };
+    let views = |store: Arc<dyn Store>| async move {
+        store.get(id, ReadAt::Primary).await.unwrap().unwrap().views
+    };
     let (posts, shared) = pod(Arc::clone(&store), &redis);
 
     // Flusher 1 takes a batch of 5 and dies before writing it: the next flush applies it.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use postcache_api::EventType;
-use postcache_cache::{Cursor, FeedQuery, PostPatch, Store, StoreError};
+use postcache_cache::{Cursor, FeedQuery, PostPatch, ReadAt, Store, StoreError};
 use time::OffsetDateTime;
 
 use crate::{new_post, postgres, sqlite};
@@ -42,7 +42,7 @@ async fn writes_bump_versions_and_guard_if_match(store: &dyn Store) {
 
     let deleted = store.delete(id, None, now).await.unwrap();
     assert_eq!((deleted.post.version, deleted.post.deleted), (3, true));
-    let tombstone = store.get(id).await.unwrap().unwrap();
+    let tombstone = store.get(id, ReadAt::Primary).await.unwrap().unwrap();
     assert!(
         tombstone.deleted && tombstone.version == 3,
         "a delete keeps a versioned tombstone"
@@ -51,7 +51,13 @@ async fn writes_bump_versions_and_guard_if_match(store: &dyn Store) {
         store.delete(id, None, now).await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(store.get(id + 1000).await.unwrap().is_none());
+    assert!(
+        store
+            .get(id + 1000, ReadAt::Primary)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn feeds_filter_and_page_newest_first(store: &dyn Store) {
@@ -77,25 +83,37 @@ async fn feeds_filter_and_page_newest_first(store: &dyn Store) {
     };
     let newest_first: Vec<i64> = ids.iter().rev().copied().collect();
     assert_eq!(
-        store.feed(&page(None, None, None)).await.unwrap(),
+        store
+            .feed(&page(None, None, None), ReadAt::Primary)
+            .await
+            .unwrap(),
         newest_first[..3]
     );
     let second = store
-        .feed(&page(None, None, Some(Cursor(newest_first[2]))))
+        .feed(
+            &page(None, None, Some(Cursor(newest_first[2]))),
+            ReadAt::Primary,
+        )
         .await
         .unwrap();
     assert_eq!(second, newest_first[3..6]);
     assert_eq!(
-        store.feed(&page(Some("ann"), None, None)).await.unwrap(),
+        store
+            .feed(&page(Some("ann"), None, None), ReadAt::Primary)
+            .await
+            .unwrap(),
         vec![ids[3], ids[2], ids[1]]
     );
     assert_eq!(
-        store.feed(&page(None, Some("even"), None)).await.unwrap(),
+        store
+            .feed(&page(None, Some("even"), None), ReadAt::Primary)
+            .await
+            .unwrap(),
         vec![ids[6], ids[4], ids[2]]
     );
     assert_eq!(
         store
-            .feed(&page(Some("bob"), Some("odd"), None))
+            .feed(&page(Some("bob"), Some("odd"), None), ReadAt::Primary)
             .await
             .unwrap(),
         vec![ids[5]]
@@ -116,12 +134,15 @@ async fn feeds_filter_and_page_newest_first(store: &dyn Store) {
         .unwrap();
     store.delete(ids[4], None, now).await.unwrap();
     assert_eq!(
-        store.feed(&page(None, Some("even"), None)).await.unwrap(),
+        store
+            .feed(&page(None, Some("even"), None), ReadAt::Primary)
+            .await
+            .unwrap(),
         vec![ids[2], ids[0]]
     );
     assert!(
         !store
-            .feed(&page(None, None, None))
+            .feed(&page(None, None, None), ReadAt::Primary)
             .await
             .unwrap()
             .contains(&ids[4])
@@ -146,7 +167,7 @@ async fn views_add_up_in_batches(store: &dyn Store) {
     let totals = store.add_views(&[(a, 3), (b, 5)]).await.unwrap();
     assert_eq!(totals, vec![(a, 3)], "deleted posts take no views");
     assert_eq!(store.add_views(&[(a, 2)]).await.unwrap(), vec![(a, 5)]);
-    let post = store.get(a).await.unwrap().unwrap();
+    let post = store.get(a, ReadAt::Primary).await.unwrap().unwrap();
     assert_eq!(
         (post.views, post.version),
         (5, 1),
@@ -188,7 +209,7 @@ async fn keyset_pages_neither_skip_nor_repeat_under_concurrent_inserts(store: Ar
             limit: 7,
             cursor,
         };
-        let ids = store.feed(&q).await.unwrap();
+        let ids = store.feed(&q, ReadAt::Primary).await.unwrap();
         seen.extend(&ids);
         if ids.len() < 7 {
             break;
