@@ -363,7 +363,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A database URL whose scheme was checked at start: `sqlite:` or `postgres(ql)://`. `Debug`
+/// A database URL whose scheme was checked at start: `sqlite:` or `postgres(ql):`. `Debug`
 /// shows only the scheme (the URL may carry a password).
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
@@ -378,7 +378,7 @@ impl DatabaseUrl {
     }
 
     fn parse_postgres(url: &str) -> Result<DatabaseUrl, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(DatabaseUrl(url.to_owned()))
         } else {
             Err(format!(
@@ -409,17 +409,19 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
-/// A Redis node's URL whose scheme was checked at start (`redis://`, `rediss://` for TLS).
+/// A Redis node's URL whose scheme was checked at start (`redis://`, `rediss://` for TLS,
+/// `redis+unix://` or `unix://` for a socket).
 /// `Debug` shows only the scheme.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(String);
 
 impl RedisUrl {
     fn parse(url: &str) -> Result<RedisUrl, String> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if schemes.iter().any(|scheme| url.starts_with(scheme)) {
             Ok(RedisUrl(url.to_owned()))
         } else {
-            Err("a Redis node is `redis://[user:password@]host:port` (`rediss://` for TLS)".into())
+            Err("a Redis node is `redis://[user:password@]host:port` (`rediss://` for TLS, `redis+unix://` for a socket)".into())
         }
     }
 

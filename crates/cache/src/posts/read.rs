@@ -74,14 +74,26 @@ impl Posts {
         let shared = self
             .inflight
             .entry(key)
-            .or_try_insert_with(async { self.load(id, token).await })
+            .or_try_insert_with(async {
+                // A load that ended between this reader's miss and here has filled L1.
+                if self.l1_usable(token)
+                    && let Some(entry) = self.l1.posts.get(&id).await
+                {
+                    return Ok((entry, Tier::L1));
+                }
+                self.load(id, token).await
+            })
             .await?;
-        if shared.is_fresh() {
-            self.inflight.invalidate(&key).await;
-        }
+        let loaded_here = shared.is_fresh();
         let (entry, tier) = shared.into_value();
         // A write may have landed while the load ran: an entry older than the floor is refused.
-        if !self.l1.install(Arc::clone(&entry)).await {
+        let installed = self.l1.install(Arc::clone(&entry)).await;
+        // Only now: a reader arriving between the end of the flight and the fill of L1 would
+        // load again.
+        if loaded_here {
+            self.inflight.invalidate(&key).await;
+        }
+        if !installed {
             let fresh = self.load_l3(id, ReadAt::Latest).await?;
             self.l1.install(Arc::clone(&fresh)).await;
             return Ok(Read {
