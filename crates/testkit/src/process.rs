@@ -310,7 +310,12 @@ mod tests {
         let marker = dir.path().join("ready");
         let process = Process::start(sleeper(dir.path(), marker.clone()));
         let pid = process.pid().unwrap();
-        assert_eq!(state(pid), Some('S'));
+        // Ready once the marker exists; the shell may still be running on to its sleep.
+        crate::wait_until("sleeping state", Duration::from_secs(5), || {
+            (state(pid) == Some('S'))
+                .then_some(())
+                .ok_or(format!("state {:?}", state(pid)))
+        });
         assert!(process.log_tail(5).contains("started"));
 
         process.pause();
