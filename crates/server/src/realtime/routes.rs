@@ -230,12 +230,18 @@ async fn deliver(
     first: Outgoing,
 ) -> Result<Option<&'static str>, axum::Error> {
     let mut out = first;
-    for _ in 0..WS_BATCH {
+    let mut written = 0;
+    loop {
         sent(&out);
         socket.feed(Message::Text(out.json().into())).await?;
         if let Outgoing::Resync { close: true, .. } = out {
             socket.flush().await?;
             return Ok(Some("lagged"));
+        }
+        written += 1;
+        // Take the next only when there is room for it: what is taken must be written.
+        if written == WS_BATCH {
+            break;
         }
         match sub.try_next() {
             Some(next) => out = next,
