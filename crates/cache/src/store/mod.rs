@@ -168,7 +168,7 @@ pub fn transient(sqlstate: &str) -> bool {
 }
 
 /// A connection pool's connections at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolUsage {
     /// Handed out to a statement or transaction.
     pub in_use: u32,

@@ -254,14 +254,11 @@ impl Replicas {
 
     /// Connections (in use, idle, max) over all replica pools.
     pub fn pool_usage(&self) -> PoolUsage {
-        let none = PoolUsage {
-            in_use: 0,
-            idle: 0,
-            max: 0,
-        };
         self.members
             .iter()
-            .fold(none, |sum, member| sum.plus(PoolUsage::of(&member.pool)))
+            .fold(PoolUsage::default(), |sum, member| {
+                sum.plus(PoolUsage::of(&member.pool))
+            })
     }
 }
 
