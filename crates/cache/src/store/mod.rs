@@ -3,10 +3,13 @@
 //! Every write is one transaction that changes the row (`version + 1`) and appends its event to
 //! the outbox table; the commit returns the event's position and, on PostgreSQL, the primary's
 //! WAL position after the commit (the LSN a replica must have replayed to reflect the write).
+//! The steps of those transactions are written once, in `write`; each database gives the
+//! statements of a step.
 
 mod postgres;
 mod replicas;
 mod sqlite;
+mod write;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use postcache_api::EventType;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres};
 use time::OffsetDateTime;
 
+use super::write::{self, Dialect, Tx};
 use super::{
     Committed, Edit, OutboxEvent, PoolConfig, PoolUsage, PostRow, ReadAt, Replicas, Store,
     StoreError, event_payload, kind_name, tags_json,
@@ -218,10 +219,43 @@ impl PostgresStore {
         &self.pool
     }
 
-    async fn lock(
-        tx: &mut Transaction<'_, Postgres>,
-        id: PostId,
-    ) -> Result<Option<StoredPost>, StoreError> {
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(StoreError::query("acquire a connection"))
+    }
+}
+
+impl Dialect for PostgresStore {
+    type Db = Postgres;
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn insert(
+        tx: &mut Tx<'_, Self>,
+        new: &NewPost,
+        now: OffsetDateTime,
+    ) -> Result<StoredPost, StoreError> {
+        let row: PostRow = sqlx::query_as(
+            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5) \
+             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
+        )
+        .bind(&new.author_id)
+        .bind(&new.title)
+        .bind(&new.body)
+        .bind(tags_json(&new.tags))
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("insert the post"))?;
+        Ok(StoredPost::from(row))
+    }
+
+    async fn lock(tx: &mut Tx<'_, Self>, id: PostId) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(sql::GET_FOR_UPDATE)
             .bind(id)
             .fetch_optional(&mut **tx)
@@ -230,11 +264,7 @@ impl PostgresStore {
         Ok(row.map(StoredPost::from))
     }
 
-    async fn save(
-        tx: &mut Transaction<'_, Postgres>,
-        post: &StoredPost,
-        previous_tags: &[String],
-    ) -> Result<(), StoreError> {
+    async fn update(tx: &mut Tx<'_, Self>, post: &StoredPost) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE posts SET title = $2, body = $3, tags = $4, version = $5, deleted = $6, updated_at = $7 WHERE id = $1",
         )
@@ -248,23 +278,19 @@ impl PostgresStore {
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("update the post"))?;
-        let live_tags: &[String] = if post.deleted { &[] } else { &post.tags };
-        if live_tags != previous_tags {
-            sqlx::query("DELETE FROM post_tags WHERE post_id = $1")
-                .bind(post.id)
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::query("untag the post"))?;
-            Self::tag(tx, post.id, live_tags).await?;
-        }
         Ok(())
     }
 
-    async fn tag(
-        tx: &mut Transaction<'_, Postgres>,
-        id: PostId,
-        tags: &[String],
-    ) -> Result<(), StoreError> {
+    async fn untag(tx: &mut Tx<'_, Self>, id: PostId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM post_tags WHERE post_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("untag the post"))?;
+        Ok(())
+    }
+
+    async fn tag(tx: &mut Tx<'_, Self>, id: PostId, tags: &[String]) -> Result<(), StoreError> {
         if tags.is_empty() {
             return Ok(());
         }
@@ -277,9 +303,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Appends the change's event to the outbox; returns its position.
     async fn append(
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut Tx<'_, Self>,
         post: &StoredPost,
         kind: EventType,
         previous_tags: &[String],
@@ -300,97 +325,50 @@ impl PostgresStore {
         .map_err(StoreError::query("append to the outbox"))
     }
 
-    /// The primary's WAL position, read on the connection that just committed: at or after the
-    /// commit record, so a replica that has replayed this far reflects the write.
-    async fn lsn(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    async fn claim_views(
+        tx: &mut Tx<'_, Self>,
+        batch_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "INSERT INTO view_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("claim a view batch"))?;
+        Ok(claimed.rows_affected() > 0)
+    }
+
+    async fn count_views(
+        tx: &mut Tx<'_, Self>,
+        id: PostId,
+        n: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(sql::ADD_VIEWS)
+            .bind(id)
+            .bind(n)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("add views"))
+    }
+
+    /// The primary's WAL position on the connection that just committed: at or after the commit
+    /// record, so a replica that has replayed this far reflects the write.
+    async fn commit_lsn(conn: &mut PgConnection) -> Result<u64, StoreError> {
         let lsn: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
             .fetch_one(conn)
             .await
             .map_err(StoreError::query("read the commit LSN"))?;
         Ok(lsn as u64)
     }
-
-    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.pool
-            .acquire()
-            .await
-            .map_err(StoreError::query("acquire a connection"))
-    }
-
-    /// Update or delete: lock, check, save, append, commit.
-    async fn change_post(
-        &self,
-        id: PostId,
-        kind: EventType,
-        edit: Edit,
-    ) -> Result<Committed, StoreError> {
-        let mut conn = self.acquire().await?;
-        let mut tx = conn.begin().await.map_err(StoreError::query("begin"))?;
-        let current = Self::lock(&mut tx, id).await?;
-        let previous_tags = current.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
-        let post = edit(current)?;
-        Self::save(&mut tx, &post, &previous_tags).await?;
-        let position = Self::append(&mut tx, &post, kind, &previous_tags).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        let lsn = Self::lsn(&mut conn).await?;
-        Ok(Committed {
-            post,
-            kind,
-            position,
-            lsn,
-            previous_tags,
-        })
-    }
-
-    /// Adds each post's views inside `tx`; returns the live posts' new totals.
-    async fn apply_views(
-        tx: &mut Transaction<'static, Postgres>,
-        batch: &[(PostId, i64)],
-    ) -> Result<Vec<(PostId, i64)>, StoreError> {
-        let mut totals = Vec::with_capacity(batch.len());
-        for &(id, n) in batch {
-            let total: Option<i64> = sqlx::query_scalar(sql::ADD_VIEWS)
-                .bind(id)
-                .bind(n)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(StoreError::query("add views"))?;
-            totals.extend(total.map(|t| (id, t)));
-        }
-        Ok(totals)
-    }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn create(&self, new: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
-        let mut conn = self.acquire().await?;
-        let mut tx = conn.begin().await.map_err(StoreError::query("begin"))?;
-        let row: PostRow = sqlx::query_as(
-            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 1, $5, $5) \
-             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
-        )
-        .bind(&new.author_id)
-        .bind(&new.title)
-        .bind(&new.body)
-        .bind(tags_json(&new.tags))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert the post"))?;
-        let post = StoredPost::from(row);
-        Self::tag(&mut tx, post.id, &post.tags).await?;
-        let position = Self::append(&mut tx, &post, EventType::PostCreated, &[]).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        let lsn = Self::lsn(&mut conn).await?;
-        Ok(Committed {
-            post,
-            kind: EventType::PostCreated,
-            position,
-            lsn,
-            previous_tags: Vec::new(),
-        })
+        write::create(self, new, now).await
     }
 
     async fn change(
@@ -399,7 +377,7 @@ impl Store for PostgresStore {
         kind: EventType,
         edit: Edit,
     ) -> Result<Committed, StoreError> {
-        self.change_post(id, kind, edit).await
+        write::change(self, id, kind, edit).await
     }
 
     async fn get(&self, id: PostId, at: ReadAt) -> Result<Option<StoredPost>, StoreError> {
@@ -463,20 +441,13 @@ impl Store for PostgresStore {
 
     async fn current_lsn(&self) -> Result<u64, StoreError> {
         let mut conn = self.acquire().await?;
-        Self::lsn(&mut conn).await
+        Self::commit_lsn(&mut conn).await
     }
 
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let totals = Self::apply_views(&mut tx, batch).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("commit views"))?;
-        Ok(totals)
+        Ok(write::add_views(self, None, batch)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn add_views_once(
@@ -484,27 +455,7 @@ impl Store for PostgresStore {
         batch_id: &str,
         batch: &[(PostId, i64)],
     ) -> Result<Option<Vec<(PostId, i64)>>, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let claimed = sqlx::query(
-            "INSERT INTO view_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(batch_id)
-        .bind(OffsetDateTime::now_utc())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("claim a view batch"))?;
-        if claimed.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let totals = Self::apply_views(&mut tx, batch).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("commit views"))?;
-        Ok(Some(totals))
+        write::add_views(self, Some(batch_id), batch).await
     }
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {

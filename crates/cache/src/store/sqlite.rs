@@ -7,9 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use postcache_api::EventType;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
+use super::write::{self, Dialect, Tx};
 use super::{
     Committed, Edit, OutboxEvent, PoolUsage, PostRow, ReadAt, Store, StoreError, event_payload,
     kind_name, tags_json,
@@ -61,11 +62,38 @@ impl SqliteStore {
             .map_err(StoreError::query("open the SQLite file for reading"))?;
         Ok(SqliteStore { reader, writer })
     }
+}
 
-    async fn lock(
-        tx: &mut Transaction<'_, Sqlite>,
-        id: PostId,
-    ) -> Result<Option<StoredPost>, StoreError> {
+impl Dialect for SqliteStore {
+    type Db = Sqlite;
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn insert(
+        tx: &mut Tx<'_, Self>,
+        new: &NewPost,
+        now: OffsetDateTime,
+    ) -> Result<StoredPost, StoreError> {
+        let row: PostRow = sqlx::query_as(
+            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5) \
+             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
+        )
+        .bind(&new.author_id)
+        .bind(&new.title)
+        .bind(&new.body)
+        .bind(tags_json(&new.tags))
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("insert the post"))?;
+        Ok(StoredPost::from(row))
+    }
+
+    /// SQLite has one writer at a time: the transaction holds the file, so the row needs no lock.
+    async fn lock(tx: &mut Tx<'_, Self>, id: PostId) -> Result<Option<StoredPost>, StoreError> {
         let row: Option<PostRow> = sqlx::query_as(GET)
             .bind(id)
             .fetch_optional(&mut **tx)
@@ -74,11 +102,33 @@ impl SqliteStore {
         Ok(row.map(StoredPost::from))
     }
 
-    async fn tag(
-        tx: &mut Transaction<'_, Sqlite>,
-        id: PostId,
-        tags: &[String],
-    ) -> Result<(), StoreError> {
+    async fn update(tx: &mut Tx<'_, Self>, post: &StoredPost) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE posts SET title = ?2, body = ?3, tags = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE id = ?1",
+        )
+        .bind(post.id)
+        .bind(&post.title)
+        .bind(&post.body)
+        .bind(tags_json(&post.tags))
+        .bind(post.version)
+        .bind(post.deleted)
+        .bind(post.updated_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("update the post"))?;
+        Ok(())
+    }
+
+    async fn untag(tx: &mut Tx<'_, Self>, id: PostId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM post_tags WHERE post_id = ?1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("untag the post"))?;
+        Ok(())
+    }
+
+    async fn tag(tx: &mut Tx<'_, Self>, id: PostId, tags: &[String]) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO post_tags (tag, post_id) SELECT value, ?2 FROM json_each(?1)")
             .bind(tags_json(tags))
             .bind(id)
@@ -89,7 +139,7 @@ impl SqliteStore {
     }
 
     async fn append(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut Tx<'_, Self>,
         post: &StoredPost,
         kind: EventType,
         previous_tags: &[String],
@@ -110,106 +160,46 @@ impl SqliteStore {
         .map_err(StoreError::query("append to the outbox"))
     }
 
-    async fn change_post(
-        &self,
-        id: PostId,
-        kind: EventType,
-        edit: Edit,
-    ) -> Result<Committed, StoreError> {
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let current = Self::lock(&mut tx, id).await?;
-        let previous_tags = current.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
-        let post = edit(current)?;
-        sqlx::query(
-            "UPDATE posts SET title = ?2, body = ?3, tags = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE id = ?1",
+    async fn claim_views(
+        tx: &mut Tx<'_, Self>,
+        batch_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "INSERT INTO view_batches (id, applied_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
         )
-        .bind(post.id)
-        .bind(&post.title)
-        .bind(&post.body)
-        .bind(tags_json(&post.tags))
-        .bind(post.version)
-        .bind(post.deleted)
-        .bind(post.updated_at)
-        .execute(&mut *tx)
+        .bind(batch_id)
+        .bind(now)
+        .execute(&mut **tx)
         .await
-        .map_err(StoreError::query("update the post"))?;
-        let live_tags: &[String] = if post.deleted { &[] } else { &post.tags };
-        if live_tags != previous_tags.as_slice() {
-            sqlx::query("DELETE FROM post_tags WHERE post_id = ?1")
-                .bind(post.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("untag the post"))?;
-            Self::tag(&mut tx, post.id, live_tags).await?;
-        }
-        let position = Self::append(&mut tx, &post, kind, &previous_tags).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(Committed {
-            post,
-            kind,
-            position,
-            lsn: 0,
-            previous_tags,
-        })
+        .map_err(StoreError::query("claim a view batch"))?;
+        Ok(claimed.rows_affected() > 0)
     }
 
-    /// Adds each post's views inside `tx`; returns the live posts' new totals.
-    async fn apply_views(
-        tx: &mut Transaction<'static, Sqlite>,
-        batch: &[(PostId, i64)],
-    ) -> Result<Vec<(PostId, i64)>, StoreError> {
-        let mut totals = Vec::with_capacity(batch.len());
-        for &(id, n) in batch {
-            let total: Option<i64> = sqlx::query_scalar(
-                "UPDATE posts SET views = views + ?2 WHERE id = ?1 AND deleted = 0 RETURNING views",
-            )
-            .bind(id)
-            .bind(n)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(StoreError::query("add views"))?;
-            totals.extend(total.map(|t| (id, t)));
-        }
-        Ok(totals)
+    async fn count_views(
+        tx: &mut Tx<'_, Self>,
+        id: PostId,
+        n: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE posts SET views = views + ?2 WHERE id = ?1 AND deleted = 0 RETURNING views",
+        )
+        .bind(id)
+        .bind(n)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::query("add views"))
+    }
+
+    async fn commit_lsn(_conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, new: NewPost, now: OffsetDateTime) -> Result<Committed, StoreError> {
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let row: PostRow = sqlx::query_as(
-            "INSERT INTO posts (author_id, title, body, tags, version, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5) \
-             RETURNING id, author_id, title, body, tags, version, views, deleted, created_at, updated_at",
-        )
-        .bind(&new.author_id)
-        .bind(&new.title)
-        .bind(&new.body)
-        .bind(tags_json(&new.tags))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert the post"))?;
-        let post = StoredPost::from(row);
-        Self::tag(&mut tx, post.id, &post.tags).await?;
-        let position = Self::append(&mut tx, &post, EventType::PostCreated, &[]).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(Committed {
-            post,
-            kind: EventType::PostCreated,
-            position,
-            lsn: 0,
-            previous_tags: Vec::new(),
-        })
+        write::create(self, new, now).await
     }
 
     async fn change(
@@ -218,7 +208,7 @@ impl Store for SqliteStore {
         kind: EventType,
         edit: Edit,
     ) -> Result<Committed, StoreError> {
-        self.change_post(id, kind, edit).await
+        write::change(self, id, kind, edit).await
     }
 
     /// One file, no replicas: every read is the primary's.
@@ -279,16 +269,9 @@ impl Store for SqliteStore {
     }
 
     async fn add_views(&self, batch: &[(PostId, i64)]) -> Result<Vec<(PostId, i64)>, StoreError> {
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let totals = Self::apply_views(&mut tx, batch).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("commit views"))?;
-        Ok(totals)
+        Ok(write::add_views(self, None, batch)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn add_views_once(
@@ -296,27 +279,7 @@ impl Store for SqliteStore {
         batch_id: &str,
         batch: &[(PostId, i64)],
     ) -> Result<Option<Vec<(PostId, i64)>>, StoreError> {
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let claimed = sqlx::query(
-            "INSERT INTO view_batches (id, applied_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(batch_id)
-        .bind(OffsetDateTime::now_utc())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("claim a view batch"))?;
-        if claimed.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let totals = Self::apply_views(&mut tx, batch).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("commit views"))?;
-        Ok(Some(totals))
+        write::add_views(self, Some(batch_id), batch).await
     }
 
     async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
