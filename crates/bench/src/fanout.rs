@@ -15,11 +15,11 @@ use hyper::header::{ACCEPT, HOST};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::args::{BenchArgs, BenchError, Mode};
 use crate::http::Target;
 use crate::report::{FanoutReport, FanoutServer};
 use crate::server::{Window, rss_bytes};
 use crate::stats::OpStats;
-use crate::{BenchArgs, BenchError, Mode};
 
 const MARKER: &str = "fanout-";
 const SHARDS: usize = 8;

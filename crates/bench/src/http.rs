@@ -22,11 +22,11 @@ use hyper_util::rt::TokioIo;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::args::{BenchArgs, BenchError};
 use crate::keys::{Picker, describe};
 use crate::report::{CompareReport, HttpReport, Ops, Ratio};
 use crate::server::Window;
 use crate::stats::OpStats;
-use crate::{BenchArgs, BenchError};
 
 /// Where requests go: `host:port` to connect to, the `Host` header, and the base path.
 #[derive(Clone)]
@@ -185,7 +185,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<HttpReport, BenchError> {
         _ => None,
     };
     Ok(HttpReport {
-        mode: crate::Mode::Http,
+        mode: crate::args::Mode::Http,
         url: args.url.clone(),
         seconds: args.seconds,
         concurrency: args.concurrency,

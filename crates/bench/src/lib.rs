@@ -14,7 +14,7 @@
 //! Only 2xx answers count as done; everything else is an error. Give `--pid` of the server (on
 //! the same machine) to read its CPU time and RSS from `/proc`.
 //!
-//! Modules: `args` holds the options; [`http`] and [`fanout`] drive the two kinds of load; `keys` picks posts; `stats`
+//! Modules: [`run`] is the entry; `args` holds the options; `http` and `fanout` drive the two kinds of load; `keys` picks posts; `stats`
 //! keeps histograms and timelines; `server` reads `/proc`; `plot` draws; `report` renders.
 
 mod args;
@@ -23,29 +23,11 @@ mod http;
 mod keys;
 mod plot;
 mod report;
+mod run;
 mod server;
 mod stats;
 
 pub use args::{BenchArgs, BenchError, Mode};
 pub use keys::KeyDist;
 pub use report::{FanoutReport, HttpReport, OpReport, Report, render};
-
-/// Runs the load `args` describe, writes the plot if asked, and returns the report.
-///
-/// # Errors
-/// On contradicting options, when seeding fails, when no subscriber connects, or when the
-/// plot cannot be written.
-pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        return Err(BenchError::Invalid("--seconds must be above 0".into()));
-    }
-    server::raise_fd_limit();
-    let report = match args.mode {
-        Mode::Http => Report::Http(Box::new(http::run(args).await?)),
-        transport => Report::Fanout(Box::new(fanout::run(args, transport).await?)),
-    };
-    if let Some(path) = &args.plot {
-        plot::write(&report, path).map_err(BenchError::Plot)?;
-    }
-    Ok(report)
-}
+pub use run::run;

@@ -55,7 +55,7 @@ impl Ops {
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpReport {
     /// Always `http`.
-    pub mode: crate::Mode,
+    pub mode: crate::args::Mode,
     /// The loaded server.
     pub url: String,
     /// Measured seconds.
@@ -116,7 +116,7 @@ impl Ratio {
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
     /// The transport.
-    pub mode: crate::Mode,
+    pub mode: crate::args::Mode,
     /// The server.
     pub url: String,
     /// Publishing seconds.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::CheckError;
+use crate::error::CheckError;
 
 /// Options of `postcache check`.
 #[derive(Debug, Clone, clap::Args)]

@@ -13,8 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::history::Micros;
-use crate::workload::Clock;
+use crate::history::{Clock, Micros};
 
 /// A stream that sends nothing (not even a heartbeat) for this long is taken as dead.
 const SILENCE: Duration = Duration::from_secs(60);

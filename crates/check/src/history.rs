@@ -8,10 +8,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::Instant;
+
 use serde::Serialize;
 
 /// Microseconds since the run started.
 pub type Micros = u64;
+
+/// Microseconds since the run started; cheap to clone.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// Starts now.
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Microseconds since the start.
+    pub fn now(&self) -> Micros {
+        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
 
 /// Which feed a read asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

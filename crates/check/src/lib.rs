@@ -15,57 +15,25 @@
 
 mod api;
 mod args;
+mod error;
 mod events;
 mod history;
 mod probe;
 mod report;
 mod rng;
+mod run;
 mod settle;
 pub mod verify;
 mod workload;
 
-use std::future::Future;
-
 pub use args::{CheckArgs, Plan, duration_of};
+pub use error::CheckError;
 pub use events::{Change, Delivered, StreamLog};
-pub use history::{Expected, Feed, History, Micros, Op, OpKind, Outcome};
+pub use history::{Clock, Expected, Feed, History, Micros, Op, OpKind, Outcome};
 pub use report::{
     Cleanup, Convergence, Findings, Guarantee, LostWrite, OpCounts, Report, SubscriberSummary,
     Violation, render,
 };
+pub use run::{check_until, run};
 pub use settle::Stopped;
-pub use workload::{Clock, MAX_LIVE, RunNames, Workload};
-
-/// Why a run could not be made (violations are not errors: they are in the [`Report`]).
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// The options do not make a run.
-    #[error("invalid options: {0}")]
-    Config(String),
-    /// The HTTP client could not be built.
-    #[error("building the HTTP client failed")]
-    Client(#[source] reqwest::Error),
-}
-
-/// Runs the command line's check: the workload for `--duration`, then settle, verify, clean up.
-///
-/// # Errors
-/// [`CheckError`] when the options are invalid or no HTTP client can be built.
-pub async fn run(args: &CheckArgs) -> Result<Report, CheckError> {
-    let plan = Plan::from_args(args)?;
-    let duration = duration_of(args)?;
-    check_until(&plan, tokio::time::sleep(duration)).await
-}
-
-/// Runs the workload until `stop` resolves, then settles, verifies and cleans up.
-///
-/// # Errors
-/// [`CheckError::Client`] when no HTTP client can be built.
-pub async fn check_until(
-    plan: &Plan,
-    stop: impl Future<Output = ()>,
-) -> Result<Report, CheckError> {
-    let workload = Workload::start(plan).await?;
-    stop.await;
-    Ok(workload.stop().await.check().await)
-}
+pub use workload::{MAX_LIVE, RunNames, Workload};

@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::Api;
-use crate::history::{Expected, Micros, Outcome};
-use crate::workload::Clock;
+use crate::history::{Clock, Expected, Micros, Outcome};
 
 /// Longest pause between two reads of one probe.
 const MAX_PAUSE: Duration = Duration::from_millis(20);

@@ -65,7 +65,7 @@ pub struct Violation {
 pub struct Findings<T> {
     /// How many.
     pub count: usize,
-    /// The first [`DETAILS_KEPT`].
+    /// The first `DETAILS_KEPT`.
     pub first: Vec<T>,
 }
 

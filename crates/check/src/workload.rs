@@ -5,7 +5,7 @@
 //! start: subscribers (one per URL) open ─▶ C sessions loop: pick an op, a URL, send, record an Op
 //!        every N-th acknowledged write ─▶ a Probe
 //! stop:  sessions finish their request in flight ─▶ History  (subscribers and probes keep going
-//!        until the settle period ends, see crate::settle)
+//!        until the settle period ends: crate::settle)
 //! ```
 //! Each session holds the last `X-PostCache-Token` it got and sends it on its token-carrying
 //! reads. The run keeps fewer than [`MAX_LIVE`] posts alive so one feed page (limit 100) lists
@@ -19,32 +19,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::CheckError;
 use crate::api::Api;
 use crate::args::Plan;
+use crate::error::CheckError;
 use crate::events::Subscriber;
-use crate::history::{Expected, Feed, History, Micros, Op, OpKind, Outcome};
+use crate::history::{Clock, Expected, Feed, History, Micros, Op, OpKind, Outcome};
 use crate::probe::{Probe, Probed};
 use crate::rng::XorShift;
 
 /// Posts created (acknowledged or not) and not yet deleted stay below this.
 pub const MAX_LIVE: usize = 80;
-
-/// Microseconds since the run started; cheap to clone.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock(Instant);
-
-impl Clock {
-    /// Starts now.
-    pub fn start() -> Clock {
-        Clock(Instant::now())
-    }
-
-    /// Microseconds since the start.
-    pub fn now(&self) -> Micros {
-        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-}
 
 /// Names of one run: its tag and one author id per session.
 #[derive(Debug, Clone)]
@@ -91,7 +75,7 @@ pub(crate) struct Shared {
     pub(crate) settled: watch::Sender<bool>,
 }
 
-/// A running workload. [`Workload::stop`] it, then [`crate::Stopped::check`] the result.
+/// A running workload. [`Workload::stop`] it, then [`crate::settle::Stopped::check`] the result.
 pub struct Workload {
     pub(crate) shared: Arc<Shared>,
     pub(crate) subscribers: Vec<Subscriber>,

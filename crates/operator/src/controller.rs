@@ -27,13 +27,14 @@ use serde_json::json;
 
 use crate::apply::{self, Outcome};
 use crate::child::Child;
+use crate::crd::{PostCache, PostCacheStatus};
 use crate::desired::{Generated, Images, Inputs, desired};
 use crate::error::Error;
 use crate::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, children_selector};
 use crate::monitoring::{self, MonitoringApis};
 use crate::postgres::Passwords;
 use crate::status;
-use crate::{PostCache, PostCacheStatus, metrics, observe, redis};
+use crate::{metrics, observe, redis};
 
 /// Everything a reconcile needs besides the object.
 pub struct Context {
@@ -139,7 +140,7 @@ async fn mark_failed(client: &Client, pc: &PostCache) {
         return;
     };
     let api: Api<PostCache> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({"status": {"phase": crate::Phase::Failed}});
+    let patch = json!({"status": {"phase": crate::crd::Phase::Failed}});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -228,7 +229,7 @@ async fn reconcile_inner(pc: &PostCache, ctx: &Context) -> Result<Action, Error>
         let resource = ApiResource::erase::<Job>(&());
         apply::delete(client, &ns, &resource, &redis::job_name(pc, &job)).await?;
     }
-    let busy = new.phase != Some(crate::Phase::Ready);
+    let busy = new.phase != Some(crate::crd::Phase::Ready);
     Ok(Action::requeue(if busy {
         Duration::from_secs(30)
     } else {
@@ -384,7 +385,10 @@ async fn publish_transitions(
     if old.phase != new.phase
         && let Some(phase) = new.phase
     {
-        let type_ = if matches!(phase, crate::Phase::Degraded | crate::Phase::Failed) {
+        let type_ = if matches!(
+            phase,
+            crate::crd::Phase::Degraded | crate::crd::Phase::Failed
+        ) {
             EventType::Warning
         } else {
             EventType::Normal

@@ -2,10 +2,11 @@
 //! reconciler applies and the snapshot tests render.
 
 use crate::child::Child;
+use crate::crd::{PostCache, PostgresMode, RedisMode};
 use crate::monitoring::MonitoringApis;
 use crate::postgres::Passwords;
 use crate::shards::ShardJob;
-use crate::{PostCache, PostgresMode, RedisMode, monitoring, network, postgres, redis};
+use crate::{monitoring, network, postgres, redis};
 use crate::{scripts, service};
 
 /// The operator's default images (flags), used where the spec names none.
@@ -80,8 +81,8 @@ pub fn desired(pc: &PostCache, inputs: &Inputs<'_>) -> Vec<Child> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::{ExternalPostgres, ExternalRedis, PostCacheSpec, SecretKeyRef};
     use crate::shards::{ShardAction, ShardJob};
-    use crate::{ExternalPostgres, ExternalRedis, PostCacheSpec, SecretKeyRef};
     use kube::ResourceExt;
 
     fn postcache(spec: PostCacheSpec) -> PostCache {
@@ -243,7 +244,7 @@ mod tests {
 
     #[test]
     fn each_tier_s_pod_options_reach_every_pod_template_of_that_tier_only() {
-        let options = |tier: &str| -> crate::PodOptions {
+        let options = |tier: &str| -> crate::crd::PodOptions {
             serde_json::from_value(serde_json::json!({
                 "nodeSelector": {"pool": tier},
                 "tolerations": [{"key": "dedicated", "value": tier, "effect": "NoSchedule"}],

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::PostCache;
+use crate::crd::PostCache;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "postcache-operator";

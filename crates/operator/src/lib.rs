@@ -2,7 +2,7 @@
 //!
 //! - [`crd`](PostCache): the resource, defined by Rust types whose doc comments, defaults and CEL
 //!   rules become the CRD's schema (`postcache crd` prints it; `crds/postcache.yaml` is that output;
-//!   [`reference`] renders it as `docs/crd.md`).
+//!   [`reference`](mod@reference) renders it as `docs/crd.md`).
 //! - Pure desired-state builders, one module per tier: [`redis`], [`postgres`], [`service`],
 //!   [`network`], [`monitoring`] (with the alert rules of [`alerts`], also rendered into
 //!   `deploy/monitoring/`), the data-plane [`scripts`] and their ConfigMap, assembled by

@@ -15,8 +15,9 @@ use kube::core::GroupVersionKind;
 use serde_json::json;
 
 use crate::child::Child;
+use crate::crd::{AlertsSpec, PostCache};
 use crate::labels::{Component, GRAFANA_DASHBOARD_LABEL, child_name, meta, selector_labels};
-use crate::{AlertsSpec, PostCache, service};
+use crate::service;
 
 /// The API group of ServiceMonitor and PrometheusRule.
 pub const GROUP: &str = "monitoring.coreos.com";
@@ -149,7 +150,7 @@ fn dashboard(pc: &PostCache) -> ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PostCacheSpec;
+    use crate::crd::PostCacheSpec;
 
     fn postcache(namespace: &str, name: &str, uid: &str) -> PostCache {
         let mut pc = PostCache::new(name, PostCacheSpec::default());

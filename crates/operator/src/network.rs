@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
+use crate::crd::{PostCache, PostgresMode, RedisMode};
 use crate::labels::{COMPONENT_LABEL, Component, INSTANCE_LABEL, child_name, meta, selector};
-use crate::{PostCache, PostgresMode, RedisMode, postgres, redis, service};
+use crate::{postgres, redis, service};
 
 /// The policies for the tiers the operator runs.
 pub fn children(pc: &PostCache) -> Vec<Child> {

@@ -7,11 +7,12 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::Api;
 use kube::{Client, Resource};
 
+use crate::crd::{PostCache, PostCacheStatus, RedisMode};
 use crate::error::Error;
 use crate::monitoring::{self, MonitoringApis};
 use crate::shards::{self, JobState, ShardPlan};
 use crate::status::{Counts, Observed};
-use crate::{PostCache, PostCacheStatus, RedisMode, postgres, redis, service};
+use crate::{postgres, redis, service};
 
 pub(crate) async fn discover_monitoring(client: &Client) -> Result<MonitoringApis, Error> {
     let version = format!("{}/{}", monitoring::GROUP, monitoring::VERSION);
@@ -138,7 +139,7 @@ pub(crate) async fn observe(
         let sts = get_opt::<StatefulSet>(client, ns, &redis::name(pc)).await?;
         Some(sts_counts(sts.as_ref()))
     };
-    let postgres_counts = if pc.spec.postgres.mode == crate::PostgresMode::External {
+    let postgres_counts = if pc.spec.postgres.mode == crate::crd::PostgresMode::External {
         None
     } else {
         let primary = get_opt::<StatefulSet>(client, ns, &postgres::primary_name(pc)).await?;

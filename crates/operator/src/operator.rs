@@ -4,7 +4,7 @@
 
 use kube::Client;
 
-use crate::OperatorArgs;
+use crate::config::OperatorArgs;
 use crate::controller::{Context, run_controller};
 use crate::scripts::Scripts;
 use crate::{leader, metrics};

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::crd::{PodOptions, PostCache, StorageSpec};
 use crate::labels::Component;
-use crate::{PodOptions, PostCache, StorageSpec};
 
 /// Where the data-plane scripts ConfigMap is mounted.
 pub const SCRIPTS_DIR: &str = "/scripts";

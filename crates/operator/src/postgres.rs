@@ -25,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
+use crate::crd::{PostCache, PostgresMode};
 use crate::labels::{
     Component, child_name, labels, meta, retained_meta, selector, selector_labels,
 };
@@ -34,7 +35,6 @@ use crate::pod::{
     scripts_volume, secret_env, service_port, volume_claim,
 };
 use crate::scripts::{PRIMARY_INIT_SCRIPT, SEED_SCRIPT};
-use crate::{PostCache, PostgresMode};
 
 /// PostgreSQL's port.
 pub const PORT: i32 = 5432;

@@ -18,15 +18,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
+use crate::crd::{PostCache, RedisMode, RedisSpec};
 use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
     SCRIPTS_DIR, apply_options, container_port, env, exec_probe, mount, pod_meta,
     resources as pod_resources, restricted_pod_security_context, restricted_security_context,
     scratch_volume, scripts_mount, scripts_volume, secret_env, service_port, volume_claim,
 };
+use crate::quantity;
 use crate::scripts::CLUSTER_SCRIPT;
 use crate::shards::{ShardAction, ShardJob};
-use crate::{PostCache, RedisMode, RedisSpec, quantity};
 
 /// Redis's client port.
 pub const PORT: i32 = 6379;
@@ -139,7 +140,7 @@ pub fn resources(spec: &RedisSpec) -> ResourceRequirements {
         .unwrap_or_else(|| pod_resources("100m", "512Mi", "512Mi"))
 }
 
-/// `maxmemory` in bytes: the spec's, else [`MAX_MEMORY_PERCENT_OF_LIMIT`] of the memory limit;
+/// `maxmemory` in bytes: the spec's, else `MAX_MEMORY_PERCENT_OF_LIMIT` of the memory limit;
 /// `None` (unbounded) without either.
 pub fn max_memory(spec: &RedisSpec) -> Option<u64> {
     if let Some(bytes) = spec.max_memory.as_ref().and_then(|q| quantity::bytes(&q.0)) {
@@ -408,7 +409,7 @@ fn shard_job(pc: &PostCache, image: &str, job: &ShardJob) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MaxMemoryPolicy;
+    use crate::crd::MaxMemoryPolicy;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     #[test]

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::PostCache;
+use crate::crd::PostCache;
 
 /// The reference, as committed in `docs/crd.md`.
 pub fn crd_markdown() -> String {

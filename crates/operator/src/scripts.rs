@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::PostCache;
 use crate::child::Child;
+use crate::crd::PostCache;
 use crate::labels::{Component, child_name, meta};
 
 /// Forms and reshapes a Redis Cluster: `bootstrap`, `add-shards`, `drain-shards`.

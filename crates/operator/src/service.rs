@@ -19,13 +19,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::child::Child;
+use crate::crd::{PostCache, PostgresMode, RedisMode};
 use crate::labels::{Component, child_name, meta, retained_meta, selector, selector_labels};
 use crate::pod::{
     apply_options, container_port, env, mount, pod_meta, resources as pod_resources,
     restricted_pod_security_context, restricted_security_context, scratch_volume, secret_env,
     service_port,
 };
-use crate::{PostCache, PostgresMode, RedisMode, postgres, redis};
+use crate::{postgres, redis};
 
 /// The service's HTTP port (API, `/metrics`, probes).
 pub const PORT: i32 = 8080;
@@ -357,7 +358,7 @@ fn autoscaler(pc: &PostCache) -> HorizontalPodAutoscaler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PostCacheSpec;
+    use crate::crd::PostCacheSpec;
 
     fn value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
         env.iter()

@@ -9,7 +9,7 @@
 //! shrink: MoveSlots job (drain-shards) ─complete─▶ ShrinkNodes(S→T) ─nodes gone─▶ shards = T
 //! ```
 
-use crate::{ShardChange, ShardStep};
+use crate::crd::{ShardChange, ShardStep};
 
 /// The data-plane action of a Job (`redis-cluster.sh <action>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

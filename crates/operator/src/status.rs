@@ -5,12 +5,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::labels::{Component, selector_string};
-use crate::shards::ShardPlan;
-use crate::{
+use crate::crd::{
     Endpoints, Phase, PostCache, PostCacheStatus, PostgresMode, PostgresStatus, RedisMode,
-    RedisStatus, ServiceStatus, ShardStep, service,
+    RedisStatus, ServiceStatus, ShardStep,
 };
+use crate::labels::{Component, selector_string};
+use crate::service;
+use crate::shards::ShardPlan;
 
 /// `Ready`: every component is ready.
 pub const READY: &str = "Ready";

@@ -169,7 +169,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let limit = args
         .rate_limit()
         .map(|(rate, burst)| RateLimit::new(rate, burst));
-    let mut realtime = crate::Realtime::new(
+    let mut realtime = crate::realtime::Realtime::new(
         Arc::clone(posts.log()),
         if args.realtime.enabled {
             args.realtime.max_connections
@@ -183,7 +183,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(max_age) = nonzero(args.realtime.max_age) {
         realtime = realtime.with_max_age(max_age);
     }
-    let http = crate::Http {
+    let http = crate::app::Http {
         limit: limit.clone(),
         proxies: TrustedProxies::new(args.http.trusted_proxies.clone()),
         request_timeout: nonzero(args.http.request_timeout),

@@ -33,7 +33,7 @@ impl TokenKeys {
     /// Keys from their secrets, the signing one first.
     ///
     /// # Errors
-    /// No key, or one shorter than [`MIN_KEY_BYTES`] (the message says which, not what it is).
+    /// No key, or one shorter than `MIN_KEY_BYTES` (the message says which, not what it is).
     pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Result<TokenKeys, String> {
         if secrets.is_empty() {
             return Err("no token key".to_owned());

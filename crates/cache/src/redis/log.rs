@@ -105,7 +105,7 @@ pub enum Entry {
     Invalidate {
         /// Posts to drop from every L1.
         ids: Vec<PostId>,
-        /// Feeds (tag names, [`crate::TagKey::name`]) to make unreachable in every L1.
+        /// Feeds (tag names, [`crate::tags::TagKey::name`]) to make unreachable in every L1.
         tags: Vec<String>,
     },
     /// An entry this version cannot read: a follower treats it as a gap (trusts nothing).

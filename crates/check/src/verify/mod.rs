@@ -6,7 +6,7 @@
 //! | G1 read-your-writes, G2 monotonic reads, G3 bounded staleness | [`reads`] | reads and feed pages |
 //! | G5 realtime order and completeness | [`realtime`] | subscribers' streams |
 //!
-//! G4 (no acknowledged write lost) needs reads after the workload: see [`crate::Stopped::check`].
+//! G4 (no acknowledged write lost) needs reads after the workload: see [`crate::settle::Stopped::check`].
 
 pub mod reads;
 pub mod realtime;

@@ -1,13 +1,14 @@
 //! The import graph inside each crate (files as nodes, `use crate::…` as edges) runs one way:
 //! every top-level module sits in a layer, and a module imports only from its own layer or the
-//! ones below. A name imported through a crate-root re-export counts as an edge to the module
-//! that defines it. A new module must be given a layer here, which is the point: where it sits
+//! ones below, naming the module that defines what it imports (the crate root's re-exports are
+//! for other crates: through them, an arrow up would look like an arrow to the root). A new module must be given a layer here, which is the point: where it sits
 //! is decided, not discovered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Per crate, its layers from the bottom up. `lib` is what `lib.rs` defines itself.
+/// Per crate, its layers from the bottom up. `lib` is what `lib.rs` defines itself; a crate
+/// without a `lib` layer keeps its `lib.rs` a table of contents (modules and re-exports only).
 const LAYERS: &[(&str, &[&[&str]])] = &[
     (
         "cache",
@@ -30,7 +31,7 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             &["auth", "client", "config", "json", "tokens", "validate"],
             &["limit", "logging"],
             &["openapi", "realtime", "routes"],
-            &["lib"],
+            &["app"],
             &["serve"],
         ],
     ),
@@ -58,8 +59,19 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             &["args"],
             &["report"],
             &["plot"],
-            &["lib"],
             &["fanout", "http"],
+            &["run"],
+        ],
+    ),
+    (
+        "check",
+        &[
+            &["error", "history", "rng"],
+            &["api", "args", "events", "report"],
+            &["probe", "verify"],
+            &["workload"],
+            &["settle"],
+            &["run"],
         ],
     ),
 ];
@@ -92,11 +104,15 @@ fn no_module_imports_from_a_layer_above_its_own() {
             for name in crate_imports(&code_of(&text)) {
                 let target = if layer_of.contains_key(name.as_str()) {
                     name.clone()
+                } else if let Some(module) = reexports.get(&name) {
+                    wrong.push(format!(
+                        "{krate}: {} imports `crate::{name}` through lib.rs; name where it is \
+                         defined: `crate::{module}::{name}`",
+                        file.strip_prefix(&root).unwrap_or(&file).display()
+                    ));
+                    module.clone()
                 } else {
-                    reexports
-                        .get(&name)
-                        .cloned()
-                        .unwrap_or_else(|| "lib".into())
+                    "lib".into()
                 };
                 if target == module {
                     continue;
@@ -123,6 +139,34 @@ fn no_module_imports_from_a_layer_above_its_own() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_crate_without_a_lib_layer_keeps_lib_rs_a_table_of_contents() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut wrong = Vec::new();
+    for (krate, layers) in LAYERS {
+        if layers.iter().any(|modules| modules.contains(&"lib")) {
+            continue;
+        }
+        let lib =
+            std::fs::read_to_string(root.join("crates").join(krate).join("src/lib.rs")).unwrap();
+        wrong.extend(
+            definitions(&code_of(&lib)).map(|line| format!("{krate}/src/lib.rs defines `{line}`")),
+        );
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Top-level lines of `code` that define something: anything but a module, an import, an
+/// attribute, or the inside and end of a grouped import.
+fn definitions(code: &str) -> impl Iterator<Item = &str> {
+    const CONTENTS: &[&str] = &["mod ", "pub mod ", "use ", "pub use ", "#", "}"];
+    code.lines().filter(|line| {
+        !line.trim().is_empty()
+            && !line.starts_with(char::is_whitespace)
+            && !CONTENTS.iter().any(|start| line.starts_with(start))
+    })
 }
 
 /// The code of a file without its comments and its unit tests (which may reach anywhere).
@@ -224,4 +268,9 @@ fn the_parser_sees_grouped_and_nested_imports() {
     let reexports = reexported_names("pub use a::b::{C, D as E};\npub use f::G;");
     assert_eq!(reexports.get("E").map(String::as_str), Some("a"));
     assert_eq!(reexports.get("G").map(String::as_str), Some("f"));
+    let lib = "mod a;\npub use a::{\n    B,\n};\n#[doc(hidden)]\npub fn c() {}\nstruct D;";
+    assert_eq!(
+        definitions(lib).collect::<Vec<_>>(),
+        ["pub fn c() {}", "struct D;"]
+    );
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
-/// Whether the process is draining (see [`crate::Http::draining`]).
+/// Whether the process is draining (see [`crate::app::Http::draining`]).
 #[derive(Clone)]
 pub(crate) struct Draining(pub(crate) tokio::sync::watch::Receiver<bool>);
 
