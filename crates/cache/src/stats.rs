@@ -1,7 +1,10 @@
 //! Per-tier hit and miss counters: `/v1/cache/stats` reads them, and every count also goes to the
 //! `metrics` recorder as [`CACHE_REQUESTS`] (described with the other metrics by the server).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::Counter;
 
 /// Metric name: cache lookups by `tier` (`l1`, `l2`, `l3`) and `result` (`hit`, `miss`).
 pub const CACHE_REQUESTS: &str = "postcache_cache_requests_total";
@@ -34,6 +37,9 @@ pub struct TierCounts {
     tier: &'static str,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// The recorder's counters, looked up at the first hit and miss (every L1 hit counts: a
+    /// lookup by name and labels each time cost more than the rest of the count).
+    metrics: [OnceLock<Counter>; 2],
 }
 
 impl TierCounts {
@@ -42,19 +48,28 @@ impl TierCounts {
             tier,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            metrics: [OnceLock::new(), OnceLock::new()],
         }
     }
 
     /// Counts one hit.
     pub fn hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => "hit").increment(1);
+        self.counter(0, "hit").increment(1);
     }
 
     /// Counts one miss.
     pub fn miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => "miss").increment(1);
+        self.counter(1, "miss").increment(1);
+    }
+
+    /// The recorder's counter of `result`. Counting starts with requests, after the server
+    /// installed its recorder.
+    fn counter(&self, slot: usize, result: &'static str) -> &Counter {
+        self.metrics[slot].get_or_init(
+            || metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => result),
+        )
     }
 
     /// (hits, misses) so far.

@@ -195,8 +195,21 @@ thread_local! {
 }
 
 /// The one `'static` copy of a route template or a status code (as many as there are routes and
-/// codes: a few bytes each, made once).
+/// codes: a few bytes each, made once). Each thread keeps the copies it has seen, so a request
+/// takes no lock.
 fn intern(route: &str) -> &'static str {
+    thread_local! {
+        static SEEN: RefCell<HashSet<&'static str>> = RefCell::new(HashSet::new());
+    }
+    if let Some(known) = SEEN.with_borrow(|seen| seen.get(route).copied()) {
+        return known;
+    }
+    let known = intern_shared(route);
+    SEEN.with_borrow_mut(|seen| seen.insert(known));
+    known
+}
+
+fn intern_shared(route: &str) -> &'static str {
     static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
     let routes = ROUTES.get_or_init(Default::default);
     if let Some(known) = routes

@@ -11,7 +11,7 @@ use postcache_api::{ErrorBody, FeedPage, Post};
 use postcache_cache::{ConsistencyToken, Cursor, FeedQuery, PostId, Posts, Written, parse_post_id};
 
 use super::response::{
-    ReadToken, TIER_HEADER, add_token, etag_versions, post_response, read_token,
+    IfNoneMatch, ReadToken, TIER_HEADER, add_token, etag_versions, post_response, read_token,
 };
 use crate::auth::Authorized;
 use crate::error::ApiError;
@@ -56,14 +56,14 @@ pub(crate) async fn get(
     State(posts): State<Arc<Posts>>,
     Path(id): Path<String>,
     ReadToken(token): ReadToken,
-    request_headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let read = posts.get(id_param(&id)?, token.as_ref()).await?;
     if read.entry.post.is_none() {
         return Err(ApiError::not_found(format!("post {id} does not exist")));
     }
-    let not_modified = request_headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
-        etag_versions(v)
+    let not_modified = if_none_match.is_some_and(|v| {
+        etag_versions(&v)
             .into_iter()
             .any(|t| t.is_none_or(|v| v == read.entry.version))
     });
@@ -155,10 +155,7 @@ pub(crate) async fn list(
             HeaderValue::from_static("application/json"),
         ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (
-            TIER_HEADER.parse().map_err(|_| ApiError::internal())?,
-            HeaderValue::from_static(page.tier.as_str()),
-        ),
+        (TIER_HEADER, HeaderValue::from_static(page.tier.as_str())),
     ];
     Ok((StatusCode::OK, headers, body).into_response())
 }

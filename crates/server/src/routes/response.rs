@@ -1,19 +1,22 @@
 //! Response pieces shared by the post routes: ETags, cache headers, consistency tokens.
 
+use std::convert::Infallible;
+
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use postcache_cache::{CachedPost, ConsistencyToken, Tier};
 
 use crate::error::ApiError;
 use crate::tokens::TokenKeys;
 
-/// Header carrying the tier that served a read.
-pub(crate) const TIER_HEADER: &str = "x-postcache-tier";
+/// Header carrying the tier that served a read. Header names are constants: a `&str` name is
+/// parsed again on every insert and lookup.
+pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-postcache-tier");
 /// Header carrying the consistency token of a write (and accepted on reads).
-pub(crate) const TOKEN_HEADER: &str = "x-postcache-token";
+pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-postcache-token");
 /// Cookie carrying the same token, for clients that do not keep headers.
 pub(crate) const TOKEN_COOKIE: &str = "pc_token";
 
@@ -31,9 +34,23 @@ where
     }
 }
 
-/// `"<version>"`.
+/// The `If-None-Match` of a read, taken alone: extracting the whole `HeaderMap` would copy every
+/// header of every request.
+pub(crate) struct IfNoneMatch(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(IfNoneMatch(
+            parts.headers.get(header::IF_NONE_MATCH).cloned(),
+        ))
+    }
+}
+
+/// `"<version>"` (the string becomes the value's bytes, not copied).
 pub(crate) fn etag(version: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+    HeaderValue::try_from(format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// Parses an `If-Match` / `If-None-Match` list: `Some(None)` for `*`, `Some(Some(v))` per version.
@@ -108,14 +125,14 @@ pub(crate) fn read_token(
     headers: &HeaderMap,
     keys: &TokenKeys,
 ) -> Result<Option<ConsistencyToken>, ApiError> {
-    if let Some(value) = headers.get(TOKEN_HEADER) {
+    if let Some(value) = headers.get(&TOKEN_HEADER) {
         return value
             .to_str()
             .ok()
             .and_then(|text| keys.verify(text).ok())
             .ok_or_else(|| {
                 ApiError::bad_request(
-                    TOKEN_HEADER,
+                    TOKEN_HEADER.as_str(),
                     "not a consistency token: send back the X-PostCache-Token of a write unchanged",
                 )
             });
