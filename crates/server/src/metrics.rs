@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{OnceLock, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
@@ -168,7 +168,7 @@ pub(crate) fn labels(request: &Request) -> (&'static str, &'static str) {
 pub(crate) fn record(
     (route, method): (&'static str, &'static str),
     status: StatusCode,
-    started: Instant,
+    latency: Duration,
 ) {
     HANDLES.with_borrow_mut(|handles| {
         let (requests, duration) = handles
@@ -181,7 +181,7 @@ pub(crate) fn record(
                 )
             });
         requests.increment(1);
-        duration.record(started.elapsed().as_secs_f64());
+        duration.record(latency.as_secs_f64());
     });
 }
 

@@ -139,6 +139,7 @@ fn json_logs_are_one_object_per_line() {
     let logs = stderr_of(dir.path());
     let lines: Vec<&str> = logs.lines().collect();
     assert!(lines.len() >= 3, "{logs}");
+    let mut answered = Vec::new();
     for line in lines {
         let entry: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -146,7 +147,24 @@ fn json_logs_are_one_object_per_line() {
             entry["level"].is_string() && entry["timestamp"].is_string(),
             "{line}"
         );
+        if entry["fields"]["message"] == "finished processing request" {
+            answered.push(entry);
+        }
     }
+    // At debug, each answer is logged inside its request's span: status, latency, request id.
+    let health = answered
+        .iter()
+        .find(|e| e["span"]["path"] == "/readyz")
+        .unwrap_or_else(|| panic!("no answer to /readyz logged:\n{logs}"));
+    assert_eq!(health["fields"]["status"], 200, "{health}");
+    assert!(health["fields"]["latency_us"].is_u64(), "{health}");
+    assert_eq!(health["span"]["name"], "request", "{health}");
+    assert!(
+        health["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{health}"
+    );
 }
 
 /// `openssl s_server` with a certificate of a test CA, as an HTTPS collector: it prints what it

@@ -254,7 +254,10 @@ async fn health_metrics_and_openapi(backend: Backend, transport: Transport) {
         .filter(|l| l.starts_with("postcache_cache_requests_total{"))
         .filter(|l| l.contains(r#"tier="l1""#) && l.contains(r#"result="hit""#))
         .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    assert!(l1_hits.is_some_and(|n| n >= 1.0), "L1 hits: {l1_hits:?}\n{text}");
+    assert!(
+        l1_hits.is_some_and(|n| n >= 1.0),
+        "L1 hits: {l1_hits:?}\n{text}"
+    );
     assert!(text.contains("postcache_http_request_duration_seconds_bucket"));
 
     // The OpenAPI document lists exactly the routes served, and each of them answers.
