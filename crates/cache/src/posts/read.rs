@@ -64,6 +64,17 @@ impl Posts {
             });
         }
         self.stats.l1.miss();
+        // Boxed: the load's state (the coalescing, L2, L3) is 4.6 KiB, and inline it would make
+        // every read's future that large, hits included (each one allocated and copied).
+        Box::pin(self.get_missed(id, token)).await
+    }
+
+    /// [`Posts::get`] after an L1 miss.
+    async fn get_missed(
+        &self,
+        id: PostId,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<Read, PostsError> {
         // Concurrent readers share one load; the entry goes as soon as the load is done, so later
         // readers load again (they may need a newer version).
         let key: FlightKey = (
