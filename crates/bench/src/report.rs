@@ -200,18 +200,27 @@ fn ops_table(out: &mut String, ops: &Ops) {
     }
 }
 
+/// The server's CPU and memory; CPU per answer only when there were 2xx answers to divide by.
 fn server_line(out: &mut String, server: Option<&ServerUsage>, done: u64) {
-    if let Some(s) = server {
-        let _ = writeln!(
-            out,
-            "server pid {}: {:.2} CPU s ({:.2} cores), {:.1} µs CPU per 2xx answer, RSS {:.1} MiB",
-            s.pid,
-            s.cpu_seconds,
-            s.cores,
-            s.cpu_seconds * 1e6 / done.max(1) as f64,
-            s.rss_bytes as f64 / 1048576.0
-        );
-    }
+    let Some(s) = server else {
+        return;
+    };
+    let per_answer = if done == 0 {
+        "no 2xx answer to divide by".to_owned()
+    } else {
+        format!(
+            "{:.1} µs CPU per 2xx answer",
+            s.cpu_seconds * 1e6 / done as f64
+        )
+    };
+    let _ = writeln!(
+        out,
+        "server pid {}: {:.2} CPU s ({:.2} cores), {per_answer}, RSS {:.1} MiB",
+        s.pid,
+        s.cpu_seconds,
+        s.cores,
+        s.rss_bytes as f64 / 1048576.0
+    );
 }
 
 fn render_http(r: &HttpReport) -> String {
@@ -286,4 +295,26 @@ fn render_fanout(r: &FanoutReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_answer_is_not_made_up_when_nothing_answered_2xx() {
+        let usage = ServerUsage {
+            pid: 7,
+            cpu_seconds: 2.0,
+            cores: 0.5,
+            rss_bytes: 1 << 20,
+        };
+        let mut out = String::new();
+        server_line(&mut out, Some(&usage), 0);
+        assert!(out.contains("no 2xx answer to divide by"), "{out}");
+        assert!(!out.contains("µs CPU per"), "{out}");
+        let mut out = String::new();
+        server_line(&mut out, Some(&usage), 200_000);
+        assert!(out.contains("10.0 µs CPU per 2xx answer"), "{out}");
+    }
 }
