@@ -3,7 +3,7 @@
 //! Every part is a set of [`Process`]es whose readiness is polled with a deadline; a part that does
 //! not come up panics with the tail of its log. Dropping a part stops its processes and removes its
 //! directory. Parts that are safe to share within one test binary have a `shared()` constructor;
-//! those live until the binary exits (see [`shared`](crate::shared)), and each test isolates itself
+//! those live until the binary exits (see the `shared` module), and each test isolates itself
 //! in them (a database, a key prefix, a namespace).
 //!
 //! Children are spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so even a test binary
