@@ -39,7 +39,8 @@ pub struct TierCounts {
     misses: AtomicU64,
     /// The recorder's counters, looked up at the first hit and miss (every L1 hit counts: a
     /// lookup by name and labels each time cost more than the rest of the count).
-    metrics: [OnceLock<Counter>; 2],
+    hit_counter: OnceLock<Counter>,
+    miss_counter: OnceLock<Counter>,
 }
 
 impl TierCounts {
@@ -48,26 +49,27 @@ impl TierCounts {
             tier,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            metrics: [OnceLock::new(), OnceLock::new()],
+            hit_counter: OnceLock::new(),
+            miss_counter: OnceLock::new(),
         }
     }
 
     /// Counts one hit.
     pub fn hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
-        self.counter(0, "hit").increment(1);
+        self.counter(&self.hit_counter, "hit").increment(1);
     }
 
     /// Counts one miss.
     pub fn miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        self.counter(1, "miss").increment(1);
+        self.counter(&self.miss_counter, "miss").increment(1);
     }
 
     /// The recorder's counter of `result`. Counting starts with requests, after the server
     /// installed its recorder.
-    fn counter(&self, slot: usize, result: &'static str) -> &Counter {
-        self.metrics[slot].get_or_init(
+    fn counter<'a>(&self, cell: &'a OnceLock<Counter>, result: &'static str) -> &'a Counter {
+        cell.get_or_init(
             || metrics::counter!(CACHE_REQUESTS, "tier" => self.tier, "result" => result),
         )
     }

@@ -7,7 +7,6 @@
 //! service.
 
 use std::collections::{BTreeMap, BTreeSet};
-
 use std::time::Instant;
 
 use serde::Serialize;

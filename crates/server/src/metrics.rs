@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
@@ -194,38 +194,20 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// The one `'static` copy of a route template or a status code (as many as there are routes and
-/// codes: a few bytes each, made once). Each thread keeps the copies it has seen, so a request
-/// takes no lock.
+/// The `'static` copy of a route template or a status code, one per thread (as many as there are
+/// routes and codes: a few bytes each, made once), so a request takes no lock.
 fn intern(route: &str) -> &'static str {
     thread_local! {
         static SEEN: RefCell<HashSet<&'static str>> = RefCell::new(HashSet::new());
     }
-    if let Some(known) = SEEN.with_borrow(|seen| seen.get(route).copied()) {
-        return known;
-    }
-    let known = intern_shared(route);
-    SEEN.with_borrow_mut(|seen| seen.insert(known));
-    known
-}
-
-fn intern_shared(route: &str) -> &'static str {
-    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
-    let routes = ROUTES.get_or_init(Default::default);
-    if let Some(known) = routes
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(route)
-    {
-        return known;
-    }
-    let mut routes = routes.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = routes.get(route) {
-        return known;
-    }
-    let known: &'static str = Box::leak(route.to_owned().into_boxed_str());
-    routes.insert(known);
-    known
+    SEEN.with_borrow_mut(|seen| match seen.get(route) {
+        Some(known) => known,
+        None => {
+            let known: &'static str = Box::leak(route.to_owned().into_boxed_str());
+            seen.insert(known);
+            known
+        }
+    })
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -191,14 +191,16 @@ impl PoolUsage {
             max: pool.options().get_max_connections(),
         }
     }
+}
 
-    /// Two pools' connections together.
-    pub(crate) fn plus(self, other: PoolUsage) -> PoolUsage {
-        PoolUsage {
-            in_use: self.in_use + other.in_use,
-            idle: self.idle + other.idle,
-            max: self.max + other.max,
-        }
+/// Several pools' connections together.
+impl std::iter::Sum for PoolUsage {
+    fn sum<I: Iterator<Item = PoolUsage>>(pools: I) -> PoolUsage {
+        pools.fold(PoolUsage::default(), |sum, pool| PoolUsage {
+            in_use: sum.in_use + pool.in_use,
+            idle: sum.idle + pool.idle,
+            max: sum.max + pool.max,
+        })
     }
 }
 

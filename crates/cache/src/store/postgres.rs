@@ -220,10 +220,7 @@ impl PostgresStore {
     }
 
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.pool
-            .acquire()
-            .await
-            .map_err(StoreError::query("acquire a connection"))
+        write::acquire(self).await
     }
 }
 

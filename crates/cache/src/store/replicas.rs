@@ -254,11 +254,7 @@ impl Replicas {
 
     /// Connections (in use, idle, max) over all replica pools.
     pub fn pool_usage(&self) -> PoolUsage {
-        self.members
-            .iter()
-            .fold(PoolUsage::default(), |sum, member| {
-                sum.plus(PoolUsage::of(&member.pool))
-            })
+        self.members.iter().map(|m| PoolUsage::of(&m.pool)).sum()
     }
 }
 

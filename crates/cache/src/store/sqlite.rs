@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use postcache_api::EventType;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
 use super::write::{self, Dialect, Tx};
@@ -189,10 +189,6 @@ impl Dialect for SqliteStore {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::query("add views"))
-    }
-
-    async fn commit_lsn(_conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-        Ok(0)
     }
 }
 

@@ -72,11 +72,13 @@ pub(crate) trait Dialect: Send + Sync {
 
     /// The WAL position after a commit, read on the connection that made it (0 where there is
     /// no WAL to replay: SQLite).
-    async fn commit_lsn(conn: &mut <Self::Db as Database>::Connection) -> Result<u64, StoreError>;
+    async fn commit_lsn(_conn: &mut <Self::Db as Database>::Connection) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// A connection from the writer's pool.
-async fn acquire<D: Dialect>(db: &D) -> Result<PoolConnection<D::Db>, StoreError> {
+pub(super) async fn acquire<D: Dialect>(db: &D) -> Result<PoolConnection<D::Db>, StoreError> {
     db.writer()
         .acquire()
         .await
