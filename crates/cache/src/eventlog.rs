@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use postcache_api::{Event, EventType, Post, Topic};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
@@ -80,6 +81,9 @@ pub struct LoggedEvent {
     pub event: Event,
     /// `event` serialized once, for every subscriber.
     pub json: String,
+    /// The same, framed once as a Server-Sent Events message ([`sse_message`]), so every SSE
+    /// subscriber sends these bytes without copying them.
+    pub sse: Bytes,
     /// When the change was committed (delivery latency is measured from here).
     pub committed_at: OffsetDateTime,
 }
@@ -110,7 +114,37 @@ struct Ring {
 
 /// Estimated bytes an event holds: its JSON, the post's strings beside it, and the structs.
 fn weight(event: &LoggedEvent) -> usize {
-    2 * event.json.len() + event.author_id.len() + 256
+    2 * event.json.len() + event.sse.len() + event.author_id.len() + 256
+}
+
+impl LoggedEvent {
+    fn new(
+        position: Position,
+        author_id: String,
+        event: Event,
+        committed_at: OffsetDateTime,
+    ) -> LoggedEvent {
+        // An event of strings and integers always serializes.
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        LoggedEvent {
+            position,
+            author_id,
+            sse: sse_message(&event.id, &json),
+            event,
+            json,
+            committed_at,
+        }
+    }
+}
+
+/// One Server-Sent Events message: `id:` the event id, `data:` the event JSON (serialized JSON
+/// has no line breaks, so one `data:` line), then the blank line that ends the message.
+pub fn sse_message(id: &str, json: &str) -> Bytes {
+    let mut message = Vec::with_capacity(id.len() + json.len() + 12);
+    for part in ["id: ", id, "\ndata: ", json, "\n\n"] {
+        message.extend_from_slice(part.as_bytes());
+    }
+    Bytes::from(message)
 }
 
 /// One change to append, whatever assigns its position.
@@ -226,15 +260,7 @@ impl EventLog {
             version,
             ts: format_timestamp(committed_at),
         };
-        // An event of strings and integers always serializes.
-        let json = serde_json::to_string(&event).unwrap_or_default();
-        let logged = Arc::new(LoggedEvent {
-            position,
-            author_id,
-            event,
-            json,
-            committed_at,
-        });
+        let logged = Arc::new(LoggedEvent::new(position, author_id, event, committed_at));
         ring.head = position;
         ring.bytes += weight(&logged);
         ring.events.push_back(Arc::clone(&logged));
@@ -287,13 +313,7 @@ impl EventLog {
             version: 0,
             ts: format_timestamp(now),
         };
-        let marker = Arc::new(LoggedEvent {
-            position: base,
-            author_id: String::new(),
-            json: serde_json::to_string(&event).unwrap_or_default(),
-            event,
-            committed_at: now,
-        });
+        let marker = Arc::new(LoggedEvent::new(base, String::new(), event, now));
         let _ = self.live.send(Arc::clone(&marker));
         let narrow = self.narrow.lock().unwrap_or_else(PoisonError::into_inner);
         for channel in narrow.values() {

@@ -27,7 +27,7 @@ mod token;
 mod views;
 
 pub use background::{Background, BackgroundConfig, DB_POOL_CONNECTIONS, DB_POOL_MAX};
-pub use eventlog::{Backlog, EventLog, LoggedEvent, Position};
+pub use eventlog::{Backlog, EventLog, LoggedEvent, Position, sse_message};
 pub use freshness::{Freshness, L1_DISTRUSTED};
 pub use l1::{CachedPost, L1, L1Config};
 pub use model::{

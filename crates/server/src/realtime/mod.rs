@@ -10,21 +10,31 @@
 //! for it), and one that takes nothing at all meets the listener's write deadline. Connections
 //! end after a maximum age (clients resume where they were), so a scale-out spreads them.
 
-mod routes;
+mod sse;
 mod subscription;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::extract::Extension;
+use metrics::{Counter, Histogram};
 use postcache_cache::EventLog;
+use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-pub(crate) use routes::{__path_events, __path_ws, events, ws};
+pub(crate) use sse::{__path_events, events};
+pub(crate) use ws::{__path_ws, ws};
 
+use self::subscription::Outgoing;
+use crate::client::ClientIp;
 use crate::error::ApiError;
-use crate::metrics::{CLIENT_LIMITED, REALTIME_CONNECTIONS, REALTIME_DISCONNECTS};
+use crate::metrics::{
+    CLIENT_LIMITED, REALTIME_CONNECTIONS, REALTIME_DELIVERY, REALTIME_DISCONNECTS,
+    REALTIME_EVENTS_SENT,
+};
 
 /// What the realtime routes share.
 #[derive(Clone)]
@@ -165,5 +175,28 @@ pub(crate) async fn aged(deadline: Option<tokio::time::Instant>) {
 pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// The client's address, as the client-address layer found it (loopback when it did not run).
+fn client_ip(client: Option<Extension<ClientIp>>) -> IpAddr {
+    client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0)
+}
+
+/// Counts a sent event and, for a logged one, its commit → sent delay, taking `now` (one clock
+/// read per write, not per event) as the time it was sent. The metric handles are looked up
+/// once per process, not once per delivery.
+fn sent(out: &Outgoing, now: OffsetDateTime) {
+    static HANDLES: OnceLock<(Counter, Histogram)> = OnceLock::new();
+    let (events, delivery) = HANDLES.get_or_init(|| {
+        (
+            metrics::counter!(REALTIME_EVENTS_SENT),
+            metrics::histogram!(REALTIME_DELIVERY),
+        )
+    });
+    events.increment(1);
+    if let Outgoing::Event(event) = out {
+        let delay = (now - event.committed_at).as_seconds_f64().max(0.0);
+        delivery.record(delay);
     }
 }

@@ -4,8 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use postcache_api::{Event, EventType, Topic};
-use postcache_cache::{Backlog, EventLog, LoggedEvent, Position, format_timestamp};
+use postcache_cache::{Backlog, EventLog, LoggedEvent, Position, format_timestamp, sse_message};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -24,17 +25,18 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
-    pub(crate) fn id(&self) -> &str {
-        match self {
-            Outgoing::Event(e) => &e.event.id,
-            Outgoing::Resync { id, .. } => id,
-        }
-    }
-
     pub(crate) fn json(&self) -> &str {
         match self {
             Outgoing::Event(e) => &e.json,
             Outgoing::Resync { json, .. } => json,
+        }
+    }
+
+    /// As one Server-Sent Events message: a logged event's shared bytes, a resync framed here.
+    pub(crate) fn sse(&self) -> Bytes {
+        match self {
+            Outgoing::Event(e) => e.sse.clone(),
+            Outgoing::Resync { id, json, .. } => sse_message(id, json),
         }
     }
 }

@@ -77,14 +77,19 @@ impl SseClient {
         }
     }
 
-    /// The next event (skipping heartbeats).
+    /// The next event (skipping heartbeats, which must not keep the wait for it alive).
     async fn event(&mut self) -> (String, serde_json::Value) {
-        loop {
-            match self.frame().await.expect("the stream is open") {
-                Frame::Event { id, data } => return (id, data),
-                Frame::Comment(_) => continue,
+        let next = async {
+            loop {
+                match self.frame().await.expect("the stream is open") {
+                    Frame::Event { id, data } => return (id, data),
+                    Frame::Comment(_) => continue,
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, next)
+            .await
+            .expect("an SSE event in time")
     }
 }
 
@@ -389,13 +394,7 @@ async fn next_text(
 /// all queued before it looks (with two threads it may take them one by one as they come).
 #[tokio::test(flavor = "current_thread")]
 async fn websocket_bursts_arrive_whole_in_order_and_filtered() {
-    let options = Options {
-        lag: 1000,
-        ..Options::default()
-    };
-    let app = TestApp::with_options(Backend::Sqlite, Transport::Socket, options).await;
-    let first = create(&app, "bob").await;
-    app.relay().await;
+    let (app, first) = burst_app().await;
     // Two topics: the all-events channel, filtered per subscriber.
     let url = format!("ws://{}/v1/ws?topics=author:ann,post:{first}", app.addr());
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -404,49 +403,16 @@ async fn websocket_bursts_arrive_whole_in_order_and_filtered() {
     // 120 changes published by one relay round arrive queued at once: they are written in
     // batches (more than one batch's worth: an event taken must be written, also at a batch's
     // end), and bob's (but for the post asked for by id) are passed over inside a batch.
-    let mut wanted = Vec::new();
-    for i in 0..120 {
-        if i % 2 == 0 {
-            wanted.push(create(&app, "ann").await);
-        } else {
-            create(&app, "bob").await;
-        }
-        if i == 20 {
-            let patch = serde_json::json!({"title": "edited"}).to_string();
-            let path = format!("/v1/posts/{first}");
-            let reply = app.send(Method::PATCH, &path, &[], Some(&patch)).await;
-            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-            wanted.push(first.clone());
-        }
-    }
+    let wanted = burst(&app, &first).await;
     app.relay().await;
-    let mut got = Vec::new();
-    let mut last_position = String::new();
+    let mut events = Vec::new();
     for _ in 0..wanted.len() {
-        let event = next_text(&mut ws).await;
-        let id = event["id"].as_str().unwrap().to_owned();
-        assert!(
-            last_position.is_empty() || position_after(&id, &last_position),
-            "{id} after {last_position}: in order"
-        );
-        last_position = id;
-        got.push(event["post_id"].as_str().unwrap().to_owned());
+        events.push(next_text(&mut ws).await);
     }
-    assert_eq!(
-        got, wanted,
-        "each wanted event once, in order, nothing else"
-    );
+    assert_the_burst(&events, &wanted);
 
     // A subscriber whose queue overflows is told to resync, then the connection closes.
-    let app = TestApp::with_options(
-        Backend::Sqlite,
-        Transport::Socket,
-        Options {
-            lag: 4,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = lagging_app().await;
     let (mut lagging, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", app.addr()).as_str())
             .await
@@ -475,6 +441,111 @@ async fn websocket_bursts_arrive_whole_in_order_and_filtered() {
     assert!(
         saw_resync,
         "the lagging subscriber was told to resync before the close"
+    );
+}
+
+/// Checks that `events` are the burst's `wanted` events: each once, in order, nothing else.
+fn assert_the_burst(events: &[serde_json::Value], wanted: &[String]) {
+    for pair in events.windows(2) {
+        let (before, after) = (
+            pair[0]["id"].as_str().unwrap(),
+            pair[1]["id"].as_str().unwrap(),
+        );
+        assert!(
+            position_after(after, before),
+            "{after} after {before}: in order"
+        );
+    }
+    let got: Vec<&str> = events
+        .iter()
+        .map(|e| e["post_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got, wanted,
+        "each wanted event once, in order, nothing else"
+    );
+}
+
+/// A server whose subscribers may fall far behind, with one post of bob's published.
+async fn burst_app() -> (TestApp, String) {
+    let options = Options {
+        lag: 1000,
+        ..Options::default()
+    };
+    let app = TestApp::with_options(Backend::Sqlite, Transport::Socket, options).await;
+    let first = create(&app, "bob").await;
+    app.relay().await;
+    (app, first)
+}
+
+/// A server whose subscribers may fall 4 events behind before they are told to resync.
+async fn lagging_app() -> TestApp {
+    let options = Options {
+        lag: 4,
+        ..Options::default()
+    };
+    TestApp::with_options(Backend::Sqlite, Transport::Socket, options).await
+}
+
+/// Publishes 120 changes, half ann's and half bob's, with an edit of `first` among them, and
+/// returns the post ids a subscriber of `author:ann,post:{first}` must get, in order.
+async fn burst(app: &TestApp, first: &str) -> Vec<String> {
+    let mut wanted = Vec::new();
+    for i in 0..120 {
+        if i % 2 == 0 {
+            wanted.push(create(app, "ann").await);
+        } else {
+            create(app, "bob").await;
+        }
+        if i == 20 {
+            let patch = serde_json::json!({"title": "edited"}).to_string();
+            let path = format!("/v1/posts/{first}");
+            let reply = app.send(Method::PATCH, &path, &[], Some(&patch)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            wanted.push(first.to_owned());
+        }
+    }
+    wanted
+}
+
+/// The same over SSE, whose writes also carry every event already queued (joined into one
+/// chunk): each arrives whole, once, in order, filtered; a lagging subscriber gets its resync,
+/// then the stream ends.
+#[tokio::test(flavor = "current_thread")]
+async fn sse_bursts_arrive_whole_in_order_and_filtered() {
+    let (app, first) = burst_app().await;
+    let mut sse = SseClient::connect(&app, &format!("?topics=author:ann,post:{first}"), None).await;
+    let wanted = burst(&app, &first).await;
+    app.relay().await;
+    let mut events = Vec::new();
+    for _ in 0..wanted.len() {
+        let (id, event) = sse.event().await;
+        assert_eq!(event["id"], id.as_str(), "the id: line is the event's id");
+        events.push(event);
+    }
+    assert_the_burst(&events, &wanted);
+
+    let app = lagging_app().await;
+    let mut lagging = SseClient::connect(&app, "", None).await;
+    for _ in 0..30 {
+        create(&app, "ann").await;
+    }
+    app.relay().await;
+    let mut saw_resync = false;
+    let to_the_end = async {
+        while let Some(frame) = lagging.frame().await {
+            if let Frame::Event { data, .. } = frame {
+                assert!(!saw_resync, "nothing after the resync: {data}");
+                saw_resync = data["type"] == "resync";
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, to_the_end)
+        .await
+        .expect("the stream ends in time");
+    assert!(
+        saw_resync,
+        "the lagging subscriber was told to resync, then the stream ended"
     );
 }
 

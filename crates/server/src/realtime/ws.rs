@@ -1,26 +1,20 @@
-//! The two transports over one [`Subscription`].
+//! `GET /v1/ws`: the event log over a WebSocket, as JSON text frames.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::OnceLock;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::SinkExt;
-use metrics::{Counter, Histogram};
 use postcache_api::{ErrorBody, Event};
 use postcache_cache::Position;
 use time::OffsetDateTime;
 
 use super::subscription::{Outgoing, Subscription, parse_topics};
-use super::{Connection, Realtime, aged, stopped};
+use super::{Connection, Realtime, aged, client_ip, sent, stopped};
 use crate::client::ClientIp;
 use crate::error::ApiError;
-use crate::metrics::{REALTIME_DELIVERY, REALTIME_EVENTS_SENT};
 
 /// Largest message a client may send on the WebSocket (it only ever sends pongs and closes).
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -31,62 +25,6 @@ const WS_BATCH: usize = 16;
 /// Frames are collected up to this many bytes before they are written (or up to a flush,
 /// after each batch); a connection keeps a buffer this size once a batch has filled it.
 const WS_WRITE_BUFFER: usize = 8 * 1024;
-
-/// Server-Sent Events of `topics` (default `posts`); resume with `Last-Event-ID` (or `since`).
-#[utoipa::path(get, path = "/v1/events", tag = "realtime",
-    params(
-        ("topics" = Option<String>, Query, description = "Comma list of posts, author:{id}, post:{id}"),
-        ("since" = Option<String>, Query, description = "Resume after this event id (the Last-Event-ID header wins)")),
-    responses(
-        (status = 200, description = "text/event-stream of events; `id:` is the event id", body = Event),
-        (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(crate) async fn events(
-    State(realtime): State<Realtime>,
-    client: Option<Extension<ClientIp>>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let topics = parse_topics(params.get("topics").map(String::as_str))
-        .map_err(|m| ApiError::bad_request("topics", m))?;
-    let since = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(params.get("since").map(String::as_str))
-        .map(Position::parse);
-    let connection = realtime.admit("sse", client_ip(client))?;
-    let subscription = Subscription::open(&realtime.log, topics, since);
-    let deadline = realtime.deadline();
-    // The stop signal and the age limit are made once per connection, not once per event.
-    let end = Box::pin(async move {
-        tokio::select! {
-            () = stopped(realtime.stop.clone()) => "shutdown",
-            () = aged(deadline) => "age",
-        }
-    });
-    let stream = futures_util::stream::unfold(
-        (subscription, connection, end),
-        |(mut sub, mut conn, mut end)| async move {
-            let out = tokio::select! {
-                biased;
-                out = sub.next() => out?,
-                reason = &mut end => {
-                    conn.ends_because(reason);
-                    return None;
-                }
-            };
-            if let Outgoing::Resync { close: true, .. } = out {
-                conn.ends_because("lagged");
-            }
-            sent(&out);
-            let event = SseEvent::default().id(out.id()).data(out.json());
-            Some((Ok::<_, Infallible>(event), (sub, conn, end)))
-        },
-    );
-    let keep_alive = KeepAlive::new()
-        .interval(realtime.heartbeat)
-        .text("heartbeat");
-    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
-}
 
 /// The same events over a WebSocket, as JSON text frames; resume with `since`.
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
@@ -128,10 +66,6 @@ pub(crate) async fn ws(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .max_message_size(MAX_CLIENT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| stream_ws(socket, session)))
-}
-
-fn client_ip(client: Option<Extension<ClientIp>>) -> std::net::IpAddr {
-    client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0)
 }
 
 /// What a WebSocket connection holds besides its socket.
@@ -229,10 +163,11 @@ async fn deliver(
     sub: &mut Subscription,
     first: Outgoing,
 ) -> Result<Option<&'static str>, axum::Error> {
+    let now = OffsetDateTime::now_utc();
     let mut out = first;
     let mut written = 0;
     loop {
-        sent(&out);
+        sent(&out, now);
         socket.feed(Message::Text(out.json().into())).await?;
         if let Outgoing::Resync { close: true, .. } = out {
             socket.flush().await?;
@@ -250,23 +185,4 @@ async fn deliver(
     }
     socket.flush().await?;
     Ok(None)
-}
-
-/// Counts a sent event and, for a logged one, its commit → sent delay. The metric handles are
-/// looked up once per process, not once per delivery.
-fn sent(out: &Outgoing) {
-    static HANDLES: OnceLock<(Counter, Histogram)> = OnceLock::new();
-    let (events, delivery) = HANDLES.get_or_init(|| {
-        (
-            metrics::counter!(REALTIME_EVENTS_SENT),
-            metrics::histogram!(REALTIME_DELIVERY),
-        )
-    });
-    events.increment(1);
-    if let Outgoing::Event(event) = out {
-        let delay = (OffsetDateTime::now_utc() - event.committed_at)
-            .as_seconds_f64()
-            .max(0.0);
-        delivery.record(delay);
-    }
 }
