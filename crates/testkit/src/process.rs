@@ -264,6 +264,11 @@ pub(crate) fn tail(path: &std::path::Path, lines: usize) -> String {
     if file.read_to_end(&mut bytes).is_ok() {
         text = String::from_utf8_lossy(&bytes).into_owned();
     }
+    last_lines(&text, lines)
+}
+
+/// The last `lines` lines of `text`.
+pub(crate) fn last_lines(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -643,10 +643,11 @@ fn the_example_runs_on_a_real_node_serves_fresh_reads_and_heals_from_pod_loss() 
     let applied = Instant::now();
     let diagnose = || {
         format!(
-            "{}\n--- operator ---\n{}\n--- kubelet ---\n{}",
+            "{}\n{}\n--- operator ---\n{}\n--- kubelet ---\n{}",
             plane
                 .kubectl(&["get", "pods,pvc,jobs,pcache", "-n", &ns, "-o", "wide"])
                 .unwrap_or_else(|e| e),
+            plane.nodes_and_warnings(&ns),
             plane
                 .kubectl(&[
                     "logs",

@@ -144,8 +144,9 @@ fn a_postcache_pod_runs_on_a_real_node_and_answers_through_its_service() {
                 Ok(pod)
             } else {
                 Err(format!(
-                    "{}\n--- kubelet ---\n{}",
+                    "{}\n{}\n--- kubelet ---\n{}",
                     pod["status"],
+                    plane.nodes_and_warnings(&ns),
                     node.log_tail("kubelet", 15)
                 ))
             }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{Process, ProcessSpec, Readiness};
+use crate::process::{Process, ProcessSpec, Readiness, last_lines};
 use crate::shared::SharedSlot;
 use crate::{free_port, http_get, tool, unique_name, wait_until};
 use pki::Pki;
@@ -194,6 +194,36 @@ impl ControlPlane {
     /// kubectl's error output.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         kubectl(&self.kubeconfig, args)
+    }
+
+    /// What a failed wait for Pods should show beside them: each node's taints and the conditions
+    /// that are true (a `DiskPressure` taint leaves every new Pod Pending), and the warning events
+    /// of `namespace` (why a Pod was not scheduled, or was evicted).
+    pub fn nodes_and_warnings(&self, namespace: &str) -> String {
+        let nodes = self
+            .kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}{\" taints: \"}{.spec.taints[*].key}\
+                 {\" true: \"}{.status.conditions[?(@.status==\"True\")].type}{\"\\n\"}{end}",
+            ])
+            .unwrap_or_else(|e| e);
+        let warnings = self
+            .kubectl(&[
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                "type=Warning",
+                "--sort-by=.lastTimestamp",
+            ])
+            .unwrap_or_else(|e| e);
+        format!(
+            "--- nodes ---\n{nodes}\n--- warning events ---\n{}",
+            last_lines(&warnings, 15)
+        )
     }
 
     /// Creates a fresh namespace for one test and returns its name.
