@@ -72,6 +72,15 @@ enum Fault {
     PodStop(usize),
     /// A pod is killed, then started again.
     PodRestart(usize),
+    /// The primary and its backends are SIGSTOPped: slow, not dead (connections stay open, nothing
+    /// answers, the replicas' streaming stalls). Writes wait out their deadline.
+    PrimaryStop,
+    /// Every client connection to the primary is cut (`pg_terminate_backend`), as a proxy or
+    /// pooler restart does: writes in flight fail, the relay and the pools reconnect.
+    PrimaryCut,
+    /// The primary crashes (SIGKILL) and starts again; crash recovery keeps every commit, and the
+    /// replicas reconnect to it.
+    PrimaryRestart,
 }
 
 /// The Redis under test.
@@ -280,6 +289,15 @@ impl Deployment {
                 pod.signal(nix::sys::signal::Signal::SIGKILL);
                 pod.child = None;
             }
+            Fault::PrimaryStop => self.pg.primary().pause(),
+            Fault::PrimaryCut => {
+                let _ = self.pg.psql_primary(
+                    &self.db,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                );
+            }
+            Fault::PrimaryRestart => self.pg.primary().kill(),
         }
     }
 
@@ -302,7 +320,10 @@ impl Deployment {
                 .unwrap()
                 .signal(nix::sys::signal::Signal::SIGCONT),
             Fault::PodRestart(i) => self.pods[i].lock().unwrap().spawn(),
+            Fault::PrimaryStop => self.pg.primary().resume(),
+            Fault::PrimaryRestart => self.pg.primary().restart(),
             Fault::RedisFlush
+            | Fault::PrimaryCut
             | Fault::RedisClientPause(_)
             | Fault::TrimLog
             | Fault::ClusterFailover => {}
@@ -323,7 +344,7 @@ fn schedule(
     while at < run {
         let node = rng.below(nodes as u64) as usize;
         let pod = rng.below(3) as usize;
-        let kinds = if cluster { 12 } else { 11 };
+        let kinds = if cluster { 15 } else { 14 };
         let fault = match rng.below(kinds) {
             0 => Fault::ReplicaPause,
             1 => Fault::ReplicaKill,
@@ -337,6 +358,9 @@ fn schedule(
             8 => Fault::PodStop(pod),
             9 => Fault::PodRestart(pod),
             10 => Fault::ReplicaReplaced,
+            11 => Fault::PrimaryStop,
+            12 => Fault::PrimaryCut,
+            13 => Fault::PrimaryRestart,
             _ => Fault::ClusterFailover,
         };
         let length = rng.millis(300, 2500);
